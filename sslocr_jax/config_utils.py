@@ -1,0 +1,67 @@
+"""Helpers shared by `configs/*.py`: the variant-argument parser and common config blocks.
+
+A config file is one function `get_config(arg=None)`; `arg` is the text after `:` in
+`--config=configs/dig.py:cpu,size=tiny`: comma-separated flags and key=value pairs (big_vision
+style), parsed against defaults so a typo is an error, not a silent default.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `"smoke,size=tiny"` against defaults; bare words are boolean flags set to True."""
+  out = ml_collections.ConfigDict(defaults)
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    key, eq, value = part.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r} is unknown; valid: {sorted(defaults)}")
+    default = defaults[key]
+    if not eq:
+      value = True
+    elif isinstance(default, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, int):
+      value = int(value)
+    elif isinstance(default, float):
+      value = float(value)
+    out[key] = value
+  return out
+
+
+def mesh_block(data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp})
+
+
+def sharding_block() -> ml_collections.ConfigDict:
+  """Logical axis name -> mesh axes (maxtext style). Edit to change the parallelism."""
+  return ml_collections.ConfigDict({"logical_rules": [
+      ["batch", ["data", "fsdp"]],
+      ["embed", "fsdp"],
+      ["mlp", None],
+      ["heads", None],
+      ["vocab", None],
+      ["conv_in", None],
+      ["conv_out", "fsdp"],
+  ]})
+
+
+def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
+                   font_split: str = "train") -> ml_collections.ConfigDict:
+  """The built-in synthetic text lines (default source); `source` switches to lmdb/tfds."""
+  return ml_collections.ConfigDict({
+      "source": "synthetic",
+      "num_samples": num_samples,
+      "seed": seed,
+      "font_split": font_split,
+      "font_dirs": [],
+      "lmdb_paths": [],
+      "tfds_name": "",
+      "tfds_data_dir": "",
+      "split": "train",
+      "num_workers": num_workers,
+      "num_threads": 4,
+      "prefetch": 64,
+  })

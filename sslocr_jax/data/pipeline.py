@@ -1,0 +1,72 @@
+"""grain input pipeline: source -> shuffle -> repeat -> process shard -> views -> batch.
+
+    source (records) -> MapDataset.shuffle(seed) -> repeat() -> [process_index::process_count]
+      -> random_map(method.make_views)   # host numpy/OpenCV, deterministic by (seed, index)
+      -> to_iter_dataset (drops corrupt records) -> batch(local_batch) -> mp_prefetch(workers)
+
+Each process reads its own shard and yields process-local numpy batches; the train loop turns
+them into global arrays with `sharding.global_batch`. The returned iterator is checkpointable
+(`get_state` / `set_state`), so resuming restores the data order exactly.
+"""
+
+import functools
+
+import grain
+import jax
+
+from sslocr_jax.data import sources
+
+
+def _views(record, rng, *, make_views, config):
+  if record is None:  # corrupt record, already warned about by the source
+    return None
+  return make_views(record, rng, config)
+
+
+def local_batch_size(global_batch: int) -> int:
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.batch_size={global_batch} is not divisible by "
+                     f"{jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
+def make_dataset(config, make_views, *, data_config=None, batch_size=None, shuffle=True,
+                 repeat=True, drop_remainder=True, num_workers=None, seed_offset=0):
+  """Returns a grain `IterDataset` of process-local batches `{name: np.ndarray [b, ...]}`.
+
+  Args:
+    config: the run config (`config.data` describes the source and workers).
+    make_views: `fn(record, rng, config) -> dict of numpy` (a method's `make_views`).
+    data_config: overrides `config.data` (e.g. a validation source).
+    batch_size: global batch size (default `config.batch_size`).
+  """
+  data = data_config or config.data
+  seed = int(data.get("seed", config.seed)) + seed_offset
+  ds = grain.MapDataset.source(sources.make_source(data))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat(None)
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.random_map(functools.partial(_views, make_views=make_views, config=config), seed=seed)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data.get("num_threads", 4)),
+                                            prefetch_buffer_size=int(data.get("prefetch", 64))))
+  ds = ds.batch(local_batch_size(batch_size or config.batch_size), drop_remainder=drop_remainder)
+  workers = data.get("num_workers", 0) if num_workers is None else num_workers
+  if workers:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
+                                                     per_worker_buffer_size=2))
+  return ds
+
+
+def batch_spec(config, make_views, data_config=None) -> dict:
+  """`{name: ShapeDtypeStruct [global_batch, ...]}` of one batch, from the views of record 0."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  source = sources.make_source(data_config or config.data)
+  for i in range(min(len(source), 100)):
+    record = source[i]
+    if record is not None:
+      views = make_views(record, np.random.default_rng(0), config)
+      return {k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v), np.asarray(v).dtype)
+              for k, v in views.items()}
+  raise ValueError("the first 100 records of the data source are all unreadable")

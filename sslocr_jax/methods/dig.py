@@ -1,0 +1,255 @@
+"""DiG: discriminative (MoCo v3 on window instances) + generative (SimMIM) pretraining.
+
+Yang et al., "Reading and Writing: Discriminative and Generative Modeling for Self-Supervised
+Text Recognition", ACM MM 2022; settings of the official release (shared/design/dig.md).
+
+Views (host): image1 = the original line resized to 32x128, masked on the device by `mask`
+(70% of the 256 patches); image2 = a strongly augmented copy.
+
+    tokens1 = encoder(image1, mask)            [B, 256, D]
+    tokens2 = encoder(image2)                  [B, 256, D]
+    MIM:   mim_head(tokens1) vs raw pixels of image1 in [0, 1], L2 on masked patches only
+    CL:    windows(tokens) -> [B*W, D]  (8x32 grid average-pooled to 1 x W)
+           q1 = predictor(projector(windows(pix_projector(tokens1))))   (per-token pix projector)
+           q2 = predictor(projector(windows(tokens2)))
+           (as in the release, both views go through projector/predictor in one call, so
+           BatchNorm statistics are over both views of the global batch)
+           k1, k2 = the same through the momentum encoder / pix_projector / projector (EMA)
+           loss = 2T * [CE(q1 . k2 / T) + CE(q2 . k1 / T)] over the global batch
+    total = mim_weight * MIM + contrastive_weight * CL
+
+Networks (params): encoder, mim_head, pix_projector, projector, predictor.
+model_state: "ema" (momentum copies of encoder, pix_projector, projector) and "batch_stats".
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslocr_jax.data import augment
+from sslocr_jax.models import heads
+from sslocr_jax.models import vit
+
+PATCH = 4
+MOMENTUM_NETS = ("encoder", "pix_projector", "projector")
+BN_NETS = ("pix_projector", "projector", "predictor")
+
+
+# ----------------------------------------------------------------------------- views (host)
+def make_views(record, rng: np.random.Generator, config) -> dict:
+  """record {"image": uint8 [H, W, 3]} -> {image1, image2: uint8 [32, 128, 3], mask: bool [256]}."""
+  h, w = config.image_height, config.image_width
+  image = record["image"]
+  num_patches = (h // PATCH) * (w // PATCH)
+  return {
+      "image1": augment.resize(image, h, w),
+      "image2": augment.dig_view2(image, rng, h, w),
+      "mask": augment.random_patch_mask(rng, num_patches, config.mask_ratio),
+  }
+
+
+# ----------------------------------------------------------------------------- networks
+def encoder_from_config(config) -> vit.Encoder:
+  m = config.model
+  return vit.Encoder(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                     mlp_ratio=m.mlp_ratio, patch_size=m.patch_size,
+                     image_size=(config.image_height, config.image_width),
+                     drop_path_rate=m.drop_path_rate, dtype=jnp.dtype(config.dtype),
+                     remat=m.get("remat", False))
+
+
+def networks(config) -> dict:
+  d = config.model.embed_dim
+  return {
+      "encoder": encoder_from_config(config),
+      "mim_head": heads.MimHead(embed_dim=d, hidden=config.mim_hidden_dim,
+                                patch_pixels=PATCH * PATCH * 3),
+      "pix_projector": heads.pix_projector(d, config.pix_hidden_dim),
+      "projector": heads.projector(config.proj_hidden_dim, config.proj_dim),
+      "predictor": heads.predictor(config.pred_hidden_dim, config.proj_dim),
+  }
+
+
+def normalize(images):
+  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (mean 0.5, std 0.5)."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def patchify(images):
+  """uint8 [B, 32, 128, 3] -> pixels in [0, 1], [B, 256, 48] laid out (p1 p2 c)."""
+  b, h, w, c = images.shape
+  x = images.astype(jnp.float32).reshape(b, h // PATCH, PATCH, w // PATCH, PATCH, c) / 255.0
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // PATCH) * (w // PATCH), PATCH * PATCH * c)
+
+
+def unpatchify(patches, h: int, w: int):
+  """[B, 256, 48] -> [B, 32, 128, 3] (inverse of `patchify`, values unchanged)."""
+  b = patches.shape[0]
+  x = patches.reshape(b, h // PATCH, w // PATCH, PATCH, PATCH, 3)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, 3)
+
+
+def windows(tokens, grid_h: int, num_windows: int):
+  """Patch-wise instance mapping: [B, N, D] -> [B * num_windows, D].
+
+  The grid_h x (N / grid_h) token grid is average-pooled to 1 x num_windows windows.
+  """
+  b, n, d = tokens.shape
+  grid_w = n // grid_h
+  x = tokens.reshape(b, grid_h, num_windows, grid_w // num_windows, d)
+  return x.astype(jnp.float32).mean(axis=(1, 3)).reshape(b * num_windows, d)
+
+
+def init_variables(config, rng, batch) -> dict:
+  nets = networks(config)
+  ks = jax.random.split(rng, len(nets))
+  x = normalize(batch["image1"])
+  tokens = nets["encoder"].init(ks[0], x, batch["mask"])["params"]
+  feats = jnp.zeros((x.shape[0] * config.num_windows, config.model.embed_dim))
+  params = {"encoder": tokens}
+  params["mim_head"] = nets["mim_head"].init(ks[1], jnp.zeros((2, 4, config.model.embed_dim)))[
+      "params"]
+  batch_stats = {}
+  for i, (name, inp) in enumerate([("pix_projector", feats), ("projector", feats),
+                                   ("predictor", jnp.zeros((feats.shape[0], config.proj_dim)))]):
+    v = nets[name].init(ks[2 + i], inp, train=False)
+    params[name] = v["params"]
+    batch_stats[name] = v["batch_stats"]
+  ema = {name: params[name] for name in MOMENTUM_NETS}
+  batch_stats.update({f"{name}_m": batch_stats[name] for name in ("pix_projector", "projector")})
+  return {"params": params, "model_state": {"ema": ema, "batch_stats": batch_stats}}
+
+
+def phases(config):
+  del config
+  return [("main", ["encoder", "mim_head", "pix_projector", "projector", "predictor"])]
+
+
+# ----------------------------------------------------------------------------- losses
+def mim_loss(pred, target, mask):
+  """Mean squared error over the masked patches only. pred/target [B, N, P], mask [B, N]."""
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+  m = mask.astype(jnp.float32)
+  return jnp.sum(per_patch * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def info_nce(q, k, temperature: float):
+  """MoCo-v3 contrastive loss, scaled by 2T. q, k [N, C]; positives on the diagonal."""
+  q = q / jnp.linalg.norm(q, axis=-1, keepdims=True).clip(1e-12)
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True).clip(1e-12)
+  logits = jnp.einsum("nc,mc->nm", q, jax.lax.stop_gradient(k)) / temperature
+  labels = jnp.arange(q.shape[0])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(logp[labels, labels]) * 2.0 * temperature
+
+
+def momentum_at(step, config):
+  """Cosine schedule of the key-encoder momentum from `config.momentum` to 1.0."""
+  t = jnp.minimum(step / max(int(config.total_steps), 1), 1.0)
+  return 1.0 - (1.0 - config.momentum) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
+
+
+def _bn_apply(net, params, stats, x):
+  out, updates = net.apply({"params": params, "batch_stats": stats}, x, train=True,
+                           mutable=["batch_stats"])
+  return out, updates["batch_stats"]
+
+
+def _pix_project(net, params, stats, tokens):
+  """Per-token pix projector on the masked view: [B, N, D] -> [B, N, D] (BN over B*N tokens)."""
+  b, n, d = tokens.shape
+  out, stats = _bn_apply(net, params, stats, tokens.reshape(b * n, d))
+  return out.reshape(b, n, -1), stats
+
+
+def _instances(tokens1, tokens2, config):
+  """Both views' window instances, concatenated as in the release: [2 * B * W, D]."""
+  grid_h = config.image_height // PATCH
+  return jnp.concatenate([windows(tokens1, grid_h, config.num_windows),
+                          windows(tokens2, grid_h, config.num_windows)])
+
+
+def _query_branch(nets, params, stats, tokens1, tokens2, config):
+  """q1, q2 [B*W, proj_dim]: pix_projector (view 1) -> windows -> projector -> predictor."""
+  p1, stats["pix_projector"] = _pix_project(nets["pix_projector"], params["pix_projector"],
+                                            stats["pix_projector"], tokens1)
+  z, stats["projector"] = _bn_apply(nets["projector"], params["projector"], stats["projector"],
+                                    _instances(p1, tokens2, config))
+  q, stats["predictor"] = _bn_apply(nets["predictor"], params["predictor"], stats["predictor"], z)
+  q1, q2 = jnp.split(q, 2)
+  return q1, q2, stats
+
+
+def _key_branch(nets, ema, stats, tokens1, tokens2, config):
+  """k1, k2 [B*W, proj_dim] from the momentum networks (BN statistics of their own)."""
+  p1, stats["pix_projector_m"] = _pix_project(nets["pix_projector"], ema["pix_projector"],
+                                              stats["pix_projector_m"], tokens1)
+  k, stats["projector_m"] = _bn_apply(nets["projector"], ema["projector"], stats["projector_m"],
+                                      _instances(p1, tokens2, config))
+  k1, k2 = jnp.split(k, 2)
+  return k1, k2, stats
+
+
+def loss_fn(params, model_state, batch, rng, *, step, phase, config):
+  """DiG loss on a global batch -> (loss, (metrics, new model_state))."""
+  del phase
+  nets = networks(config)
+  stats = dict(model_state["batch_stats"])
+  ema = model_state["ema"]
+  mask = batch["mask"]
+  # Both views through the encoder in one call (view 2 unmasked), as in the release.
+  x = normalize(jnp.concatenate([batch["image1"], batch["image2"]]))
+  both_mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+  enc = nets["encoder"]
+  tokens1, tokens2 = jnp.split(enc.apply({"params": params["encoder"]}, x, both_mask,
+                                         train=True, rngs={"dropout": rng}), 2)
+  metrics = {"momentum": momentum_at(step, config)}
+  loss = 0.0
+  if config.mim_weight:
+    pred = nets["mim_head"].apply({"params": params["mim_head"]}, tokens1)
+    metrics["mim_loss"] = mim_loss(pred, patchify(batch["image1"]), mask)
+    loss += config.mim_weight * metrics["mim_loss"]
+  if config.contrastive_weight:
+    q1, q2, stats = _query_branch(nets, params, stats, tokens1, tokens2, config)
+    # Key branch: momentum encoder / pix_projector / projector, no gradients.
+    m_tokens1, m_tokens2 = jnp.split(
+        enc.apply({"params": ema["encoder"]}, x, both_mask, train=False), 2)
+    k1, k2, stats = _key_branch(nets, ema, stats, m_tokens1, m_tokens2, config)
+    k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
+    metrics["contrastive_loss"] = (info_nce(q1, k2, config.temperature) +
+                                   info_nce(q2, k1, config.temperature))
+    loss += config.contrastive_weight * metrics["contrastive_loss"]
+  return loss, (metrics, {**model_state, "batch_stats": stats})
+
+
+def after_update(params, model_state, step, config):
+  """Momentum (EMA) update of the key networks: ema = m * ema + (1 - m) * params."""
+  m = momentum_at(step, config)
+  ema = {name: jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, model_state["ema"][name],
+                            params[name]) for name in MOMENTUM_NETS}
+  return {**model_state, "ema": ema}
+
+
+# ----------------------------------------------------------------------------- visuals
+def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> dict:
+  """Grid of rows (original | masked | reconstruction | augmented view), uint8 [H', W', 3]."""
+  del model_state, rng
+  h, w = config.image_height, config.image_width
+  image1, image2, mask = (batch[k][:num_images] for k in ("image1", "image2", "mask"))
+  tokens = encoder_from_config(config).apply({"params": params["encoder"]}, normalize(image1),
+                                             mask, train=False)
+  pred = networks(config)["mim_head"].apply({"params": params["mim_head"]}, tokens)
+  target, m = patchify(image1), mask[..., None].astype(jnp.float32)
+  masked = target * (1 - m) + 0.5 * m
+  recon = target * (1 - m) + jnp.clip(pred.astype(jnp.float32), 0, 1) * m
+  panels = [image1.astype(jnp.float32) / 255, unpatchify(masked, h, w),
+            unpatchify(recon, h, w), image2.astype(jnp.float32) / 255]
+  return {"dig_reconstruction": image_grid(panels)}
+
+
+def image_grid(panels, gap: int = 2):
+  """List of [N, H, W, 3] float images in [0, 1] -> one uint8 grid: N rows x len(panels) columns."""
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)
+  row = jnp.concatenate([pad(p) for p in panels], axis=2)  # [N, H+gap, cols*(W+gap), 3]
+  grid = row.reshape(-1, row.shape[2], 3)
+  return (jnp.clip(grid, 0, 1) * 255).round().astype(jnp.uint8)

@@ -1,0 +1,71 @@
+"""Orbax checkpoints of the train state together with the grain iterator state.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`; `data` holds one JSON file per process
+with that process's grain iterator state, so a restore resumes the data stream exactly.
+"""
+
+import os
+
+from absl import logging
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores (train state, data iterator) at a step."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, force: bool = True) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    """Restores into `abstract_state` (ShapeDtypeStructs with shardings); returns (state, step)."""
+    step = self.latest_step() if step is None else step
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    logging.info("Restored checkpoint %s/%d", self.directory, step)
+    return restored["state"], step
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(state, shardings):
+  """ShapeDtypeStructs carrying the given shardings, the restore target for `state`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def restore_params(directory: str, step: int | None = None):
+  """Loads only the params tree of a checkpoint (for fine-tuning, export, evaluation), on host."""
+  directory = os.path.abspath(directory)
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint found under {directory}")
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return restored["state"]

@@ -1,0 +1,184 @@
+"""The generic training loop: init or restore, step, log, visualise, checkpoint, preemption.
+
+Used by every method (pretraining and fine-tuning); it never branches on the method name. The
+method module is looked up from `config.method` (`sslocr_jax.methods.<name>`).
+"""
+
+import importlib
+import json
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from sslocr_jax.data import pipeline
+from sslocr_jax.train import checkpoint as ckpt_lib
+from sslocr_jax.train import optim
+from sslocr_jax.train import sharding as sharding_lib
+from sslocr_jax.train import state as state_lib
+from sslocr_jax.train import step as step_lib
+from sslocr_jax.train import writers
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def get_method(config):
+  try:
+    return importlib.import_module(f"sslocr_jax.methods.{config.method}")
+  except ModuleNotFoundError as e:
+    raise ValueError(f"config.method={config.method!r} names no module sslocr_jax/methods/"
+                     f"{config.method}.py") from e
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handler)
+    return self
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def setup(config, workdir: str | None = None, mesh=None):
+  """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
+  method = get_method(config)
+  mesh = mesh or sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config)
+  phases = method.phases(config)
+  total_steps = int(config.total_steps)
+  ds = pipeline.make_dataset(config, method.make_views)
+  batch_spec = pipeline.batch_spec(config, method.make_views)
+
+  abstract_params = jax.eval_shape(
+      lambda r: method.init_variables(config, r, state_lib.example_batch(batch_spec)),
+      jax.random.PRNGKey(0))["params"]
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  abstract_params = nn.unbox(abstract_params)
+  optimizers, schedules = {}, {}
+  for phase, keys in phases:
+    optim_config = config.optim[phase] if phase in config.optim else config.optim
+    optimizers[phase], schedules[phase] = optim.make_optimizer(
+        optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
+        total_steps, num_layers=int(config.get("model", {}).get("depth", 0) or 0))
+
+  state, shardings = state_lib.init_train_state(method, config, optimizers, phases, batch_spec,
+                                                mesh, rules)
+  batch_shardings = {k: sharding_lib.batch_sharding(mesh) for k in batch_spec}
+  train_step = jax.jit(step_lib.make_train_step(method, config, optimizers, schedules, phases),
+                       in_shardings=(shardings, batch_shardings),
+                       out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+  return dict(method=method, mesh=mesh, state=state, shardings=shardings, train_step=train_step,
+              dataset=ds, batch_shardings=batch_shardings, schedules=schedules)
+
+
+def train(config, workdir: str) -> dict:
+  """Trains `config.total_steps` steps in `workdir`, resuming from its last checkpoint.
+
+  Returns the last logged metrics.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  s = setup(config, workdir)
+  method, mesh, state = s["method"], s["mesh"], s["state"]
+  data_iter = iter(s["dataset"])
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=int(config.get("keep_checkpoints", 3)),
+                                       async_save=bool(config.get("async_checkpoints", True)))
+  start = 0
+  if checkpointer.latest_step() is not None:
+    state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
+    writers.truncate_metrics(workdir, start)
+    logging.info("Resuming from step %d", start)
+  writer = writers.MetricWriter(workdir)
+  total = int(config.total_steps)
+  n_params = state_lib.count_params(state.params)
+  _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
+       f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
+       f"workdir {workdir}")
+
+  visualize = None
+  if hasattr(method, "visualize") and config.get("viz_every", 0):
+    visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
+                                                       jax.random.PRNGKey(0), config))
+  log_every = max(int(config.get("log_every", 50)), 1)
+  ckpt_every = int(config.get("checkpoint_every", 1000))
+  pending, last, bad = [], {}, None
+  t0, seen0 = time.time(), start
+  step = start
+  with _Preemption() as preempt:
+    while step < total:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding_lib.global_batch(next(data_iter), mesh)
+        state, metrics = s["train_step"](state, batch)
+      step += 1
+      pending.append(metrics)
+      must_save = step == total or preempt.requested or (ckpt_every and step % ckpt_every == 0)
+      if step % log_every == 0 or must_save:
+        last, bad = _flush(pending, writer, step - len(pending) + 1)
+        pending = []
+        if bad is not None:
+          break
+        rate = (step - seen0) * config.batch_size / max(time.time() - t0, 1e-9)
+        eta = (total - step) * config.batch_size / max(rate, 1e-9)
+        terms = " ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
+        _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {terms}")
+      if visualize is not None and (step % config.viz_every == 0 or step == total):
+        writer.write_images(step, jax.device_get(visualize(state, batch)))
+      if must_save:
+        checkpointer.save(step, state, data_iter)
+      if preempt.requested:
+        break
+  checkpointer.close()
+  writer.close()
+  if bad is not None:
+    raise NonFiniteLossError(
+        f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
+        f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints")
+  return last
+
+
+def _flush(pending, writer, first_step):
+  """Writes the metrics of the steps since the last flush; returns (means, first bad step)."""
+  values = jax.device_get(pending)
+  for i, m in enumerate(values):
+    nonfinite = [k for k, v in m.items() if not np.isfinite(v)]
+    if nonfinite:
+      return {}, (first_step + i, ", ".join(f"{k}={m[k]}" for k in nonfinite))
+  means = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
+  writer.write_scalars(first_step + len(values) - 1, means)
+  return means, None
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _hms(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

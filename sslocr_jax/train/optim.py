@@ -1,0 +1,90 @@
+"""Optimizers, learning-rate schedules and weight-decay masks (optax).
+
+One optimizer per training phase (`method.phases`); each is built from a config block:
+
+    optim = dict(name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=5000,
+                 end_lr=1e-5, weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0,
+                 layer_decay=1.0)
+
+The peak learning rate is `base_lr * global_batch / lr_batch_base` (linear scaling rule).
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+NO_DECAY_NAMES = ("mask_token", "q_bias", "v_bias", "pos_embed", "cls_token")
+
+
+def peak_lr(optim_config, global_batch: int) -> float:
+  base = optim_config.get("lr_batch_base", 0) or 0
+  return optim_config.base_lr * (global_batch / base if base else 1.0)
+
+
+def schedule(optim_config, global_batch: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to the peak, then cosine down to `end_lr` at `total_steps`."""
+  peak = peak_lr(optim_config, global_batch)
+  warmup = min(int(optim_config.get("warmup_steps", 0)), max(total_steps - 1, 0))
+  end = float(optim_config.get("end_lr", 0.0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=min(end, peak))
+
+
+def decay_mask(params):
+  """True where weight decay applies: kernels (ndim >= 2), not norms, biases or mask tokens."""
+  def keep(path, leaf):
+    names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    return leaf.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names)
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def layer_id(path_names: tuple[str, ...], num_layers: int) -> int:
+  """Layer index for layer-wise lr decay of a ViT encoder: embeddings 0, block i -> i+1, rest top."""
+  joined = "/".join(path_names)
+  m = re.search(r"blocks_(\d+)", joined)
+  if m:
+    return int(m.group(1)) + 1
+  if any(n in joined for n in ("patch_embed", "mask_token", "pos_embed")):
+    return 0
+  return num_layers + 1
+
+
+def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
+                   num_layers: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optax transformation, lr schedule) for one phase's trainable `params`."""
+  lr = schedule(optim_config, global_batch, total_steps)
+  name = optim_config.get("name", "adamw")
+  if name == "adamw":
+    core = optax.adamw(lr, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999),
+                       eps=optim_config.get("eps", 1e-8),
+                       weight_decay=optim_config.get("weight_decay", 0.0), mask=decay_mask)
+  elif name == "adam":
+    core = optax.adam(lr, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999))
+  elif name == "sgd":
+    core = optax.sgd(lr, momentum=optim_config.get("momentum", 0.9))
+  else:
+    raise ValueError(f"config optim.name={name!r} is unknown; valid: adamw, adam, sgd")
+  parts = []
+  if optim_config.get("grad_clip", 0.0):
+    parts.append(optax.clip_by_global_norm(optim_config.grad_clip))
+  parts.append(core)
+  layer_decay = optim_config.get("layer_decay", 1.0)
+  if layer_decay != 1.0 and num_layers:
+    parts.append(_scale_by_layer(params, layer_decay, num_layers))
+  return optax.chain(*parts), lr
+
+
+def _scale_by_layer(params, decay: float, num_layers: int) -> optax.GradientTransformation:
+  """Multiplies updates of layer i by decay ** (num_layers + 1 - i) (BEiT/DiG layer decay)."""
+  def scale(path, _):
+    names = tuple(getattr(k, "key", str(k)) for k in path)
+    return decay ** (num_layers + 1 - layer_id(names, num_layers))
+  scales = jax.tree_util.tree_map_with_path(scale, params)
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
