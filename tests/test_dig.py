@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 
 from sslocr_jax.methods import dig
+from tests.helpers import load_config
 
 
 def test_mim_loss_counts_only_masked_patches():
@@ -79,12 +80,7 @@ def test_make_views_shapes_and_mask_ratio():
 
 
 def test_loss_and_grads_are_finite_on_a_tiny_model():
-  import importlib.util, os  # noqa: E401
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "dig.py")
-  spec = importlib.util.spec_from_file_location("dig_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = load_config("dig", "smoke")
   rng = np.random.default_rng(0)
   batch = {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
            "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),

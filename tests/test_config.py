@@ -1,0 +1,37 @@
+"""Config variants, parsing and the CLI's errors for unknown fields."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sslocr_jax import config_utils
+from tests.helpers import ROOT, load_config
+
+
+def test_variants():
+  default = load_config("dig")
+  assert default.model.embed_dim == 384 and default.batch_size == 1024
+  assert default.optim.warmup_steps == 5000 and default.optim.end_lr == 1e-5
+  assert load_config("dig", "size=tiny").model.embed_dim == 192
+  assert load_config("dig", "size=base").model.num_heads == 8
+  cpu = load_config("dig", "cpu")
+  assert cpu.model.depth == 4 and cpu.model.embed_dim == 128
+  smoke = load_config("dig", "smoke")
+  assert smoke.total_steps <= 20 and "seed" in smoke
+
+
+def test_parse_arg_rejects_unknown_words():
+  assert config_utils.parse_arg("a=3,b", a=1, b=False).to_dict() == {"a": 3, "b": True}
+  with pytest.raises(ValueError, match="unknown; valid"):
+    config_utils.parse_arg("sise=tiny", size="small")
+
+
+def test_cli_unknown_field_lists_valid_fields(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "sslocr_jax.main", "--config=configs/dig.py:smoke",
+       f"--workdir={tmp_path}", "--config.totl_steps=3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "unknown config field 'totl_steps'" in out.stderr
+  assert "total_steps" in out.stderr
