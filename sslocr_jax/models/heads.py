@@ -11,6 +11,9 @@
 
 BatchNorm statistics are over all leading axes of the (global) batch: under `jax.jit`
 with a sharded batch XLA computes them across devices, so no `axis_name` is needed.
+PyTorch momentum 0.1 == flax momentum 0.9. One difference remains: PyTorch updates
+`running_var` with the unbiased batch variance, flax with the biased one (factor N/(N-1);
+train-mode outputs are identical, only eval-mode BN after import/export is affected).
 """
 
 from typing import Any

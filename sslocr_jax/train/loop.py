@@ -134,16 +134,18 @@ def train(config, workdir: str) -> dict:
         state, metrics = s["train_step"](state, batch)
       step += 1
       pending.append(metrics)
+      if step == start + 1:  # the first step compiles: time from its end
+        jax.block_until_ready(metrics)
+        t0, seen0 = time.time(), step
       must_save = step == total or preempt.requested or (ckpt_every and step % ckpt_every == 0)
       if step % log_every == 0 or must_save:
         last, bad = _flush(pending, writer, step - len(pending) + 1)
         pending = []
         if bad is not None:
           break
-        rate = (step - seen0) * config.batch_size / max(time.time() - t0, 1e-9)
-        eta = (total - step) * config.batch_size / max(rate, 1e-9)
-        terms = " ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
-        _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {terms}")
+        rate = (step - seen0) * config.batch_size / (time.time() - t0) if step > seen0 else 0.0
+        eta = (total - step) * config.batch_size / rate if rate else float("nan")
+        _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
       if visualize is not None and (step % config.viz_every == 0 or step == total):
         writer.write_images(step, jax.device_get(visualize(state, batch)))
       if must_save:
@@ -169,6 +171,14 @@ def _flush(pending, writer, first_step):
   means = {k: float(np.mean([m[k] for m in values])) for k in values[-1]}
   writer.write_scalars(first_step + len(values) - 1, means)
   return means, None
+
+
+def _terms(metrics: dict) -> str:
+  """Loss terms first (loss, then each *_loss / accuracy), then the learning rate."""
+  first = [k for k in metrics if k == "loss" or k.endswith("/loss")]
+  terms = [k for k in sorted(metrics) if ("loss" in k or "acc" in k) and k not in first]
+  lrs = [k for k in sorted(metrics) if k.endswith("lr")]
+  return " ".join(f"{k} {metrics[k]:.4g}" for k in first + terms + lrs)
 
 
 def _log(msg: str) -> None:

@@ -1,0 +1,72 @@
+"""Shared benchmark helpers: config loading, timing, XLA cost analysis, peak FLOP/s, printing."""
+
+import importlib.util
+import json
+import os
+import time
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Dense peak FLOP/s per device by (device kind substring, dtype); used for MFU.
+PEAK_FLOPS = {
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12,
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12,
+    ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
+    ("TPU v5p", "bfloat16"): 459e12,
+}
+
+
+def load_config(spec: str):
+  """`configs/dig.py:size=tiny` -> ConfigDict (path relative to the repo root or absolute)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(ROOT, path)
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def peak_flops(dtype: str) -> float | None:
+  kind = jax.devices()[0].device_kind
+  for (name, dt), value in PEAK_FLOPS.items():
+    if name in kind and dt == dtype:
+      return value * jax.device_count()
+  return None
+
+
+def compiled_flops(jitted, *args) -> float | None:
+  """FLOPs of one call from XLA's cost analysis (None where the backend gives none)."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, list):
+      cost = cost[0]
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def time_calls(fn, n: int) -> float:
+  """Seconds per call of `fn()` (which must block until its result is ready)."""
+  t = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - t) / n
+
+
+def print_table(rows: list[dict], figures: dict) -> None:
+  """A readable table, then the figures as one JSON object on the last line."""
+  if rows:
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for r in rows:
+      print("  ".join(_fmt(r[k]).ljust(w) for k, w in zip(keys, widths)))
+  print(json.dumps(figures), flush=True)
+
+
+def _fmt(v) -> str:
+  return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,296 @@
+"""grain random-access sources of text-line records.
+
+Every source has `__len__`, `__getitem__(i)` (deterministic by index) and yields
+
+    {"image": np.uint8 [H, W, 3] (RGB, any size), "label": str}
+
+or None for a corrupt record, after a `logging.warning` naming the file and the
+record index; `source.num_bad` counts them (per process). Sources are picklable:
+grain worker processes get a copy and reopen files lazily after the fork.
+
+    make_source(config.data)          # dispatch on config.data.source
+    SyntheticSource(n, seed)          # built-in renderer (render.py)
+    LmdbSource([folder, ...])         # clovaai LMDBs, concatenated
+    TfdsSource(name_or_dir, split)    # TFDS array_record, read without TensorFlow
+"""
+
+import bisect
+import logging
+import os
+import threading
+
+import cv2
+import numpy as np
+
+from sslocr_jax.data import render
+
+SOURCES = ("synthetic", "lmdb", "tfds")
+
+
+class _Counted:
+  """`num_bad` bookkeeping shared by the sources (thread-safe, per process)."""
+
+  num_bad = 0
+
+  def _bad(self, msg, *args):
+    logging.warning(msg, *args)
+    with self._lock:
+      self.num_bad += 1
+    return None
+
+  @property
+  def _lock(self):
+    lock = self.__dict__.get("_lock_obj")
+    if lock is None:
+      lock = self.__dict__.setdefault("_lock_obj", threading.Lock())
+    return lock
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    state.pop("_lock_obj", None)
+    return state
+
+
+def _to_rgb(image):
+  """uint8 [H, W], [H, W, 1|3|4] -> uint8 [H, W, 3]."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.shape[-1] == 1:
+    return np.repeat(image, 3, axis=-1)
+  return image[:, :, :3]
+
+
+class SyntheticSource(_Counted):
+  """`num_samples` synthetic lines of `render.Renderer(seed=seed, **kwargs)`."""
+
+  def __init__(self, num_samples, seed=0, **renderer_kwargs):
+    self.num_samples = int(num_samples)
+    self.renderer = render.Renderer(seed=seed, **renderer_kwargs)
+
+  def __len__(self):
+    return self.num_samples
+
+  def __getitem__(self, index):
+    if not 0 <= index < self.num_samples:
+      raise IndexError(f"index {index} out of range [0, {self.num_samples})")
+    image, label = self.renderer.render(index)
+    return {"image": image, "label": label}
+
+
+# --- LMDB (clovaai/deep-text-recognition-benchmark) ---------------------------
+
+
+def _check_lmdb_dir(path):
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"LMDB folder {path!r} does not exist")
+  if not os.path.isfile(os.path.join(path, "data.mdb")):
+    raise FileNotFoundError(f"LMDB folder {path!r} has no data.mdb")
+
+
+def _open_lmdb(path):
+  import lmdb  # pylint: disable=g-import-not-at-top
+  return lmdb.open(path, readonly=True, lock=False, readahead=False,
+                   meminit=False, max_readers=256)
+
+
+def find_lmdbs(root):
+  """Sorted folders under `root` (itself included) that hold a data.mdb."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"folder {root!r} does not exist")
+  return sorted(d for d, _, files in os.walk(root) if "data.mdb" in files)
+
+
+def write_lmdb(path, samples, map_size=1 << 30):
+  """Writes an LMDB in the clovaai format; returns the number of samples.
+
+  Args:
+    path: output folder (created).
+    samples: iterable of (image, label): image is uint8 [H, W] / [H, W, 3] RGB
+      (PNG-encoded here) or already-encoded bytes (written as is); label str.
+    map_size: LMDB map size in bytes (an upper bound, not allocated).
+  """
+  import lmdb  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  env = lmdb.open(path, map_size=map_size)
+  n = 0
+  with env.begin(write=True) as txn:
+    for n, (image, label) in enumerate(samples, 1):
+      if not isinstance(image, (bytes, bytearray, memoryview)):
+        image = np.asarray(image)
+        if image.ndim == 3:
+          image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        ok, buf = cv2.imencode(".png", image)
+        if not ok:
+          raise ValueError(f"cannot PNG-encode sample {n} of shape {image.shape}")
+        image = buf.tobytes()
+      txn.put(b"image-%09d" % n, bytes(image))
+      txn.put(b"label-%09d" % n, label.encode("utf-8"))
+    txn.put(b"num-samples", str(n).encode())
+  env.close()
+  return n
+
+
+class LmdbSource(_Counted):
+  """Concatenation of clovaai LMDB folders; index i -> record of one LMDB.
+
+  Keys: b"num-samples" (decimal), b"image-%09d" (encoded image), b"label-%09d"
+  (UTF-8), record numbers from 1. Images are decoded with OpenCV to RGB; grayscale
+  becomes 3 channels. Environments are opened lazily in each process.
+  """
+
+  def __init__(self, paths):
+    if isinstance(paths, (str, os.PathLike)):
+      paths = [paths]
+    self.paths = [os.fspath(p) for p in paths]
+    if not self.paths:
+      raise ValueError("LmdbSource needs at least one LMDB folder")
+    self.sizes = []
+    for p in self.paths:
+      _check_lmdb_dir(p)
+      env = _open_lmdb(p)
+      with env.begin() as txn:
+        n = txn.get(b"num-samples")
+      env.close()
+      if n is None:
+        raise ValueError(f"LMDB {p!r} has no b'num-samples' key")
+      if int(n) <= 0:
+        raise ValueError(f"LMDB {p!r} is empty (num-samples={int(n)})")
+      self.sizes.append(int(n))
+    self.offsets = np.cumsum([0] + self.sizes).tolist()
+    self._envs = None
+    self._pid = None
+
+  def __len__(self):
+    return self.offsets[-1]
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state["_envs"], state["_pid"] = None, None
+    return state
+
+  def _env(self, k):
+    envs = self._envs
+    if envs is None or self._pid != os.getpid() or envs[k] is None:
+      with self._lock:  # one open per LMDB and process (LMDB forbids two)
+        if self._envs is None or self._pid != os.getpid():  # new process
+          self._envs, self._pid = [None] * len(self.paths), os.getpid()
+        if self._envs[k] is None:
+          self._envs[k] = _open_lmdb(self.paths[k])
+        envs = self._envs
+    return envs[k]
+
+  def locate(self, index):
+    """index -> (LMDB number, 1-based record number)."""
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range [0, {len(self)})")
+    k = bisect.bisect_right(self.offsets, index) - 1
+    return k, index - self.offsets[k] + 1
+
+  def __getitem__(self, index):
+    k, rec = self.locate(index)
+    path = self.paths[k]
+    with self._env(k).begin() as txn:
+      buf = txn.get(b"image-%09d" % rec)
+      raw_label = txn.get(b"label-%09d" % rec)
+    if buf is None or raw_label is None:
+      missing = "image" if buf is None else "label"
+      return self._bad("LMDB %s: record %d (index %d) has no %s key",
+                       path, rec, index, missing)
+    try:
+      label = raw_label.decode("utf-8")
+    except UnicodeDecodeError:
+      return self._bad("LMDB %s: record %d (index %d): label is not UTF-8",
+                       path, rec, index)
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+      return self._bad("LMDB %s: record %d (index %d): undecodable image",
+                       path, rec, index)
+    return {"image": cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "label": label}
+
+
+# --- TFDS (array_record, no TensorFlow) ----------------------------------------
+
+
+class TfdsSource(_Counted):
+  """A TFDS split read through `tfds.data_source` (array_record; no TensorFlow).
+
+  Args:
+    name_or_builder_dir: a registered name ("synthetic_lines/default:1.0.0") looked
+      up in `data_dir`, or a folder written by a builder (with dataset_info.json).
+    split: e.g. "train", "test[:10%]".
+    data_dir: TFDS data dir for names.
+    image_key / label_key: feature names of the image and the text label.
+  """
+
+  def __init__(self, name_or_builder_dir, split="train", data_dir=None,
+               image_key="image", label_key="label"):
+    self.name = os.fspath(name_or_builder_dir)
+    self.split = split
+    self.data_dir = data_dir or None
+    self.image_key, self.label_key = image_key, label_key
+    self._ds = None
+    self._pid = None
+    self._len = len(self._source())
+
+  def _source(self):
+    if self._ds is None or self._pid != os.getpid():
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      if os.path.isfile(os.path.join(self.name, "dataset_info.json")):
+        ds = tfds.builder_from_directory(self.name).as_data_source(split=self.split)
+      elif os.path.isdir(self.name):
+        raise FileNotFoundError(
+            f"TFDS folder {self.name!r} has no dataset_info.json (expected a "
+            "builder folder like data_dir/name/config/version)")
+      else:
+        ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
+                              download=False)
+      self._ds, self._pid = ds, os.getpid()
+    return self._ds
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state["_ds"], state["_pid"] = None, None
+    return state
+
+  def __len__(self):
+    return self._len
+
+  def __getitem__(self, index):
+    if not 0 <= index < self._len:
+      raise IndexError(f"index {index} out of range [0, {self._len})")
+    try:
+      ex = self._source()[index]
+      image = _to_rgb(ex[self.image_key])
+      label = ex[self.label_key]
+      if isinstance(label, (bytes, np.bytes_)):
+        label = label.decode("utf-8")
+    except Exception as e:  # pylint: disable=broad-except
+      return self._bad("TFDS %s[%s]: record %d unreadable: %r",
+                       self.name, self.split, index, e)
+    return {"image": np.ascontiguousarray(image, np.uint8), "label": str(label)}
+
+
+def make_source(data):
+  """Source of `config.data` (ConfigDict or dict), by `data.source`:
+
+    synthetic: num_samples, seed, font_split, font_dirs (optional)
+    lmdb:      lmdb_paths (list of folders)
+    tfds:      tfds_name (name or builder folder), tfds_data_dir, split
+  """
+  kind = data.get("source", "synthetic")
+  if kind == "synthetic":
+    return SyntheticSource(int(data["num_samples"]), seed=int(data.get("seed", 0)),
+                           font_split=data.get("font_split", "train"),
+                           font_dirs=tuple(data.get("font_dirs", None) or ()))
+  if kind == "lmdb":
+    paths = list(data.get("lmdb_paths", None) or ())
+    if not paths:
+      raise ValueError("config.data.source='lmdb' needs config.data.lmdb_paths")
+    return LmdbSource(paths)
+  if kind == "tfds":
+    if not data.get("tfds_name", ""):
+      raise ValueError("config.data.source='tfds' needs config.data.tfds_name")
+    return TfdsSource(data["tfds_name"], split=data.get("split", "train"),
+                      data_dir=data.get("tfds_data_dir", None) or None)
+  raise ValueError(f"unknown config.data.source {kind!r}; valid: {list(SOURCES)}")
