@@ -28,7 +28,7 @@ import numpy as np
 
 from sslocr_jax.data import augment
 from sslocr_jax.models import heads
-from sslocr_jax.models import vit
+from sslocr_jax.models import encoders
 
 PATCH = 4
 MOMENTUM_NETS = ("encoder", "pix_projector", "projector")
@@ -49,13 +49,9 @@ def make_views(record, rng: np.random.Generator, config) -> dict:
 
 
 # ----------------------------------------------------------------------------- networks
-def encoder_from_config(config) -> vit.Encoder:
-  m = config.model
-  return vit.Encoder(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                     mlp_ratio=m.mlp_ratio, patch_size=m.patch_size,
-                     image_size=(config.image_height, config.image_width),
-                     drop_path_rate=m.drop_path_rate, dtype=jnp.dtype(config.dtype),
-                     remat=m.get("remat", False))
+def encoder_from_config(config):
+  """The ViT encoder of `config.model` (models/encoders.py)."""
+  return encoders.build(config)[0]
 
 
 def networks(config) -> dict:

@@ -1,0 +1,85 @@
+"""Synthetic renderer: determinism, label bounds, font split, unreadable fonts."""
+
+import os
+import pickle
+
+import matplotlib
+import numpy as np
+import pytest
+
+from sslocr_jax.data import render
+
+_MPL_TTF = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+
+
+@pytest.fixture(scope="module")
+def renderer():
+  return render.Renderer(seed=3)
+
+
+def test_deterministic_by_seed_and_index(renderer):
+  img, label = renderer.render(11)
+  for i in (0, 5, 12):  # render order does not matter
+    renderer.render(i)
+  fresh = pickle.loads(pickle.dumps(render.Renderer(seed=3)))  # as a grain worker
+  img2, label2 = fresh.render(11)
+  assert label2 == label
+  np.testing.assert_array_equal(img2, img)
+  assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[0] == 32
+  assert img.shape[2] == 3
+
+
+def test_different_index_or_seed_differs(renderer):
+  samples = [renderer.render(i) for i in range(20)]
+  assert len({label for _, label in samples}) >= 15
+  other = render.Renderer(seed=4)
+  assert [other.render(i)[1] for i in range(20)] != [l for _, l in samples]
+  a, b = samples[0][0], samples[1][0]
+  assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_labels_in_charset_and_length_bounds(renderer):
+  for i in range(300):
+    img, label = renderer.render(i)
+    assert 1 <= len(label) <= 25, (i, label)
+    assert set(label) <= set(render.CHARS), (i, label)
+    assert img.std() > 3, (i, label)  # text is visible against the background
+  short = render.Renderer(seed=0, max_len=4)
+  assert all(1 <= len(short.render(i)[1]) <= 4 for i in range(100))
+
+
+def test_fixed_width():
+  img, _ = render.Renderer(seed=1, height=48, width=160).render(0)
+  assert img.shape == (48, 160, 3)
+
+
+def test_font_splits_disjoint():
+  train = render.faces_for_split("train")
+  heldout = render.faces_for_split("heldout")
+  assert train and heldout
+  assert not {f.family for f in train} & {f.family for f in heldout}
+  assert set(train) | set(heldout) == set(render.faces_for_split("all"))
+  r = render.Renderer(seed=0, font_split="heldout")
+  used = {r.faces[r.sample_text(i)[0]].family for i in range(50)}
+  assert used <= set(render.HELDOUT_FAMILIES)
+  with pytest.raises(ValueError, match="font_split"):
+    render.Renderer(font_split="test")
+
+
+def test_unsupported_glyphs_are_dropped_from_the_label():
+  # STIXSizOneSymReg maps only ()/[\]_{} of the 94 characters.
+  r = render.Renderer(seed=0, fonts=[os.path.join(_MPL_TTF, "STIXSizOneSymReg.ttf")],
+                      word_prob=0.0)
+  labels = [r.render(i)[1] for i in range(30)]
+  assert all(set(l) <= set("()/[\\]_{}") and l for l in labels)
+
+
+def test_unreadable_font_names_the_file(tmp_path):
+  bad = tmp_path / "Broken-Regular.ttf"
+  bad.write_bytes(b"this is not a font")
+  with pytest.raises(ValueError, match="Broken-Regular.ttf"):
+    render.Renderer(fonts=[str(bad)])
+  with pytest.raises(ValueError, match="Broken-Regular.ttf"):
+    render.Renderer(font_dirs=[str(tmp_path)], font_split="all")
+  with pytest.raises(ValueError, match="missing.ttf"):
+    render.Renderer(fonts=[str(tmp_path / "missing.ttf")])
