@@ -66,6 +66,20 @@ def test_font_splits_disjoint():
     render.Renderer(font_split="test")
 
 
+def test_font_dirs_split_by_family(tmp_path):
+  data = open(os.path.join(_MPL_TTF, "DejaVuSans.ttf"), "rb").read()
+  for fam in ("Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta"):
+    for style in ("Regular", "Bold"):
+      (tmp_path / f"{fam}-{style}.ttf").write_bytes(data)
+  kw = dict(font_dirs=[str(tmp_path)])
+  user = lambda split: {f for f in render.faces_for_split(split, **kw) if f.kind == "file"}
+  train, heldout = user("train"), user("heldout")
+  assert len(train | heldout) == 12 and train and heldout
+  assert not {f.family for f in train} & {f.family for f in heldout}
+  r = render.Renderer(seed=0, fonts=[str(tmp_path / "Beta-Bold.ttf")])
+  assert [f.name for f in r.faces] == ["Beta-Bold"] and r.render(0)[1]
+
+
 def test_unsupported_glyphs_are_dropped_from_the_label():
   # STIXSizOneSymReg maps only ()/[\]_{} of the 94 characters.
   r = render.Renderer(seed=0, fonts=[os.path.join(_MPL_TTF, "STIXSizOneSymReg.ttf")],

@@ -42,7 +42,7 @@ def test_smoke_loss_decreases(straight_run):
 def test_exact_resume(straight_run, tmp_path):
   """6 steps, stop, rerun the same command to 12: the same metrics, bit for bit."""
   config = load_config("dig", "smoke")
-  config.total_steps = 6
+  config.total_steps, config.schedule_steps = 6, 12  # stopped half-way, same schedules
   loop.train(config, str(tmp_path))
   config.total_steps = 12
   loop.train(config, str(tmp_path))

@@ -1,6 +1,6 @@
 """grain input pipeline: source -> shuffle -> repeat -> process shard -> views -> batch.
 
-    source (records) -> MapDataset.shuffle(seed) -> repeat() -> [process_index::process_count]
+    source (records, + "index") -> [fraction subset] -> MapDataset.shuffle(seed) -> repeat() -> [process_index::process_count]
       -> random_map(method.make_views)   # host numpy/OpenCV, deterministic by (seed, index)
       -> to_iter_dataset (drops corrupt records) -> batch(local_batch) -> mp_prefetch(workers)
 
@@ -15,6 +15,11 @@ import grain
 import jax
 
 from sslocr_jax.data import sources
+
+
+def _with_index(index, record):
+  """Adds the source record index (for error reports naming the record)."""
+  return None if record is None else {**record, "index": index}
 
 
 def _views(record, rng, *, make_views, config):
@@ -42,7 +47,11 @@ def make_dataset(config, make_views, *, data_config=None, batch_size=None, shuff
   """
   data = data_config or config.data
   seed = int(data.get("seed", config.seed)) + seed_offset
-  ds = grain.MapDataset.source(sources.make_source(data))
+  ds = grain.MapDataset.source(sources.make_source(data)).map_with_index(_with_index)
+  fraction = float(data.get("fraction", 1.0))
+  if fraction < 1.0:  # a deterministic labeled subset, the same for every seed of the run
+    n = max(1, round(len(ds) * fraction))
+    ds = ds.shuffle(seed=int(data.get("fraction_seed", 1234)))[:n]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if repeat:

@@ -94,6 +94,30 @@ def _open_lmdb(path):
                    meminit=False, max_readers=256)
 
 
+# LMDB forbids opening one environment twice in a process, and several sources
+# (or pickled copies of one) may read the same folder: share one per process.
+_ENVS = {}  # (pid, realpath) -> lmdb.Environment
+_ENVS_LOCK = threading.Lock()
+
+
+def lmdb_env(path):
+  """The process-wide read-only environment of `path` (opened on first use)."""
+  key = (os.getpid(), os.path.realpath(path))
+  env = _ENVS.get(key)
+  if env is None:
+    with _ENVS_LOCK:
+      env = _ENVS.get(key)
+      if env is None:
+        env = _ENVS[key] = _open_lmdb(path)
+  return env
+
+
+def _forget_env(path):
+  env = _ENVS.pop((os.getpid(), os.path.realpath(path)), None)
+  if env is not None:
+    env.close()
+
+
 def find_lmdbs(root):
   """Sorted folders under `root` (itself included) that hold a data.mdb."""
   if not os.path.isdir(root):
@@ -112,6 +136,7 @@ def write_lmdb(path, samples, map_size=1 << 30):
   """
   import lmdb  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
+  _forget_env(path)  # a read-only handle of this process would block the writer
   env = lmdb.open(path, map_size=map_size)
   n = 0
   with env.begin(write=True) as txn:
@@ -136,7 +161,8 @@ class LmdbSource(_Counted):
 
   Keys: b"num-samples" (decimal), b"image-%09d" (encoded image), b"label-%09d"
   (UTF-8), record numbers from 1. Images are decoded with OpenCV to RGB; grayscale
-  becomes 3 channels. Environments are opened lazily in each process.
+  becomes 3 channels. Environments are opened lazily, once per process
+  (`lmdb_env`), so pickled copies in grain workers reopen them after the fork.
   """
 
   def __init__(self, paths):
@@ -148,37 +174,17 @@ class LmdbSource(_Counted):
     self.sizes = []
     for p in self.paths:
       _check_lmdb_dir(p)
-      env = _open_lmdb(p)
-      with env.begin() as txn:
+      with lmdb_env(p).begin() as txn:
         n = txn.get(b"num-samples")
-      env.close()
       if n is None:
         raise ValueError(f"LMDB {p!r} has no b'num-samples' key")
       if int(n) <= 0:
         raise ValueError(f"LMDB {p!r} is empty (num-samples={int(n)})")
       self.sizes.append(int(n))
     self.offsets = np.cumsum([0] + self.sizes).tolist()
-    self._envs = None
-    self._pid = None
 
   def __len__(self):
     return self.offsets[-1]
-
-  def __getstate__(self):
-    state = super().__getstate__()
-    state["_envs"], state["_pid"] = None, None
-    return state
-
-  def _env(self, k):
-    envs = self._envs
-    if envs is None or self._pid != os.getpid() or envs[k] is None:
-      with self._lock:  # one open per LMDB and process (LMDB forbids two)
-        if self._envs is None or self._pid != os.getpid():  # new process
-          self._envs, self._pid = [None] * len(self.paths), os.getpid()
-        if self._envs[k] is None:
-          self._envs[k] = _open_lmdb(self.paths[k])
-        envs = self._envs
-    return envs[k]
 
   def locate(self, index):
     """index -> (LMDB number, 1-based record number)."""
@@ -190,7 +196,7 @@ class LmdbSource(_Counted):
   def __getitem__(self, index):
     k, rec = self.locate(index)
     path = self.paths[k]
-    with self._env(k).begin() as txn:
+    with lmdb_env(path).begin() as txn:
       buf = txn.get(b"image-%09d" % rec)
       raw_label = txn.get(b"label-%09d" % rec)
     if buf is None or raw_label is None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from sslocr_jax.data import augment
 from sslocr_jax.models import heads
+from sslocr_jax.train import optim
 from sslocr_jax.models import encoders
 
 PATCH = 4
@@ -141,7 +142,7 @@ def info_nce(q, k, temperature: float):
 
 def momentum_at(step, config):
   """Cosine schedule of the key-encoder momentum from `config.momentum` to 1.0."""
-  t = jnp.minimum(step / max(int(config.total_steps), 1), 1.0)
+  t = jnp.minimum(step / max(optim.schedule_steps(config), 1), 1.0)
   return 1.0 - (1.0 - config.momentum) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
 
 

@@ -64,7 +64,6 @@ def setup(config, workdir: str | None = None, mesh=None):
   mesh = mesh or sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config)
   phases = method.phases(config)
-  total_steps = int(config.total_steps)
   ds = pipeline.make_dataset(config, method.make_views)
   batch_spec = pipeline.batch_spec(config, method.make_views)
 
@@ -78,7 +77,7 @@ def setup(config, workdir: str | None = None, mesh=None):
     optim_config = config.optim[phase] if phase in config.optim else config.optim
     optimizers[phase], schedules[phase] = optim.make_optimizer(
         optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
-        total_steps, num_layers=int(config.get("model", {}).get("depth", 0) or 0))
+        optim.schedule_steps(config), num_layers=int(config.get("model", {}).get("depth", 0) or 0))
 
   state, shardings = state_lib.init_train_state(method, config, optimizers, phases, batch_spec,
                                                 mesh, rules)
@@ -122,6 +121,10 @@ def train(config, workdir: str) -> dict:
   if hasattr(method, "visualize") and config.get("viz_every", 0):
     visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
                                                        jax.random.PRNGKey(0), config))
+  evaluator, best = None, None
+  if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
+    evaluator = method.make_evaluator(config, mesh)
+    best = _BestCheckpoint(workdir, config.get("best_metric", ""))
   log_every = max(int(config.get("log_every", 50)), 1)
   ckpt_every = int(config.get("checkpoint_every", 1000))
   pending, last, bad = [], {}, None
@@ -148,17 +151,50 @@ def train(config, workdir: str) -> dict:
         _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
       if visualize is not None and (step % config.viz_every == 0 or step == total):
         writer.write_images(step, jax.device_get(visualize(state, batch)))
+      if evaluator is not None and (step % config.eval_every == 0 or step == total):
+        results = evaluator(state)
+        writer.write_scalars(step, results)
+        _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        best.update(step, state, results)
       if must_save:
         checkpointer.save(step, state, data_iter)
       if preempt.requested:
         break
   checkpointer.close()
   writer.close()
+  if best is not None:
+    best.close()
   if bad is not None:
     raise NonFiniteLossError(
         f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
         f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints")
   return last
+
+
+class _BestCheckpoint:
+  """Keeps the train state with the highest `metric` (e.g. val_accuracy) in WORKDIR/best/."""
+
+  def __init__(self, workdir: str, metric: str):
+    self.metric = metric
+    self.path = os.path.join(workdir, "best", "best.json")
+    self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
+                                              async_save=False)
+    self.value = -math.inf
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.value = json.load(f)["value"]
+
+  def update(self, step: int, state, results: dict) -> None:
+    if not self.metric or self.metric not in results or results[self.metric] <= self.value:
+      return
+    self.value = float(results[self.metric])
+    self.checkpointer.save(step, state)
+    if jax.process_index() == 0:
+      with open(self.path, "w") as f:
+        json.dump({"step": step, "metric": self.metric, "value": self.value}, f)
+
+  def close(self) -> None:
+    self.checkpointer.close()
 
 
 def _flush(pending, writer, first_step):

@@ -34,7 +34,7 @@ def make_train_step(method, config, optimizers: dict, schedules: dict, phases):
       params = {**params, **optax.apply_updates(trainable, updates)}
       prefix = "" if len(phases) == 1 else f"{phase}/"
       metrics[f"{prefix}loss"] = loss
-      metrics[f"{prefix}grad_norm"] = optax.global_norm(grads)
+      metrics[f"{prefix}grad_norm"] = optax.tree.norm(grads)
       metrics[f"{prefix}lr"] = schedules[phase](state.step)
       metrics.update(aux)
     model_state = method.after_update(params, model_state, state.step, config)

@@ -74,14 +74,12 @@ class LmdbImport(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, folders):
     for folder in folders:
-      env = sources._open_lmdb(folder)  # pylint: disable=protected-access
-      with env.begin() as txn:
+      with sources.lmdb_env(folder).begin() as txn:
         n = int(txn.get(b"num-samples") or 0)
         for rec in range(1, n + 1):
           ex = self._example(txn, folder, rec)
           if ex is not None:
             yield f"{os.path.abspath(folder)}:{rec}", ex
-      env.close()
 
   def _example(self, txn, folder, rec):
     buf, label = txn.get(b"image-%09d" % rec), txn.get(b"label-%09d" % rec)
