@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.task = "pretrain"
   c.method = "dig"
   c.seed = 0
+  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.
@@ -74,11 +75,11 @@ def get_config(arg=None):
     c.proj_hidden_dim = c.pred_hidden_dim = 1024
     c.data = cu.synthetic_data(num_samples=200_000, num_workers=0)
     c.batch_size = 32
-    c.total_steps = 300
-    c.optim.update(base_lr=8e-3, warmup_steps=30, end_lr=1e-5, weight_decay=0.05)
+    c.total_steps = 200
+    c.optim.update(base_lr=8e-3, warmup_steps=20, end_lr=1e-5, weight_decay=0.05)
     c.log_every = 10
-    c.checkpoint_every = 100
-    c.viz_every = 100
+    c.checkpoint_every = 50
+    c.viz_every = 50
   if a.smoke:
     c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2)
     c.mim_hidden_dim = c.pix_hidden_dim = 32

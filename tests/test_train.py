@@ -60,3 +60,26 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
   with pytest.raises(loop.NonFiniteLossError, match="step 8"):
     loop.train(load_config("dig", "smoke"), str(tmp_path))
   assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 6
+
+
+def test_sigterm_saves_a_checkpoint_then_rerun_resumes(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  from tests.helpers import ROOT
+  cmd = [sys.executable, "-u", "-m", "sslocr_jax.main", "--config=configs/dig.py:smoke",
+         f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.log_every=1",
+         "--config.checkpoint_every=0", "--config.viz_every=0"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  for line in proc.stdout:
+    if line.startswith("step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  saved = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step()
+  assert saved is not None and saved >= 3, out
+  rerun = subprocess.run(cmd[:-3] + ["--config.total_steps=" + str(saved + 2)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+  assert f"steps {saved}->{saved + 2}" in rerun.stdout, rerun.stdout + rerun.stderr

@@ -74,8 +74,9 @@ def batch_spec(config, make_views, data_config=None) -> dict:
   source = sources.make_source(data_config or config.data)
   for i in range(min(len(source), 100)):
     record = source[i]
-    if record is not None:
-      views = make_views(record, np.random.default_rng(0), config)
+    views = None if record is None else make_views({**record, "index": i},
+                                                   np.random.default_rng(0), config)
+    if views is not None:  # None: a corrupt record, or a sample the method drops
       return {k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v), np.asarray(v).dtype)
               for k, v in views.items()}
   raise ValueError("the first 100 records of the data source are all unreadable")

@@ -110,6 +110,8 @@ def train(config, workdir: str) -> dict:
     state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
     writers.truncate_metrics(workdir, start)
     logging.info("Resuming from step %d", start)
+  elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
+    state = method.load_pretrained(state, config)
   writer = writers.MetricWriter(workdir)
   total = int(config.total_steps)
   n_params = state_lib.count_params(state.params)
@@ -140,7 +142,8 @@ def train(config, workdir: str) -> dict:
       if step == start + 1:  # the first step compiles: time from its end
         jax.block_until_ready(metrics)
         t0, seen0 = time.time(), step
-      must_save = step == total or preempt.requested or (ckpt_every and step % ckpt_every == 0)
+      stop = preempt.requested  # read once: a signal arriving later is handled next step
+      must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
       if step % log_every == 0 or must_save:
         last, bad = _flush(pending, writer, step - len(pending) + 1)
         pending = []
@@ -158,7 +161,7 @@ def train(config, workdir: str) -> dict:
         best.update(step, state, results)
       if must_save:
         checkpointer.save(step, state, data_iter)
-      if preempt.requested:
+      if stop:
         break
   checkpointer.close()
   writer.close()

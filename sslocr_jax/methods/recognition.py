@@ -1,0 +1,382 @@
+"""Supervised text recognition: fine-tuning, decoder evaluation and training from scratch.
+
+    features = encoder(augment(image))                       [B, N, D] (models/encoders.py)
+    ctc:          logits = CtcDecoder(features)              [B, T, C]  CTC loss (blank = PAD)
+    attention /   logits = decoder(features, [BOS, y[:-1]])  [B, L, C]  cross-entropy on the
+    transformer:                                             characters and the EOS (not PAD)
+
+with L = max_len + 1 and C = charset.num_classes (data/charset.py). Protocols (config):
+  full fine-tuning      phases = [("main", ["encoder", "decoder"])];
+  frozen encoder        `freeze_encoder=True`: the encoder is in no phase (bit-identical), runs
+                        in inference mode (no drop path / dropout, BatchNorm statistics kept);
+  init_from=DIR         a pretraining (or fine-tuning) workdir / checkpoint folder: only the
+                        encoder weights are taken (`load_pretrained`, called by the loop on a
+                        fresh run); a mismatch is an error naming every differing key;
+  data.fraction         a deterministic labeled subset (data/pipeline.py).
+
+Views (host): `image` uint8 [32, 128, 3] (ABINet-kind `recognition_augment`, or a plain resize
+with `augment=False`) and `label` int32 [L] (ids, EOS, PAD...). A label that is empty, longer
+than `max_len`, or (oov="drop") has characters outside the charset is dropped: `make_views`
+returns None (the pipeline skips it), logs a warning naming the record index and counts it in
+`DROPPED` (per process; reason -> count).
+
+Evaluation (`make_evaluator`, called by the loop every `eval_every` steps): greedy decoding on
+`config.val_data` (by default synthetic lines in held-out fonts), word accuracy after the
+standard filtering, in percent (`val_accuracy`), and 1 - NED in percent (`val_one_minus_ned`).
+
+Networks (params): encoder, decoder. model_state: {"batch_stats": {"encoder": ...}} for encoders
+with BatchNorm (resnet; the layout of methods/seqclr.py), else {}.
+"""
+
+import collections
+import functools
+import json
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sslocr_jax.data import augment
+from sslocr_jax.data import charset as charset_lib
+from sslocr_jax.data import pipeline
+from sslocr_jax.evaluate import metrics
+from sslocr_jax.models import decoders
+from sslocr_jax.models import encoders
+from sslocr_jax.train import sharding as sharding_lib
+
+DROPPED = collections.Counter()  # reason -> number of training labels dropped (this process)
+_WARN_FIRST = 20  # full warnings per reason; afterwards one every 1000 drops
+
+
+# ----------------------------------------------------------------------------- charset
+@functools.lru_cache(maxsize=16)
+def _charset(name: str, oov: str) -> charset_lib.Charset:
+  if name in charset_lib.NAMED:
+    return charset_lib.Charset.named(name, oov=oov)
+  if os.path.isfile(name):
+    return charset_lib.Charset.from_file(name, oov=oov)
+  raise ValueError(f"config.charset={name!r} is neither a named charset "
+                   f"({', '.join(sorted(charset_lib.NAMED))}) nor a file (one character per line)")
+
+
+def charset_from_config(config) -> charset_lib.Charset:
+  """`config.charset` (a name of charset.NAMED or a file) with the `config.oov` policy."""
+  return _charset(config.get("charset", "printable94"), config.get("oov", "drop"))
+
+
+def label_length(config) -> int:
+  """L = max_len + 1: the decoded / target sequence length (room for the EOS)."""
+  return int(config.max_len) + 1
+
+
+# ----------------------------------------------------------------------------- views (host)
+def _drop(index, label, reason: str) -> None:
+  DROPPED[reason] += 1
+  n = DROPPED[reason]
+  if n <= _WARN_FIRST or n % 1000 == 0:
+    logging.warning("recognition: record %s dropped (label %r: %s); %d labels dropped for this "
+                    "reason so far", index, label[:60], reason, n)
+
+
+def make_views(record, rng: np.random.Generator, config) -> dict | None:
+  """record {"image", "label", "index"} -> {image uint8 [H, W, 3], label int32 [L]} or None."""
+  cs = charset_from_config(config)
+  label = record["label"]
+  reason = cs.check(label, config.max_len)
+  if reason is not None:
+    _drop(record.get("index", "?"), label, reason)
+    return None
+  h, w = config.image_height, config.image_width
+  image = (augment.recognition_augment(record["image"], rng, h, w) if config.get("augment", True)
+           else augment.resize(record["image"], h, w))
+  return {"image": image, "label": cs.encode(label, config.max_len)}
+
+
+def eval_views(record, rng, config) -> dict:
+  """record -> {image uint8 [H, W, 3] (resized), text (the label, as is), index}."""
+  del rng
+  return {"image": augment.resize(record["image"], config.image_height, config.image_width),
+          "text": np.asarray(record["label"]), "index": np.asarray(record["index"], np.int64)}
+
+
+# ----------------------------------------------------------------------------- networks
+def normalize(images):
+  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (mean 0.5, std 0.5)."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def networks(config):
+  """(encoder module, grid_h, decoder module) of the config."""
+  encoder, grid_h = encoders.build(config)
+  decoder = decoders.from_config(config, charset_from_config(config).num_classes, grid_h)
+  return encoder, grid_h, decoder
+
+
+def decoder_inputs(labels, bos: int):
+  """Teacher forcing: labels [B, L] -> [BOS, y_0, ..., y_{L-2}]."""
+  return jnp.concatenate([jnp.full((labels.shape[0], 1), bos, labels.dtype), labels[:, :-1]], 1)
+
+
+def init_variables(config, rng, batch) -> dict:
+  encoder, _, decoder = networks(config)
+  k_enc, k_dec = jax.random.split(rng)
+  x = normalize(batch["image"])
+  enc_vars = dict(encoder.init({"params": k_enc, "dropout": k_enc}, x, train=False))
+  enc_params = enc_vars.pop("params")
+  features = encoder.apply({"params": enc_params, **enc_vars}, x, train=False)
+  if config.decoder == "ctc":
+    dec_vars = decoder.init(k_dec, features)
+  else:
+    labels = jnp.zeros((x.shape[0], label_length(config)), jnp.int32)
+    dec_vars = decoder.init(k_dec, features, labels)
+  model_state = {col: {"encoder": tree} for col, tree in enc_vars.items()}
+  return {"params": {"encoder": enc_params, "decoder": dec_vars["params"]},
+          "model_state": model_state}
+
+
+def phases(config):
+  if config.get("freeze_encoder", False):
+    return [("main", ["decoder"])]
+  return [("main", ["encoder", "decoder"])]
+
+
+def encoder_state(model_state) -> dict:
+  """{collection: encoder's tree} out of model_state {collection: {"encoder": tree, ...}}."""
+  return {col: v["encoder"] for col, v in model_state.items()
+          if isinstance(v, dict) and "encoder" in v}
+
+
+def encode(params, model_state, images, config, *, train: bool, rng=None):
+  """images uint8 [B, H, W, 3] -> (features [B, N, D], the encoder's new {collection: tree}).
+
+  With `freeze_encoder` the encoder always runs in inference mode, without gradients.
+  """
+  encoder, _ = encoders.build(config)
+  frozen = config.get("freeze_encoder", False)
+  train = train and not frozen
+  enc_state = encoder_state(model_state)
+  variables = {"params": params["encoder"], **enc_state}
+  rngs = {"dropout": rng} if (train and rng is not None) else {}
+  x = normalize(images)
+  if train and enc_state:
+    features, updates = encoder.apply(variables, x, train=True, rngs=rngs, mutable=list(enc_state))
+    enc_state = {**enc_state, **updates}
+  else:
+    features = encoder.apply(variables, x, train=train, rngs=rngs)
+  if frozen:
+    features = jax.lax.stop_gradient(features)
+  return features, enc_state
+
+
+# ----------------------------------------------------------------------------- loss
+def sequence_accuracy(ids, labels, pad: int):
+  """Percent of rows whose ids equal the labels at every non-PAD label position."""
+  ok = jnp.all((ids == labels) | (labels == pad), axis=1)
+  return 100.0 * jnp.mean(ok.astype(jnp.float32))
+
+
+def loss_fn(params, model_state, batch, rng, *, step, phase, config):
+  """Recognition loss on a global batch -> (loss, (metrics, new model_state))."""
+  del step, phase
+  cs = charset_from_config(config)
+  _, _, decoder = networks(config)
+  enc_rng, dec_rng = jax.random.split(rng)
+  features, enc_state = encode(params, model_state, batch["image"], config, train=True,
+                               rng=enc_rng)
+  labels = batch["label"]
+  dec_vars = {"params": params["decoder"]}
+  if config.decoder == "ctc":
+    logits = decoder.apply(dec_vars, features, train=True)
+    nll = decoders.ctc_loss(logits, labels, blank=cs.pad, eos=cs.eos, pad=cs.pad)
+    lengths = jnp.sum((labels != cs.eos) & (labels != cs.pad), axis=1)
+    loss = jnp.mean(nll / jnp.maximum(lengths, 1))  # PyTorch CTCLoss(reduction="mean")
+    ids, _ = decoders.ctc_greedy(logits, blank=cs.pad, eos=cs.eos, pad=cs.pad,
+                                 length=labels.shape[1])
+  else:
+    logits = decoder.apply(dec_vars, features, decoder_inputs(labels, cs.bos), train=True,
+                           rngs={"dropout": dec_rng})
+    smoothing = float(config.get("label_smoothing", 0.0))
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, cs.num_classes), smoothing)
+    ce = optax.softmax_cross_entropy(logits, targets)
+    mask = (labels != cs.pad).astype(jnp.float32)
+    loss = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # teacher-forced
+  metrics_ = {"train_accuracy": sequence_accuracy(ids, labels, cs.pad)}
+  new_state = dict(model_state)
+  for col, tree in enc_state.items():
+    new_state[col] = {**model_state[col], "encoder": tree}
+  return loss, (metrics_, new_state)
+
+
+def after_update(params, model_state, step, config):
+  del params, step, config
+  return model_state
+
+
+# ----------------------------------------------------------------------------- inference
+def predict(params, model_state, images, config):
+  """Greedy recognition: images uint8 [B, H, W, 3] -> (ids int32 [B, L], confidence [B])."""
+  cs = charset_from_config(config)
+  _, _, decoder = networks(config)
+  features, _ = encode(params, model_state, images, config, train=False)
+  dec_vars = {"params": params["decoder"]}
+  length = label_length(config)
+  if config.decoder == "ctc":
+    return decoders.ctc_greedy(decoder.apply(dec_vars, features), blank=cs.pad, eos=cs.eos,
+                               pad=cs.pad, length=length)
+  return decoders.greedy_decode(decoder, dec_vars, features, length=length, bos=cs.bos,
+                                eos=cs.eos, pad=cs.pad)
+
+
+def make_batch_predictor(config, mesh, batch_size: int):
+  """Returns `fn(params, model_state, images uint8 [n <= B, H, W, 3]) -> (ids [n, L], conf [n])`.
+
+  Every call runs one fixed-size batch (the last one zero-padded), so the jitted function
+  compiles once. `batch_size` is rounded up to a multiple of the device count.
+  """
+  n_dev = mesh.size
+  batch_size = -(-int(batch_size) // n_dev) * n_dev
+  fn = jax.jit(functools.partial(predict, config=config))
+
+  def predict_batch(params, model_state, images):
+    images = np.asarray(images, np.uint8)
+    n = images.shape[0]
+    if n > batch_size:
+      raise ValueError(f"batch of {n} images > batch size {batch_size}")
+    padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
+    padded[:n] = images
+    x = sharding_lib.global_batch({"image": padded}, mesh)["image"]
+    ids, conf = jax.device_get(fn(params, model_state, x))
+    return np.asarray(ids)[:n], np.asarray(conf)[:n]
+
+  predict_batch.batch_size = batch_size
+  predict_batch.jitted = fn
+  return predict_batch
+
+
+def eval_dataset(config, data_config, batch_size: int):
+  """Un-augmented, unshuffled, single-pass batches {image, text, index} of `data_config`."""
+  return pipeline.make_dataset(config, eval_views, data_config=data_config,
+                               batch_size=batch_size, shuffle=False, repeat=False,
+                               drop_remainder=False, num_workers=0)
+
+
+def evaluate_batches(predict_batch, params, model_state, batches, charset) -> metrics.Counts:
+  """Greedy predictions on batches {image, text} -> summed word-accuracy / NED counts."""
+  counts = metrics.Counts()
+  for batch in batches:
+    ids, _ = predict_batch(params, model_state, batch["image"])
+    preds = [charset.decode(row) for row in ids]
+    counts += metrics.score(preds, [str(t) for t in batch["text"]])
+  return counts
+
+
+def make_evaluator(config, mesh):
+  """`fn(state) -> {"val_accuracy": %, "val_one_minus_ned": %}` on `config.val_data`."""
+  cs = charset_from_config(config)
+  batch_size = int(config.get("eval_batch_size", 0) or config.batch_size)
+  predict_batch = make_batch_predictor(config, mesh, batch_size)
+
+  def evaluate(state) -> dict:
+    batches = eval_dataset(config, config.val_data, predict_batch.batch_size)
+    counts = evaluate_batches(predict_batch, state.params, state.model_state, batches, cs)
+    r = counts.report()
+    return {"val_accuracy": r["accuracy"], "val_one_minus_ned": r["one_minus_ned"]}
+  return evaluate
+
+
+# ----------------------------------------------------------------------------- init_from
+def _flat(tree) -> dict:
+  """{"a/b/c": leaf} of a nested dict."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)] = leaf
+  return out
+
+
+def _checkpoint_origin(path: str) -> str:
+  """'method=dig, model {...}' from the config.json beside a checkpoint, or ''."""
+  d = os.path.abspath(path)
+  for _ in range(4):
+    f = os.path.join(d, "config.json")
+    if os.path.isfile(f):
+      with open(f) as fh:
+        c = json.load(fh)
+      model = c.get("model", {})
+      keys = ("name", "size", "embed_dim", "depth", "num_heads")
+      desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
+      return f"method={c.get('method', '?')}, model ({desc}) [{f}]"
+    d = os.path.dirname(d)
+  return ""
+
+
+def _restore(path: str) -> dict:
+  """The state tree of the checkpoint at a workdir / checkpoint folder / step folder."""
+  from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.init_from={path!r} does not exist")
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
+    return ckpt_lib.restore_params(os.path.dirname(path), step=int(base))
+  return ckpt_lib.restore_params(path)
+
+
+def encoder_mismatches(source: dict, target: dict) -> list[str]:
+  """Lines naming every key missing, unexpected or of another shape (source vs target)."""
+  src, tgt = _flat(source), _flat(target)
+  lines = [f"  shape {k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(v))}"
+           for k, v in tgt.items() if k in src and np.shape(src[k]) != np.shape(v)]
+  lines += [f"  missing in checkpoint: {k} {tuple(np.shape(tgt[k]))}" for k in tgt if k not in src]
+  lines += [f"  not in model: {k} {tuple(np.shape(src[k]))}" for k in src if k not in tgt]
+  return lines
+
+
+def load_pretrained(state, config):
+  """Copies the encoder (params, and BatchNorm statistics if any) of `config.init_from`.
+
+  Called by the train loop on a fresh run (not on resume). Raises ValueError listing every
+  mismatched key / shape and saying which method and model size wrote the checkpoint.
+  """
+  path = config.get("init_from", "")
+  if not path:
+    return state
+  restored = _restore(path)
+  params = restored.get("params", {})
+  if "encoder" not in params:
+    raise ValueError(f"config.init_from={path}: the checkpoint has no 'encoder' params "
+                     f"(networks: {sorted(params)}). {_checkpoint_origin(path)}")
+  source, target = params["encoder"], nn.unbox(state.params["encoder"])
+  problems = encoder_mismatches(source, target)
+  if problems:
+    origin = _checkpoint_origin(path)
+    model = config.model
+    want = ", ".join(f"{k}={model[k]}" for k in ("name", "size", "embed_dim", "depth",
+                                                   "num_heads") if k in model)
+    shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    raise ValueError(
+        f"config.init_from={path}: the checkpoint's encoder does not match config.model "
+        f"({want}); {len(problems)} differences:\n" + "\n".join(shown) +
+        (f"\nThe checkpoint was written by {origin}." if origin else "") +
+        "\nSet --config.model.* (or the config variant / size) to the checkpoint's encoder.")
+
+  def put(src, tgt):
+    return jax.device_put(np.asarray(src, tgt.dtype), tgt.sharding)
+  new_params = {**state.params, "encoder": jax.tree.map(put, source, target)}
+  model_state = dict(state.model_state)
+  enc_state = encoder_state(model_state)
+  src_enc_state = {col: tree for col, tree in
+                   encoder_state(restored.get("model_state", None) or {}).items()
+                   if col in enc_state}  # e.g. batch_stats, not DiG's "ema" copies
+  if enc_state and src_enc_state and not encoder_mismatches(src_enc_state, enc_state):
+    for col, tree in jax.tree.map(put, src_enc_state, enc_state).items():
+      model_state[col] = {**model_state[col], "encoder": tree}
+  elif enc_state:
+    logging.warning("init_from=%s: no matching encoder statistics (%s) in the checkpoint; "
+                    "keeping the fresh ones", path, sorted(enc_state))
+  logging.info("init_from=%s: loaded %d encoder arrays", path, len(_flat(source)))
+  return state.replace(params=new_params, model_state=model_state)

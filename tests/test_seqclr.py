@@ -1,0 +1,192 @@
+"""SeqCLR: instance mappings, NT-Xent, views, loss wiring, and the smoke run end to end
+(loss falls, exact resume, 1 vs 8 devices) on 8 fake CPU devices."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sslocr_jax.methods import seqclr
+from sslocr_jax.train import loop
+from sslocr_jax.train import sharding
+from sslocr_jax.train import writers
+from tests.helpers import load_config
+
+
+# ----------------------------------------------------------------------------- instances
+def test_window_pooling_equals_hand_computed_averages():
+  frames = jnp.asarray(np.random.default_rng(0).normal(size=(2, 33, 3)), jnp.float32)
+  out = seqclr.instance_mapping(frames, "window", 5)
+  assert out.shape == (2, 5, 3)
+  # PyTorch adaptive_avg_pool1d(33 -> 5): [floor(33 i / 5), ceil(33 (i + 1) / 5))
+  bounds = [(0, 7), (6, 14), (13, 20), (19, 27), (26, 33)]
+  for i, (s, e) in enumerate(bounds):
+    np.testing.assert_allclose(out[:, i], np.asarray(frames)[:, s:e].mean(axis=1),
+                               rtol=1e-5, atol=1e-6)
+  # divisible case: plain non-overlapping averages
+  x = jnp.arange(10, dtype=jnp.float32).reshape(1, 10, 1)
+  np.testing.assert_allclose(seqclr.instance_mapping(x, "window", 5)[0, :, 0],
+                             [0.5, 2.5, 4.5, 6.5, 8.5])
+
+
+def test_all_and_frame_mappings():
+  frames = jnp.asarray(np.random.default_rng(1).normal(size=(3, 33, 4)), jnp.float32)
+  np.testing.assert_allclose(seqclr.instance_mapping(frames, "all")[:, 0], frames.mean(axis=1),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(seqclr.instance_mapping(frames, "frame"), frames)
+  with pytest.raises(ValueError, match="valid: all, frame, window"):
+    seqclr.instance_mapping(frames, "pixel")
+
+
+# ----------------------------------------------------------------------------- NT-Xent
+def _nt_xent_numpy(z1, z2, t):
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  n, m = len(z), len(z1)
+  losses = []
+  for i in range(n):
+    pos = (i + m) % n
+    others = [j for j in range(n) if j != i]  # everything but itself is a candidate
+    logits = np.array([z[i] @ z[j] / t for j in others])
+    losses.append(-(z[i] @ z[pos] / t - np.log(np.exp(logits).sum())))
+  return np.mean(losses)
+
+
+def test_nt_xent_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  z1, z2 = rng.normal(size=(10, 6)), rng.normal(size=(10, 6))
+  loss, acc = seqclr.nt_xent(jnp.asarray(z1), jnp.asarray(z2), 0.1)
+  np.testing.assert_allclose(loss, _nt_xent_numpy(z1, z2, 0.1), rtol=1e-5)
+  assert 0.0 <= float(acc) <= 1.0
+
+
+def test_nt_xent_positives_are_the_same_position_in_the_other_view():
+  """Instances of B=2 images x W=3 windows; view 2 equals view 1 (matching positions): low
+  loss, accuracy 1. Shifting view 2's windows by one position within each image (so each
+  positive is another window of the same image) makes it high: other windows are negatives."""
+  z1 = jnp.eye(6) * 3.0  # row b*W + w
+  loss, acc = seqclr.nt_xent(z1, z1, 0.1)
+  assert float(loss) < 1e-3 and float(acc) == 1.0
+  shifted = z1.reshape(2, 3, 6)[:, [1, 2, 0]].reshape(6, 6)
+  loss_s, acc_s = seqclr.nt_xent(z1, shifted, 0.1)
+  assert float(loss_s) > 5.0 and float(acc_s) == 0.0
+
+
+# ----------------------------------------------------------------------------- views, wiring
+def test_make_views_shapes():
+  config = ml_collections.ConfigDict(dict(image_height=32, image_width=128))
+  image = np.random.default_rng(0).integers(0, 256, (40, 200, 3), dtype=np.uint8)
+  views = seqclr.make_views({"image": image, "label": "x"}, np.random.default_rng(1), config)
+  assert set(views) == {"image1", "image2"}
+  assert views["image1"].shape == views["image2"].shape == (32, 128, 3)
+  assert views["image1"].dtype == np.uint8
+  assert not np.array_equal(views["image1"], views["image2"])  # independent augmentations
+
+
+@pytest.mark.parametrize("projection,mapping,stage,instances", [
+    ("none", "all", "lstm", 1), ("bilstm", "frame", "cnn", 33), ("mlp", "window", "lstm", 5)])
+def test_loss_and_grads_finite(projection, mapping, stage, instances):
+  config = load_config("seqclr", "smoke")
+  config.projection, config.instance_mapping, config.seqclr_encoder_stage = (
+      projection, mapping, stage)
+  rng = np.random.default_rng(0)
+  batch = {k: jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8))
+           for k in ("image1", "image2")}
+  variables = nn.unbox(jax.jit(lambda r: seqclr.init_variables(config, r, batch))(
+      jax.random.PRNGKey(0)))
+  params, state = variables["params"], variables["model_state"]
+  nets = {"none": {"encoder"}, "bilstm": {"encoder", "projection"},
+          "mlp": {"encoder", "projection"}}[projection]
+  assert set(params) == nets == set(seqclr.phases(config)[0][1])
+  assert ("lstm_0" in params["encoder"]) == (stage == "lstm")
+  assert set(state["batch_stats"]) == ({"encoder", "projection"} if projection == "mlp"
+                                       else {"encoder"})
+
+  @jax.jit
+  def f(p):
+    return jax.value_and_grad(lambda p: seqclr.loss_fn(
+        p, state, batch, jax.random.PRNGKey(1), step=0, phase="main", config=config),
+        has_aux=True)(p)
+  (loss, (metrics, new_state)), grads = f(params)
+  assert np.isfinite(float(loss)) and metrics["num_instances"] == 4 * instances
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_bad_option_is_a_clear_error():
+  config = load_config("seqclr", "smoke")
+  config.projection = "transformer"
+  with pytest.raises(ValueError, match="config.projection='transformer' is unknown"):
+    seqclr.networks(config)
+
+
+def test_config_variants():
+  default = load_config("seqclr")
+  assert default.model.name == "resnet" and default.model.tps and default.model.channels == 512
+  assert default.batch_size >= 256 and default.temperature == 0.1
+  assert (default.instance_mapping, default.num_windows) == ("window", 5)
+  assert not load_config("seqclr", "cpu").model.tps
+  assert load_config("seqclr", "cpu,tps=true").model.tps
+  assert not load_config("seqclr", "tps=false").model.tps
+  smoke = load_config("seqclr", "smoke")
+  for field in ("instance_mapping", "num_windows", "projection", "temperature", "total_steps",
+                "seed", "seqclr_encoder_stage"):
+    assert field in smoke, field
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """12 smoke steps straight through (checkpoints at 6 and 12)."""
+  workdir = str(tmp_path_factory.mktemp("seqclr_straight"))
+  loop.train(load_config("seqclr", "smoke"), workdir)
+  return workdir
+
+
+def test_smoke_run_workdir_and_loss_decreases(straight_run):
+  rows = writers.read_metrics(straight_run)
+  assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+  assert all(np.isfinite(r["loss"]) and "contrastive_acc" in r for r in rows)
+  assert json.load(open(os.path.join(straight_run, "config.json")))["method"] == "seqclr"
+  pngs = os.listdir(os.path.join(straight_run, "samples"))
+  assert any(p.startswith("seqclr_views") for p in pngs)
+  first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-2:]])
+  assert last < first - 0.3, [r["loss"] for r in rows]
+
+
+def test_exact_resume(straight_run, tmp_path):
+  """6 steps, stop, rerun the same command to 12: the same metrics, bit for bit."""
+  config = load_config("seqclr", "smoke")
+  config.total_steps, config.schedule_steps = 6, 12  # stopped half-way, same schedules
+  loop.train(config, str(tmp_path))
+  config.total_steps = 12
+  loop.train(config, str(tmp_path))
+  assert writers.read_metrics(str(tmp_path)) == writers.read_metrics(straight_run)
+
+
+def _losses(config, devices, steps=3):
+  s = loop.setup(config, mesh=sharding.make_mesh(config.mesh, devices))
+  it = iter(s["dataset"])
+  state, out = s["state"], []
+  for _ in range(steps):
+    state, metrics = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
+    out.append(jax.device_get(metrics))
+  return out, state
+
+
+def test_one_vs_eight_devices_same_losses():
+  """BatchNorm statistics and NT-Xent negatives are over the global batch on any mesh."""
+  config = load_config("seqclr", "smoke")
+  one, state1 = _losses(config, jax.devices()[:1])
+  eight, state8 = _losses(config, jax.devices()[:8])
+  for a, b in zip(one, eight):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4, atol=1e-5)
+  mean = lambda s: s.model_state["batch_stats"]["encoder"]["cnn"]["bn0_1"]["mean"]
+  np.testing.assert_allclose(mean(state1), mean(state8), rtol=1e-3, atol=1e-5)
+  kernel = state8.params["encoder"]["cnn"]["conv4_2"]["kernel"]
+  assert len(kernel.sharding.device_set) == 8
