@@ -81,8 +81,11 @@ def main(argv):
   encoder_images = next((k for k in ("image1", "image") if k in batch), None)
   if hasattr(s["method"], "encoder_from_config") and encoder_images:
     enc = s["method"].encoder_from_config(config)
-    fwd = jax.jit(lambda p, x: enc.apply({"params": p}, x.astype(jnp.float32) / 127.5 - 1))
-    params = holder["state"].params["encoder"]
+    fwd = jax.jit(lambda p, x: enc.apply(p, x.astype(jnp.float32) / 127.5 - 1))
+    params = {"params": holder["state"].params["encoder"]}
+    stats = holder["state"].model_state.get("batch_stats", {}).get("encoder")
+    if stats:  # BatchNorm encoders (ResNet) run in eval mode on their running statistics
+      params["batch_stats"] = stats
     images = batch[encoder_images]
     jax.block_until_ready(fwd(params, images))
     sec_f = common.time_calls(lambda: jax.block_until_ready(fwd(params, images)), _STEPS.value)

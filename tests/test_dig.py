@@ -91,7 +91,8 @@ def test_loss_and_grads_are_finite_on_a_tiny_model():
   def f(p):
     return dig.loss_fn(p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0,
                        phase="main", config=config)
-  (loss, (metrics, state)), grads = jax.value_and_grad(f, has_aux=True)(variables["params"])
+  (loss, (metrics, state)), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
+      variables["params"])
   assert np.isfinite(float(loss))
   np.testing.assert_allclose(loss, metrics["mim_loss"] + 0.1 * metrics["contrastive_loss"],
                              rtol=1e-5)

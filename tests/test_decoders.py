@@ -1,0 +1,134 @@
+"""Decoders: CTC against hand-computed values; causality and greedy decoding of the others."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslocr_jax.models import decoders
+
+# A 4-class toy charset: 0 = "a", 1 = "b", 2 = EOS, 3 = PAD (CTC blank); BOS = 4.
+A, B_, EOS, PAD, BOS = 0, 1, 2, 3, 4
+
+
+def test_ctc_loss_hand_computed():
+  # T = 2 frames, probabilities p[t] over (a, b, EOS, PAD=blank).
+  p = np.array([[0.6, 0.1, 0.1, 0.2], [0.3, 0.2, 0.1, 0.4]])
+  logits = jnp.asarray(np.log(p))[None].repeat(2, axis=0)
+  labels = jnp.array([[A, EOS, PAD], [A, B_, EOS]])
+  nll = decoders.ctc_loss(logits, labels, blank=PAD, eos=EOS, pad=PAD)
+  # "a": paths (a a), (a -), (- a) = .6*.3 + .6*.4 + .2*.3 = .48; "ab": only (a b) = .6*.2.
+  np.testing.assert_allclose(nll, [-np.log(0.48), -np.log(0.12)], rtol=1e-5)
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+  frames = [A, A, PAD, A, B_, B_, PAD, EOS]  # -> "a", "a", "b" (an EOS frame is a blank)
+  logits = 10.0 * jax.nn.one_hot(jnp.array([frames, [PAD] * 8]), 4)
+  ids, conf = decoders.ctc_greedy(logits, blank=PAD, eos=EOS, pad=PAD, length=5)
+  np.testing.assert_array_equal(ids, [[A, A, B_, EOS, PAD], [EOS, PAD, PAD, PAD, PAD]])
+  p_max = 1.0 / (1.0 + 3.0 * np.exp(-10.0))
+  np.testing.assert_allclose(conf, [p_max ** 8] * 2, rtol=1e-5)
+
+
+def _decoder(name):
+  if name == "attention":
+    return decoders.AttentionDecoder(5, hidden_dim=16, attention_dim=12, grid_h=2)
+  return decoders.TransformerDecoder(5, d_model=16, num_layers=1, num_heads=2, mlp_dim=16,
+                                     dropout_rate=0.0)
+
+
+def _features(b=3):
+  return jax.random.normal(jax.random.PRNGKey(0), (b, 2 * 6, 8))  # a 2 x 6 grid, D = 8
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_decoder_is_causal(name):
+  dec, feats = _decoder(name), _features()
+  inputs = jnp.array([[BOS, A, B_, A, B_, A]] * 3)
+  variables = jax.jit(dec.init)(jax.random.PRNGKey(1), feats, inputs)
+  apply = jax.jit(dec.apply)
+  logits = apply(variables, feats, inputs)
+  assert logits.shape == (3, 6, 5)
+  changed = apply(variables, feats, inputs.at[:, 3].set(EOS))  # a "future" token
+  np.testing.assert_array_equal(logits[:, :3], changed[:, :3])
+  assert not np.allclose(logits[:, 3:], changed[:, 3:])
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer"])
+def test_greedy_decode_follows_teacher_forcing_and_stops_at_eos(name):
+  dec, feats = _decoder(name), _features()
+  variables = nn.unbox(jax.jit(dec.init)(jax.random.PRNGKey(1), feats,
+                                         jnp.zeros((3, 6), jnp.int32)))
+  greedy = jax.jit(lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS,
+                                                       pad=PAD))
+  ids, conf = greedy(variables, feats)
+  # The cached / recurrent step path picks what the training path predicts from those tokens.
+  tf_logits = jax.jit(dec.apply)(variables, feats,
+                                 jnp.concatenate([jnp.full((3, 1), BOS), ids[:, :-1]], 1))
+  for row, tf_row in zip(np.asarray(ids), np.argmax(tf_logits, -1)):
+    n = list(row).index(EOS) + 1 if EOS in row else len(row)
+    np.testing.assert_array_equal(row[:n], tf_row[:n])
+    assert all(row[n:] == PAD)
+  assert np.all((conf > 0) & (conf <= 1))
+  # An EOS-biased classifier: EOS first, then only PAD, probability ~1.
+  key = "fc" if name == "attention" else "classifier"
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  holder = params["cell"] if name == "attention" else params
+  holder[key]["bias"] = holder[key]["bias"].at[EOS].set(100.0)
+  ids, conf = greedy({"params": params}, feats)
+  np.testing.assert_array_equal(ids, [[EOS] + [PAD] * 5] * 3)
+  np.testing.assert_allclose(conf, 1.0, atol=1e-6)
+
+
+_STEPS = []  # positions run by _Counter.step (recorded from inside the loop)
+
+
+class _Counter(nn.Module):
+  """A fake decoder: emits "a" until its row's EOS position (row 0: 2, row 1: 4, row 2: never)."""
+
+  def prepare(self, features):
+    return features
+
+  def init_cache(self, memory, length):
+    del memory, length
+    return jnp.zeros((), jnp.int32)
+
+  def step(self, memory, cache, token, pos):
+    del token
+    jax.debug.callback(lambda p: _STEPS.append(int(p)), pos)
+    eos_at = jnp.array([2, 4, 99])[: memory.shape[0]]
+    logits = jnp.where((pos == eos_at)[:, None], jax.nn.one_hot(EOS, 5), jax.nn.one_hot(A, 5))
+    return 10.0 * logits, cache
+
+  def __call__(self, features):
+    return features
+
+
+def test_greedy_decode_pads_after_eos_and_exits_early():
+  run = lambda b: decoders.greedy_decode(_Counter(), {}, jnp.zeros((b, 1)), length=8, bos=BOS,
+                                         eos=EOS, pad=PAD)
+  _STEPS.clear()
+  ids, _ = run(3)
+  np.testing.assert_array_equal(ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3,
+                                      [A] * 8])
+  assert _STEPS == list(range(8))  # row 2 never stops: all 8 steps
+  _STEPS.clear()
+  ids, _ = run(2)
+  np.testing.assert_array_equal(ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3])
+  assert _STEPS == list(range(5))  # every row has its EOS after 5 steps: the loop stops
+
+
+def test_greedy_transformer_compiles_once():
+  dec = _decoder("transformer")
+  feats = _features(4)
+  variables = nn.unbox(jax.jit(dec.init)(jax.random.PRNGKey(1), feats,
+                                         jnp.zeros((4, 6), jnp.int32)))
+  fn = jax.jit(lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS,
+                                                   pad=PAD))
+  fn(variables, feats)
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  params["classifier"]["bias"] = params["classifier"]["bias"].at[EOS].set(100.0)  # stops at once
+  ids, _ = fn({"params": params}, -feats)
+  assert int(ids[0, 0]) == EOS
+  assert fn._cache_size() == 1
