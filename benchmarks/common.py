@@ -30,6 +30,23 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
+def random_batch(spec: dict, seed: int = 0) -> dict:
+  """Random numpy arrays shaped like a batch spec ({name: ShapeDtypeStruct}): masks ~70% True."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, s in spec.items():
+    if s.dtype == np.bool_:
+      out[k] = rng.random(s.shape) < 0.7
+    elif s.dtype == np.uint8:
+      out[k] = rng.integers(0, 256, s.shape, dtype=np.uint8)
+    elif np.issubdtype(s.dtype, np.integer):
+      out[k] = rng.integers(0, 10, s.shape).astype(s.dtype)
+    else:
+      out[k] = rng.normal(size=s.shape).astype(s.dtype)
+  return out
+
+
 def peak_flops(dtype: str) -> float | None:
   kind = jax.devices()[0].device_kind
   for (name, dt), value in PEAK_FLOPS.items():

@@ -16,7 +16,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
@@ -29,19 +28,7 @@ _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (after 2 warm-up steps)")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (float32|bfloat16)")
 
 
-def random_batch(spec: dict, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  out = {}
-  for k, s in spec.items():
-    if s.dtype == np.bool_:
-      out[k] = rng.random(s.shape) < 0.7
-    elif s.dtype == np.uint8:
-      out[k] = rng.integers(0, 256, s.shape, dtype=np.uint8)
-    elif np.issubdtype(s.dtype, np.integer):
-      out[k] = rng.integers(0, 10, s.shape).astype(s.dtype)
-    else:
-      out[k] = rng.normal(size=s.shape).astype(s.dtype)
-  return out
+random_batch = common.random_batch
 
 
 def main(argv):

@@ -26,6 +26,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = "pretrain"
   c.method = "dig"
+  c.init_from = ""  # an official DiG .pth / exported .safetensors (methods/dig.py)
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)

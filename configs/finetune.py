@@ -108,7 +108,8 @@ def get_config(arg=None):
   c.async_checkpoints = True
 
   if a.cpu:
-    c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)  # = dig.py:cpu
+    c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4,  # = dig.py:cpu
+                   drop_path_rate=0.0)
     c.model.update(channels=128, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1,
                    tps=False, tps_channels=64)  # = seqclr.py:cpu
     c.attention.update(hidden_dim=128, attention_dim=128)
@@ -124,7 +125,8 @@ def get_config(arg=None):
     c.log_every = 25
     c.checkpoint_every = 500
   if a.smoke:
-    c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2)  # = dig.py:smoke
+    c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2,  # = dig.py:smoke
+                   drop_path_rate=0.0)
     c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
                    tps=False, tps_channels=32)  # = seqclr.py:smoke
     c.attention.update(hidden_dim=32, attention_dim=32)

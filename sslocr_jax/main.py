@@ -3,6 +3,15 @@ r"""Entry point: `python -m sslocr_jax.main --config=configs/<method>.py[:varian
 Dispatches on `config.task`: `pretrain` / `finetune` (the generic loop in train/loop.py) or
 `evaluate` (evaluate/benchmarks.py). Any config field is overridable with
 `--config.FIELD=VALUE`. Without `--workdir`, a fresh folder under `./runs/` is used.
+
+Multi-host (`--config.distributed=True`, the same command on every host): the first thing the
+program does is `jax.distributed.initialize()`. On TPU VMs (and SLURM / Open MPI clusters) it
+finds the coordinator by itself; on other GPU clusters pass it with flags or environment:
+
+    --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
+    (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; JAX_LOCAL_DEVICE_IDS)
+
+Giving `--coordinator_address` (or JAX_COORDINATOR_ADDRESS) also turns the distributed mode on.
 """
 
 import datetime
@@ -18,6 +27,13 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: ./runs/<time>).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (default: "
+    "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs / SLURM / Open MPI).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
 
 
 def check_overrides(argv, config) -> None:
@@ -41,6 +57,35 @@ def default_workdir(config) -> str:
   return os.path.join("runs", f"{config.method}-{stamp}")
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name, "")
+  return int(value) if value.strip() else None
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """`jax.distributed.initialize` with the coordinator from arguments, else JAX_* environment.
+
+  Arguments left None (and unset in the environment) are auto-detected by JAX: on a TPU VM a
+  bare call works. Must run before anything touches the devices; calling it twice is a no-op.
+  On CPU (tests, two local processes) cross-process collectives use gloo.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    return
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = dict(
+      coordinator_address=coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+      num_processes=num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
+      process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"))
+  jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
 def run(config, workdir: str):
   if config.task in ("pretrain", "finetune"):
     from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -54,12 +99,16 @@ def run(config, workdir: str):
 def main(argv):
   del argv
   config = _CONFIG.value
+  distributed = bool(config.get("distributed", False) or _COORDINATOR.value or
+                     os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  if distributed:
+    if not _WORKDIR.value:  # hosts would each pick their own timestamped folder
+      raise SystemExit("error: a multi-host run needs --workdir, a folder every host sees "
+                       "(shared file system or gcsfuse mount)")
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = _WORKDIR.value or default_workdir(config)
   if not _WORKDIR.value:
     print(f"workdir: {workdir}", flush=True)
-  if config.get("distributed", False):
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
   run(config, workdir)
 
 

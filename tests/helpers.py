@@ -13,3 +13,23 @@ def load_config(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def fill_like(tree, seed: int = 0):
+  """Concrete values for abstract (eval_shape) variables without compiling an init: BatchNorm
+  scale/var 1, biases/means 0, every other leaf N(0, 0.1) (numpy). On a 2-core CPU a jitted
+  flax init spends ~15 s compiling threefry for a few dozen params; tests that only need
+  plausible values use this instead."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = getattr(path[-1], "key", "")
+    if name in ("scale", "var"):
+      return jnp.ones(leaf.shape, leaf.dtype)
+    if name in ("bias", "mean"):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map_with_path(value, tree)

@@ -42,43 +42,60 @@ def _features(b=3):
   return jax.random.normal(jax.random.PRNGKey(0), (b, 2 * 6, 8))  # a 2 x 6 grid, D = 8
 
 
-@pytest.mark.parametrize("name", ["attention", "transformer"])
-def test_decoder_is_causal(name):
-  dec, feats = _decoder(name), _features()
-  inputs = jnp.array([[BOS, A, B_, A, B_, A]] * 3)
-  variables = jax.jit(dec.init)(jax.random.PRNGKey(1), feats, inputs)
-  apply = jax.jit(dec.apply)
-  logits = apply(variables, feats, inputs)
-  assert logits.shape == (3, 6, 5)
-  changed = apply(variables, feats, inputs.at[:, 3].set(EOS))  # a "future" token
-  np.testing.assert_array_equal(logits[:, :3], changed[:, :3])
-  assert not np.allclose(logits[:, 3:], changed[:, 3:])
-
-
-@pytest.mark.parametrize("name", ["attention", "transformer"])
-def test_greedy_decode_follows_teacher_forcing_and_stops_at_eos(name):
-  dec, feats = _decoder(name), _features()
+@pytest.fixture(scope="module", params=["attention", "transformer"])
+def built(request):
+  """A tiny decoder, its variables and its jitted apply / greedy decoding (compiled once for
+  all the tests of this module: 3 lines, 6 steps)."""
+  dec, feats = _decoder(request.param), _features()
   variables = nn.unbox(jax.jit(dec.init)(jax.random.PRNGKey(1), feats,
                                          jnp.zeros((3, 6), jnp.int32)))
   greedy = jax.jit(lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS,
                                                        pad=PAD))
-  ids, conf = greedy(variables, feats)
+  return dict(name=request.param, feats=feats, variables=variables, apply=jax.jit(dec.apply),
+              greedy=greedy)
+
+
+def _eos_biased(built):
+  """The params with the classifier's EOS bias at 100: greedy decoding stops at once."""
+  params = jax.tree_util.tree_map(lambda x: x, built["variables"]["params"])
+  holder = params["cell"] if built["name"] == "attention" else params
+  key = "fc" if built["name"] == "attention" else "classifier"
+  holder[key]["bias"] = holder[key]["bias"].at[EOS].set(100.0)
+  return {"params": params}
+
+
+def test_decoder_is_causal(built):
+  inputs = jnp.array([[BOS, A, B_, A, B_, A]] * 3)
+  logits = built["apply"](built["variables"], built["feats"], inputs)
+  assert logits.shape == (3, 6, 5)
+  changed = built["apply"](built["variables"], built["feats"], inputs.at[:, 3].set(EOS))
+  np.testing.assert_array_equal(logits[:, :3], changed[:, :3])  # before the changed token
+  assert not np.allclose(logits[:, 3:], changed[:, 3:])
+
+
+def test_greedy_decode_follows_teacher_forcing_and_stops_at_eos(built):
+  feats, variables = built["feats"], built["variables"]
+  ids, conf = built["greedy"](variables, feats)
   # The cached / recurrent step path picks what the training path predicts from those tokens.
-  tf_logits = jax.jit(dec.apply)(variables, feats,
-                                 jnp.concatenate([jnp.full((3, 1), BOS), ids[:, :-1]], 1))
+  tf_logits = built["apply"](variables, feats,
+                             jnp.concatenate([jnp.full((3, 1), BOS), ids[:, :-1]], 1))
   for row, tf_row in zip(np.asarray(ids), np.argmax(tf_logits, -1)):
     n = list(row).index(EOS) + 1 if EOS in row else len(row)
     np.testing.assert_array_equal(row[:n], tf_row[:n])
     assert all(row[n:] == PAD)
   assert np.all((conf > 0) & (conf <= 1))
   # An EOS-biased classifier: EOS first, then only PAD, probability ~1.
-  key = "fc" if name == "attention" else "classifier"
-  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
-  holder = params["cell"] if name == "attention" else params
-  holder[key]["bias"] = holder[key]["bias"].at[EOS].set(100.0)
-  ids, conf = greedy({"params": params}, feats)
+  ids, conf = built["greedy"](_eos_biased(built), feats)
   np.testing.assert_array_equal(ids, [[EOS] + [PAD] * 5] * 3)
   np.testing.assert_allclose(conf, 1.0, atol=1e-6)
+
+
+def test_greedy_decoding_compiles_once(built):
+  """Other weights, other images, other word lengths: the same compiled function."""
+  built["greedy"](built["variables"], built["feats"])
+  ids, _ = built["greedy"](_eos_biased(built), -built["feats"])
+  assert int(ids[0, 0]) == EOS
+  assert built["greedy"]._cache_size() == 1  # pylint: disable=protected-access
 
 
 _STEPS = []  # positions run by _Counter.step (recorded from inside the loop)
@@ -117,18 +134,3 @@ def test_greedy_decode_pads_after_eos_and_exits_early():
   ids, _ = run(2)
   np.testing.assert_array_equal(ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3])
   assert _STEPS == list(range(5))  # every row has its EOS after 5 steps: the loop stops
-
-
-def test_greedy_transformer_compiles_once():
-  dec = _decoder("transformer")
-  feats = _features(4)
-  variables = nn.unbox(jax.jit(dec.init)(jax.random.PRNGKey(1), feats,
-                                         jnp.zeros((4, 6), jnp.int32)))
-  fn = jax.jit(lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS,
-                                                   pad=PAD))
-  fn(variables, feats)
-  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
-  params["classifier"]["bias"] = params["classifier"]["bias"].at[EOS].set(100.0)  # stops at once
-  ids, _ = fn({"params": params}, -feats)
-  assert int(ids[0, 0]) == EOS
-  assert fn._cache_size() == 1

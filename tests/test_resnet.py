@@ -11,6 +11,7 @@ import pytest
 
 from sslocr_jax.models import encoders
 from sslocr_jax.models import resnet
+from tests.helpers import fill_like
 
 TINY = dict(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=8, lstm_layers=2, tps_channels=16)
 
@@ -43,21 +44,28 @@ def test_output_shapes(width, layers, frames, dim):
 
 @pytest.fixture(scope="module")
 def tiny():
-  """A tiny TPS + ResNet + 2 BiLSTM encoder, its init variables and one train / eval pass.
+  """A tiny TPS + ResNet + 2 BiLSTM encoder, its variables and one jitted train pass.
 
-  One jit per pass (compiles dominate this CPU's test time)."""
+  The TPS variables come from its real init (identity at start); the rest are `fill_like`
+  values on the init's abstract tree (a jitted init of the whole encoder costs ~20 s of this
+  CPU compiling threefry; the real init is exercised by the SeqCLR smoke run)."""
   model = resnet.Encoder(**TINY, tps=True)
   x = _images(4) * 2.0 + 0.5
-  variables = _init(model, x)
+  variables = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
+  variables = fill_like(variables)
+  tps = model.tps and resnet.TPS(model.num_fiducials, model.tps_channels)
+  tps_vars = jax.jit(lambda x: tps.init(jax.random.PRNGKey(1), x, train=False))(x)
+  for col in ("params", "batch_stats"):
+    variables[col] = {**variables[col], "tps": tps_vars[col]}
   train = _apply(model, variables, x, train=True, mutable=["batch_stats", "intermediates"],
                  capture_intermediates=lambda m, _: m.name in ("conv0_1", "rectified"))
   return model, x, variables, train
 
 
 def test_forward_and_param_tree(tiny):
-  _, _, variables, (out, _) = tiny
+  model, x, variables, (out, _) = tiny
   assert out.shape == (4, 33, 8) and np.isfinite(out).all()
-  p = variables["params"]
+  p = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]  # boxed, abstract
   assert set(p) == {"tps", "cnn", "lstm_0", "lstm_1"}
   assert {"conv0_1", "bn0_1", "conv0_2", "layer1_0", "conv1", "conv4_1", "conv4_2",
           "bn4_2"} <= set(p["cnn"])
@@ -75,6 +83,7 @@ def test_forward_and_param_tree(tiny):
   assert names["['tps']['loc_fc1']['kernel']"] == ("embed", "mlp")
   assert len(names) == len(jax.tree.leaves(nn.unbox(p)))  # every param is annotated
   assert set(variables["batch_stats"]) == {"tps", "cnn"}
+  assert set(variables["batch_stats"]["cnn"]["bn0_1"]) == {"mean", "var"}
 
 
 def test_paper_size_param_count():

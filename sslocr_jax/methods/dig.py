@@ -117,6 +117,30 @@ def init_variables(config, rng, batch) -> dict:
   return {"params": params, "model_state": {"ema": ema, "batch_stats": batch_stats}}
 
 
+def load_pretrained(state, config):
+  """`config.init_from` = a PyTorch state dict: an official DiG `.pth` (weights under "model")
+  or an exported `.safetensors` / `.pth` (export/mapping.py). A full DiG file sets every
+  network, momentum copy and BatchNorm statistic; an encoder-only file (`encoder.*`) sets the
+  encoder and its momentum copy. Called by the train loop on a fresh run; a key mismatch is an
+  error listing the missing and unknown keys."""
+  path = config.get("init_from", "")
+  if not path:
+    return state
+  from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
+  if not mapping.is_torch_file(path):
+    raise ValueError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch state "
+                     "dict (.pth / .pt / .safetensors); to continue a JAX run, reuse its workdir")
+  flat = mapping.load_torch_state(path)
+  include = "all" if any(k.startswith("momentum_encoder.") for k in flat) else "encoder"
+  imported = mapping.flatten(mapping.import_state(flat, config, include))
+  if include == "encoder":
+    imported.update({"model_state/ema/" + k[len("params/"):]: v for k, v in imported.items()})
+  target = mapping.flatten({"params": state.params, "model_state": state.model_state})
+  put = lambda k: jax.device_put(np.asarray(imported[k], target[k].dtype), target[k].sharding)
+  new = mapping.unflatten({k: put(k) if k in imported else v for k, v in target.items()})
+  return state.replace(params=new["params"], model_state=new.get("model_state", {}))
+
+
 def phases(config):
   del config
   return [("main", ["encoder", "mim_head", "pix_projector", "projector", "predictor"])]

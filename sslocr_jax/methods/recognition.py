@@ -125,9 +125,11 @@ def init_variables(config, rng, batch) -> dict:
   encoder, _, decoder = networks(config)
   k_enc, k_dec = jax.random.split(rng)
   x = normalize(batch["image"])
-  enc_vars = dict(encoder.init({"params": k_enc, "dropout": k_enc}, x, train=False))
-  enc_params = enc_vars.pop("params")
-  features = encoder.apply({"params": enc_params, **enc_vars}, x, train=False)
+  features, enc_vars = encoder.init_with_output({"params": k_enc, "dropout": k_enc}, x,
+                                                train=False)
+  enc_params = enc_vars["params"]
+  enc_vars = {col: tree for col, tree in enc_vars.items()  # e.g. batch_stats; not sown values
+              if col not in ("params", "intermediates")}
   if config.decoder == "ctc":
     dec_vars = decoder.init(k_dec, features)
   else:
@@ -276,7 +278,14 @@ def evaluate_batches(predict_batch, params, model_state, batches, charset) -> me
 
 
 def make_evaluator(config, mesh):
-  """`fn(state) -> {"val_accuracy": %, "val_one_minus_ned": %}` on `config.val_data`."""
+  """`fn(state) -> {"val_accuracy": %, "val_one_minus_ned": %}` on `config.val_data`.
+
+  Single process only: with several processes it warns once and returns {} (no validation).
+  """
+  if jax.process_count() > 1:
+    logging.warning("recognition: validation during training runs in a single process; "
+                    "skipped (evaluate the checkpoints with configs/evaluate.py)")
+    return lambda state: {}
   cs = charset_from_config(config)
   batch_size = int(config.get("eval_batch_size", 0) or config.batch_size)
   predict_batch = make_batch_predictor(config, mesh, batch_size)
@@ -310,7 +319,9 @@ def _checkpoint_origin(path: str) -> str:
       with open(f) as fh:
         c = json.load(fh)
       model = c.get("model", {})
-      keys = ("name", "size", "embed_dim", "depth", "num_heads")
+      keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
+              if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
+                                                     "num_heads"))
       desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
       return f"method={c.get('method', '?')}, model ({desc}) [{f}]"
     d = os.path.dirname(d)
@@ -329,13 +340,18 @@ def _restore(path: str) -> dict:
   return ckpt_lib.restore_params(path)
 
 
-def encoder_mismatches(source: dict, target: dict) -> list[str]:
-  """Lines naming every key missing, unexpected or of another shape (source vs target)."""
+def encoder_mismatches(source: dict, target: dict, show: int = 8) -> list[str]:
+  """Lines naming the keys of another shape, missing or unexpected (source vs target), at most
+  `show` of each kind plus a count of the rest; [] when the trees match."""
   src, tgt = _flat(source), _flat(target)
-  lines = [f"  shape {k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(v))}"
-           for k, v in tgt.items() if k in src and np.shape(src[k]) != np.shape(v)]
-  lines += [f"  missing in checkpoint: {k} {tuple(np.shape(tgt[k]))}" for k in tgt if k not in src]
-  lines += [f"  not in model: {k} {tuple(np.shape(src[k]))}" for k in src if k not in tgt]
+  kinds = [
+      [f"  shape {k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(v))}"
+       for k, v in tgt.items() if k in src and np.shape(src[k]) != np.shape(v)],
+      [f"  missing in checkpoint: {k} {tuple(np.shape(v))}" for k, v in tgt.items() if k not in src],
+      [f"  not in model: {k} {tuple(np.shape(v))}" for k, v in src.items() if k not in tgt]]
+  lines = []
+  for kind in kinds:
+    lines += kind[:show] + ([f"  ... and {len(kind) - show} more"] if len(kind) > show else [])
   return lines
 
 
@@ -348,7 +364,11 @@ def load_pretrained(state, config):
   path = config.get("init_from", "")
   if not path:
     return state
-  restored = _restore(path)
+  if path.endswith((".safetensors", ".pth", ".pt")):  # a PyTorch state dict (export/mapping.py)
+    from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
+    restored = mapping.import_state(mapping.load_torch_state(path), config, include="encoder")
+  else:
+    restored = _restore(path)
   params = restored.get("params", {})
   if "encoder" not in params:
     raise ValueError(f"config.init_from={path}: the checkpoint has no 'encoder' params "
@@ -358,12 +378,12 @@ def load_pretrained(state, config):
   if problems:
     origin = _checkpoint_origin(path)
     model = config.model
-    want = ", ".join(f"{k}={model[k]}" for k in ("name", "size", "embed_dim", "depth",
-                                                   "num_heads") if k in model)
-    shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+    keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
+            if model.name == "resnet" else ("name", "size", "embed_dim", "depth", "num_heads"))
+    want = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
     raise ValueError(
         f"config.init_from={path}: the checkpoint's encoder does not match config.model "
-        f"({want}); {len(problems)} differences:\n" + "\n".join(shown) +
+        f"({want}):\n" + "\n".join(problems) +
         (f"\nThe checkpoint was written by {origin}." if origin else "") +
         "\nSet --config.model.* (or the config variant / size) to the checkpoint's encoder.")
 

@@ -53,20 +53,23 @@ class _Preemption:
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.requested = True
 
+  def should_stop(self, step: int, every: int) -> bool:
+    """Whether to save and stop after `step`. With several processes the flag is all-gathered
+    every `every` steps, so that all hosts stop at the same step even if only one got the signal."""
+    if jax.process_count() == 1:
+      return self.requested
+    if step % every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
 
 
-def setup(config, workdir: str | None = None, mesh=None):
-  """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
-  method = get_method(config)
-  mesh = mesh or sharding_lib.make_mesh(config.mesh)
-  rules = sharding_lib.logical_rules(config)
-  phases = method.phases(config)
-  ds = pipeline.make_dataset(config, method.make_views)
-  batch_spec = pipeline.batch_spec(config, method.make_views)
-
+def make_optimizers(config, method, phases, batch_spec) -> tuple[dict, dict]:
+  """({phase: optax transformation}, {phase: lr schedule}) from `config.optim`."""
   abstract_params = jax.eval_shape(
       lambda r: method.init_variables(config, r, state_lib.example_batch(batch_spec)),
       jax.random.PRNGKey(0))["params"]
@@ -78,16 +81,39 @@ def setup(config, workdir: str | None = None, mesh=None):
     optimizers[phase], schedules[phase] = optim.make_optimizer(
         optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
         optim.schedule_steps(config), num_layers=int(config.get("model", {}).get("depth", 0) or 0))
+  return optimizers, schedules
 
+
+def jit_train_step(method, config, optimizers, schedules, phases, shardings, batch_shardings,
+                   mesh):
+  """The jitted `train_step(state, batch) -> (state, metrics)`: state sharded as `shardings`
+  (and donated), batch as `batch_shardings`, metrics replicated; with fsdp > 1 the params are
+  gathered for compute (`sharding.gathered`)."""
+  gather = sharding_lib.gathered(shardings.params) if mesh.shape["fsdp"] > 1 else None
+  return jax.jit(step_lib.make_train_step(method, config, optimizers, schedules, phases, gather),
+                 in_shardings=(shardings, batch_shardings),
+                 out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def setup(config, workdir: str | None = None, mesh=None):
+  """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
+  method = get_method(config)
+  mesh = mesh or sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config)
+  phases = method.phases(config)
+  ds = pipeline.make_dataset(config, method.make_views)
+  batch_spec = pipeline.batch_spec(config, method.make_views)
+
+  optimizers, schedules = make_optimizers(config, method, phases, batch_spec)
   state, shardings = state_lib.init_train_state(method, config, optimizers, phases, batch_spec,
                                                 mesh, rules)
   batch_shardings = {k: sharding_lib.batch_sharding(mesh) for k in batch_spec}
-  train_step = jax.jit(step_lib.make_train_step(method, config, optimizers, schedules, phases),
-                       in_shardings=(shardings, batch_shardings),
-                       out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                       donate_argnums=(0,))
+  train_step = jit_train_step(method, config, optimizers, schedules, phases, shardings,
+                              batch_shardings, mesh)
   return dict(method=method, mesh=mesh, state=state, shardings=shardings, train_step=train_step,
-              dataset=ds, batch_shardings=batch_shardings, schedules=schedules)
+              dataset=ds, batch_shardings=batch_shardings, schedules=schedules,
+              optimizers=optimizers, phases=phases)
 
 
 def train(config, workdir: str) -> dict:
@@ -122,7 +148,8 @@ def train(config, workdir: str) -> dict:
   visualize = None
   if hasattr(method, "visualize") and config.get("viz_every", 0):
     visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
-                                                       jax.random.PRNGKey(0), config))
+                                                       jax.random.PRNGKey(0), config),
+                        out_shardings=sharding_lib.replicated(mesh))  # readable on every host
   evaluator, best = None, None
   if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
     evaluator = method.make_evaluator(config, mesh)
@@ -142,7 +169,7 @@ def train(config, workdir: str) -> dict:
       if step == start + 1:  # the first step compiles: time from its end
         jax.block_until_ready(metrics)
         t0, seen0 = time.time(), step
-      stop = preempt.requested  # read once: a signal arriving later is handled next step
+      stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
       must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
       if step % log_every == 0 or must_save:
         last, bad = _flush(pending, writer, step - len(pending) + 1)

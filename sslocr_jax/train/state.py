@@ -51,6 +51,25 @@ def init_train_state(method, config, optimizers: dict, phases, batch_spec: dict,
     phases: [(phase, [trainable network keys])].
     batch_spec: {name: array or ShapeDtypeStruct} of one global batch (shapes only are used).
   """
+  init_fn, rng, _, shardings = _build(method, config, optimizers, phases, batch_spec, mesh, rules)
+  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_train_state(method, config, optimizers: dict, phases, batch_spec: dict, mesh,
+                         rules):
+  """The state as `ShapeDtypeStruct`s carrying their shardings, allocating nothing.
+
+  For ahead-of-time compilation (`jit(...).lower(abstract, ...)`, e.g. memory analysis of a
+  model that would not fit) with the same shardings `init_train_state` gives.
+  """
+  _, _, abstract, shardings = _build(method, config, optimizers, phases, batch_spec, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _build(method, config, optimizers, phases, batch_spec, mesh, rules):
+  """(init_fn(rng) -> TrainState, rng, abstract state, state shardings)."""
   seed = int(config.seed)
 
   def init_variables(rng):
@@ -67,12 +86,12 @@ def init_train_state(method, config, optimizers: dict, phases, batch_spec: dict,
 
   rng = jax.random.PRNGKey(seed)
   boxed = jax.eval_shape(init_variables, jax.random.split(rng)[0])["params"]
-  p_shardings = sharding_lib.param_shardings(boxed, mesh, rules)
+  p_shardings = sharding_lib.param_shardings(boxed, mesh, rules,
+                                             sharding_lib.fsdp_min_size(config))
   abstract = jax.eval_shape(init_fn, rng)
   shardings = sharding_lib.state_shardings(abstract, p_shardings, mesh)
   shardings = shardings.replace(params=p_shardings)
-  state = jax.jit(init_fn, out_shardings=shardings)(rng)
-  return state, shardings
+  return init_fn, rng, abstract, shardings
 
 
 def count_params(params) -> int:

@@ -1,0 +1,140 @@
+r"""SimAN pretraining: restore a style-augmented patch with the style of its neighbour (SAN + GAN).
+
+Variants (`--config=configs/siman.py:VARIANT`, comma-separated, big_vision style):
+  (none)       the recipe for accelerators (ours; the paper gives no code): TPS + ResNet (512) +
+               2-layer BiLSTM (256) as in configs/seqclr.py, patches 32 x 64, global batch 256,
+               10 epochs of the synthetic lines;
+  encoder=E    resnet (default) | vit (models/vit.py on 32 x W patches; size=S picks its size);
+  size=S       ViT size: tiny | small | base (with encoder=vit);
+  tps=BOOL     TPS rectification on/off (resnet; default: on, off for cpu/smoke);
+  cpu          README quick-start: the encoder of `finetune.py:cpu` (so the workdir is a valid
+               `init_from`), a few minutes on a 2-core CPU, reconstruction grids every 100 steps;
+  smoke        a tiny encoder (= `finetune.py:smoke`), a few steps, under a minute on a CPU.
+
+The method's fields (methods/siman.py; every one the paper leaves open is ours):
+  image_width          W: the patch width and the encoder's input width; lines are resized to
+                       32 x 2W and cut into two adjacent patches (ours: 64)
+  san_dim              width of SAN's query/key projections (1x1 convolutions)
+  san_eps, in_eps      eps of the aligned std / of the instance normalization
+  decoder_width        channels of the decoder at the base grid (32 / 2^k x W / 2^k)
+  decoder_upsamples    k, upsampling stages of the decoder (2)
+  disc_width, disc_layers, disc_norm   PatchGAN: first width, stride-2 layers, instance | none
+  pixel_loss           l2 | l1, in [-1, 1] units; pixel_weight its weight (1.0)
+  adv_weight           weight of the generator's hinge term (ours: 0.1)
+  adv_warmup_steps     pixel-loss-only steps before the adversarial term switches on
+  optim.generator, optim.discriminator   one optimizer per phase (train/optim.py fields)
+
+Every field can be overridden: `--config.adv_weight=0 --config.optim.generator.base_lr=2e-3`.
+"""
+
+from sslocr_jax import config_utils as cu
+import ml_collections
+
+VIT_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=512, depth=12, num_heads=8),
+}
+
+
+def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict:
+  if encoder == "resnet":
+    return ml_collections.ConfigDict(dict(
+        name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
+        tps=tps, num_fiducials=20, tps_channels=512))
+  if encoder == "vit":
+    if size not in VIT_SIZES:
+      raise ValueError(f"size={size!r} is unknown; valid: {sorted(VIT_SIZES)}")
+    return ml_collections.ConfigDict(dict(
+        name="vit", size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4,
+        drop_path_rate=0.0, remat=False))
+  raise ValueError(f"encoder={encoder!r} is unknown; valid: resnet, vit")
+
+
+def get_config(arg=None):
+  a = cu.parse_arg(arg, encoder="resnet", size="small", tps="auto", cpu=False, smoke=False)
+  small = a.cpu or a.smoke
+  tps = (not small) if a.tps == "auto" else a.tps.lower() in ("1", "true", "yes")
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.method = "siman"
+  c.seed = 0
+  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
+  c.dtype = "float32"  # encoder compute dtype; SAN, decoder and discriminator run in float32
+
+  # Data: the built-in synthetic lines unless data.source says otherwise.
+  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
+  c.image_height = 32
+  c.image_width = 64  # W, one patch; the line is resized to 32 x 2W (ours)
+  c.batch_size = 256
+  epochs = 10
+  c.total_steps = epochs * c.data.num_samples // c.batch_size
+  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see train/optim.py)
+
+  c.model = model_block(a.encoder, a.size, tps)
+
+  # SimAN (ours where the paper is silent: see the module docstring and docs/siman.md).
+  c.san_dim = 256
+  c.san_eps = 1e-5
+  c.in_eps = 1e-5
+  c.decoder_width = 256
+  c.decoder_upsamples = 2
+  c.disc_width = 64
+  c.disc_layers = 2
+  c.disc_norm = "instance"
+  c.pixel_loss = "l2"
+  c.pixel_weight = 1.0
+  c.adv_weight = 0.1
+  c.adv_warmup_steps = 5000
+
+  # One optimizer per phase (ours): GAN-style b1 = 0.5; equal peak lrs (a 5x slower
+  # discriminator fell to chance as soon as the adversarial term started, docs/siman.md).
+  c.optim = ml_collections.ConfigDict({
+      "generator": dict(name="adamw", base_lr=1e-3, lr_batch_base=256, warmup_steps=2000,
+                        end_lr=1e-5, weight_decay=1e-4, b1=0.5, b2=0.999, grad_clip=5.0),
+      "discriminator": dict(name="adamw", base_lr=1e-3, lr_batch_base=256, warmup_steps=2000,
+                            end_lr=1e-5, weight_decay=0.0, b1=0.5, b2=0.999, grad_clip=0.0),
+  })
+
+  c.mesh = cu.mesh_block()
+  c.sharding = cu.sharding_block()
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.viz_every = 1000
+
+  if a.cpu:
+    if a.encoder == "vit":  # = finetune.py:cpu (and dig.py:cpu)
+      c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)
+    else:  # = finetune.py:cpu
+      c.model.update(channels=128, lstm_hidden=64, lstm_layers=1, tps_channels=64)
+    c.san_dim, c.decoder_width, c.disc_width = 64, 64, 32
+    c.data = cu.synthetic_data(num_samples=200_000, num_workers=0)
+    c.batch_size = 32
+    c.total_steps = 200
+    c.adv_warmup_steps = 150
+    for phase in ("generator", "discriminator"):
+      c.optim[phase].update(lr_batch_base=0, warmup_steps=20, base_lr=2e-3)
+    c.log_every = 10
+    c.checkpoint_every = 50
+    c.viz_every = 50
+  if a.smoke:
+    if a.encoder == "vit":  # = finetune.py:smoke (and dig.py:smoke)
+      c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2)
+    else:  # = finetune.py:smoke (and seqclr.py:smoke)
+      c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
+                     tps_channels=32)
+    c.san_dim, c.decoder_width, c.disc_width = 16, 32, 16
+    c.data = cu.synthetic_data(num_samples=64, num_workers=0)  # lines repeat: a clear drop
+    c.batch_size = 16
+    c.total_steps = 24
+    c.adv_warmup_steps = 12
+    for phase in ("generator", "discriminator"):
+      c.optim[phase].update(lr_batch_base=0, warmup_steps=2, end_lr=1e-4)
+    c.optim.generator.base_lr = 5e-3
+    c.log_every = 4
+    c.checkpoint_every = 12
+    c.viz_every = 24
+  return c
+

@@ -1,0 +1,129 @@
+r"""Export a checkpoint to a PyTorch state dict (+ model JSON); `python -m sslocr_jax.export`.
+
+    python -m sslocr_jax.export --checkpoint=runs/dig-cpu --output=dig.safetensors \
+        [--format=safetensors|pt] [--include=encoder|all]
+
+`--checkpoint` is a workdir, its `checkpoints` folder or one step folder (`.../checkpoints/
+500`); the run's `config.json` is found in or above it. Writes `FILE` and `FILE` with the
+suffix `.json`: the model config `torch_modules.build` reads. `pt` writes
+`torch.save({"model": state_dict})` like the official DiG release (needs torch).
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from sslocr_jax.export import mapping
+
+
+def find_config(path: str) -> tuple[dict, str]:
+  """The resolved config (dict) from the config.json in or above `path`, and its file."""
+  d = os.path.abspath(path)
+  for _ in range(4):
+    f = os.path.join(d, "config.json")
+    if os.path.isfile(f):
+      with open(f) as fh:
+        return json.load(fh), f
+    d = os.path.dirname(d)
+  raise FileNotFoundError(f"no config.json in or above {path} (a workdir holds one)")
+
+
+def restore_state(path: str) -> dict:
+  """State tree {"params", "model_state"} of the checkpoint at a workdir / checkpoints folder
+  / step folder, as numpy on the host."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
+    state = ckpt_lib.restore_params(os.path.dirname(path), step=int(base))
+  else:
+    state = ckpt_lib.restore_params(path)
+  state = {"params": state.get("params", {}), "model_state": state.get("model_state", {}) or {}}
+  return jax.tree.map(np.asarray, state)
+
+
+def _plain(x):
+  """ConfigDict / tuples -> JSON-able plain values."""
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  return x
+
+
+def model_json(config, include: str = "all") -> dict:
+  """The small model config `torch_modules.build` reads (plain JSON values)."""
+  c = _plain(config)
+  method = c.get("method", "recognition")
+  out = {"format": "sslocr_jax-torch-export/1", "method": method, "include": include,
+         "image_size": [int(c["image_height"]), int(c["image_width"])],
+         "model": c["model"], "input": "NCHW float in [-1, 1] (uint8 / 127.5 - 1)"}
+  if method == "dig":
+    out["heads"] = {k: int(c[k]) for k in ("mim_hidden_dim", "pix_hidden_dim",
+                                           "proj_hidden_dim", "proj_dim", "pred_hidden_dim")}
+  if method == "recognition":
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from sslocr_jax.methods import recognition  # pylint: disable=g-import-not-at-top
+    cs = recognition.charset_from_config(ml_collections.ConfigDict(c))
+    out.update(decoder=c["decoder"], decoder_config=c.get(c["decoder"], {}) or {},
+               num_classes=cs.num_classes, charset=c.get("charset", "printable94"),
+               max_len=int(c["max_len"]), bos=cs.bos, eos=cs.eos, pad=cs.pad)
+  return out
+
+
+def json_path(output: str) -> str:
+  return os.path.splitext(output)[0] + ".json"
+
+
+def write(flat: dict, output: str, fmt: str = "safetensors") -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  if fmt == "safetensors":
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, output)
+  elif fmt == "pt":
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("--format=pt needs PyTorch (pip install 'sslocr_jax[torch]'); "
+                        "--format=safetensors does not") from e
+    torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in flat.items()}}, output)
+  else:
+    raise ValueError(f"format={fmt!r}; valid: safetensors, pt")
+
+
+def export_checkpoint(checkpoint: str, output: str, fmt: str = "safetensors",
+                      include: str = "all") -> dict:
+  """Writes the state dict and its model JSON; returns the flat state dict."""
+  config, _ = find_config(checkpoint)
+  flat = mapping.export_state(restore_state(checkpoint), config, include)
+  write(flat, output, fmt)
+  with open(json_path(output), "w") as f:
+    json.dump(model_json(config, include), f, indent=2)
+  return flat
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m sslocr_jax.export", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="workdir, checkpoints folder or step folder")
+  p.add_argument("--output", required=True, help="FILE.safetensors or FILE.pth")
+  p.add_argument("--format", default=None, choices=("safetensors", "pt"),
+                 help="default: from the suffix of --output (safetensors unless .pt/.pth)")
+  p.add_argument("--include", default="all", choices=("encoder", "all"))
+  a = p.parse_args(argv)
+  fmt = a.format or ("pt" if a.output.endswith((".pt", ".pth")) else "safetensors")
+  flat = export_checkpoint(a.checkpoint, a.output, fmt, a.include)
+  n = sum(int(np.size(v)) for v in flat.values())
+  print(f"wrote {a.output} ({len(flat)} tensors, {n / 1e6:.2f}M values) and "
+        f"{json_path(a.output)}")
+
+
+if __name__ == "__main__":
+  main()
