@@ -62,6 +62,7 @@ def get_config(arg=None):
       weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0))
 
   c.mesh = cu.mesh_block()
+  c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
   c.sharding = cu.sharding_block()
   c.log_every = 50
   c.checkpoint_every = 1000

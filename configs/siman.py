@@ -97,6 +97,7 @@ def get_config(arg=None):
   })
 
   c.mesh = cu.mesh_block()
+  c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
   c.sharding = cu.sharding_block()
   c.log_every = 50
   c.checkpoint_every = 1000

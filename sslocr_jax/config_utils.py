@@ -37,7 +37,7 @@ def mesh_block(data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
 
 def sharding_block() -> ml_collections.ConfigDict:
   """Logical axis name -> mesh axes (maxtext style). Edit to change the parallelism."""
-  return ml_collections.ConfigDict({"logical_rules": [
+  return ml_collections.ConfigDict({"fsdp_min_size": 2**16, "logical_rules": [
       ["batch", ["data", "fsdp"]],
       ["embed", "fsdp"],
       ["mlp", None],
