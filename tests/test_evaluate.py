@@ -5,7 +5,6 @@ import json
 import os
 
 import cv2
-import numpy as np
 import pytest
 
 from sslocr_jax import predict

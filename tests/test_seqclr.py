@@ -157,29 +157,7 @@ def test_config_variants():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module's runs (restored afterwards).
-
-  Every `loop.train` builds new jitted functions; the resumed runs compile exactly the
-  programs of the straight run, and on this 2-core CPU compiling (mostly threefry in the
-  param init) is most of a smoke run's time. Cached executables are the same programs, so
-  the bitwise resume check is unaffected.
-  """
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  for n, v in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, -1)):
-    jax.config.update(n, v)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, compile_cache):
+def straight_run(tmp_path_factory):
   """12 smoke steps straight through (checkpoints at 6 and 12)."""
   workdir = str(tmp_path_factory.mktemp("seqclr_straight"))
   loop.train(load_config("seqclr", "smoke"), workdir)
@@ -197,7 +175,7 @@ def test_smoke_run_workdir_and_loss_decreases(straight_run):
   assert last < first - 0.3, [r["loss"] for r in rows]
 
 
-def test_exact_resume(straight_run, tmp_path, compile_cache):
+def test_exact_resume(straight_run, tmp_path):
   """6 steps, stop, rerun the same command to 12: the same metrics, bit for bit."""
   config = load_config("seqclr", "smoke")
   config.total_steps, config.schedule_steps = 6, 12  # stopped half-way, same schedules
@@ -207,7 +185,7 @@ def test_exact_resume(straight_run, tmp_path, compile_cache):
   assert writers.read_metrics(str(tmp_path)) == writers.read_metrics(straight_run)
 
 
-def test_one_vs_eight_devices_same_loss_grads_and_stats(straight_run, compile_cache):
+def test_one_vs_eight_devices_same_loss_grads_and_stats(straight_run):
   """The first smoke step on 8 devices (the loop's sharded train step) and the same loss on
   one device (a plain jit of loss_fn, no shardings) agree: BatchNorm statistics and the
   NT-Xent negatives are over the global batch on any mesh. (Multi-step optimizer equality

@@ -109,24 +109,6 @@ def test_views_are_adjacent_patches_with_a_style_only_augmented_target():
 
 
 # ----------------------------------------------------------------------------- updates
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (restored afterwards): the setups and
-  runs below compile the same init and step programs (as in tests/test_seqclr.py); on a
-  2-core CPU compiling is most of their time. Same programs: the bitwise resume check holds."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  for n, v in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, -1)):
-    jax.config.update(n, v)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
 def _batch(config, n: int = 8, seed: int = 0) -> dict:
   """n examples of the views of the synthetic lines, stacked: {name: uint8 [n, 32, W, 3]}."""
   from sslocr_jax.data import sources
