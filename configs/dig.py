@@ -61,14 +61,7 @@ def get_config(arg=None):
       name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=5000, end_lr=1e-5,
       weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0))
 
-  c.mesh = cu.mesh_block()
-  c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
-  c.sharding = cu.sharding_block()
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
-  c.viz_every = 1000
+  cu.add_run_fields(c, checkpoint_every=1000)
 
   if a.cpu:
     c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)

@@ -100,13 +100,7 @@ def get_config(arg=None):
   c.eval_batch_size = 512
   c.best_metric = "val_accuracy"
 
-  c.mesh = cu.mesh_block()
-  c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
-  c.sharding = cu.sharding_block()
-  c.log_every = 50
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
+  cu.add_run_fields(c, checkpoint_every=2000, viz_every=None)
 
   if a.cpu:
     c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4,  # = dig.py:cpu

@@ -65,3 +65,17 @@ def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
       "num_threads": 4,
       "prefetch": 64,
   })
+
+
+def add_run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 1000,
+                   viz_every: int | None = 1000) -> None:
+  """The run fields every config has: mesh, sharding, accumulation, logging, checkpoints."""
+  c.mesh = mesh_block()
+  c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
+  c.sharding = sharding_block()
+  c.log_every = 50
+  c.checkpoint_every = checkpoint_every
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  if viz_every is not None:
+    c.viz_every = viz_every
