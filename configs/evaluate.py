@@ -11,6 +11,16 @@ Fields:
   batch_size        images per (fixed-size, padded) batch.
 The variant arguments and every other field are those of configs/finetune.py: they describe
 the model only for a checkpoint without config.json (e.g. `:encoder=resnet,decoder=ctc`).
+
+An official DiG fine-tuned `.pth` (or `.safetensors`: export/mapping.py) is evaluated with the
+variant `dig_official` (ViT-Small, the release's `tf_decoder`: transformer.style=dig, d_model 512,
+6 layers, 8 heads, d_inner 256, n_position 200; docs/export.md):
+
+    python -m sslocr_jax.main --config=configs/evaluate.py:dig_official \
+        --config.checkpoint=checkpoint-best.pth --config.data.lmdb_root=<folder> --workdir=OUT
+
+`transformer.style` ("nrtr" | "dig") and `transformer.n_position` are declared here too, so
+they can be overridden for other sizes (`:dig_official,size=base`).
 """
 
 import importlib.util
@@ -25,8 +35,22 @@ def _finetune():
   return module
 
 
+def _split_arg(arg):
+  """(finetune.py's variant argument, dig_official flag)."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  return ",".join(p for p in parts if p != "dig_official"), "dig_official" in parts
+
+
 def get_config(arg=None):
+  arg, dig_official = _split_arg(arg)
   c = _finetune().get_config(arg)
+  for key, default in (("style", "nrtr"), ("n_position", 200)):
+    if key not in c.transformer:
+      c.transformer[key] = default
+  if dig_official:  # the release's `--decoder_name tf_decoder` (models/decoder.py)
+    c.decoder = "transformer"
+    c.transformer.update(style="dig", d_model=512, num_layers=6, num_heads=8, mlp_dim=256,
+                         n_position=200, dropout_rate=0.1)
   c.task = "evaluate"
   c.checkpoint = ""
   c.use_best = True

@@ -83,7 +83,16 @@ class Recognizer:
   @classmethod
   def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256,
                       config=None):
-    """Loads a fine-tuning workdir (config.json + best/ or checkpoints/)."""
+    """Loads a fine-tuning workdir (config.json + best/ or checkpoints/), or a PyTorch state
+    dict (`.pth` / `.pt` / `.safetensors`: an official DiG fine-tuned file or our export;
+    export/mapping.py) with the model described by `config`."""
+    if str(workdir).endswith((".safetensors", ".pth", ".pt", ".bin")):
+      from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
+      if config is None:
+        raise ValueError(f"{workdir}: a PyTorch state dict needs config= (the model), e.g. "
+                         "configs/evaluate.py:dig_official for an official DiG fine-tuned file")
+      state = mapping.import_state(mapping.load_torch_state(str(workdir)), config)
+      return cls(config, state["params"], state["model_state"], batch_size)
     if not os.path.exists(workdir):
       raise FileNotFoundError(f"checkpoint {workdir!r} does not exist")
     config = config if config is not None else load_run_config(workdir)

@@ -17,6 +17,14 @@ the official DiG names (shared/design/torch_export.md) and PyTorch layouts:
       params/encoder (+ bs/encoder)             encoder.*  (ViT; or the CNN+BiLSTM below)
       params/decoder/linear_norm (transformer)  linear_norm.{0,1}.*
       params/decoder/...                        decoder.*
+    Recognition, transformer style "dig" (models/decoders.py DigTransformerDecoder: the
+    official DiG fine-tuned `RecModel` = ViT + final norm, linear_norm, `TFDecoder`)
+      params/decoder/encoder_norm               encoder.norm.*   (the fine-tuned ViT's last LN)
+      params/decoder/linear_norm                linear_norm.{0,1}.*
+      params/decoder/...                        decoder.*  (trg_word_emb, layer_stack.N.{norm1,
+                                                norm2,norm3,self_attn,enc_attn,mlp}, layer_norm,
+                                                classifier; names as the release)
+      (fixed, written on export)                decoder.position_enc.position_table [1, n, d]
 
 (bs = model_state/batch_stats.) Within a network, module names keep their names with
 `name_{i}` -> `name.i` (`blocks_3` -> `blocks.3`, `layer_stack_0` -> `layer_stack.0`,
@@ -60,6 +68,10 @@ from typing import Callable
 import numpy as np
 
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+DIG_TABLE_KEY = "decoder.position_enc.position_table"
+# The last LayerNorm of a fine-tuned DiG ViT: not part of our encoder (a dig-style decoder
+# holds it as `encoder_norm`); skipped when only the encoder is imported (init_from).
+FINETUNE_ENCODER_NORM = ("encoder.norm.weight", "encoder.norm.bias")
 # Fixed sin-cos tables some PyTorch releases store (buffers / frozen params): not ours to
 # import; accepted when they hold the fixed table, an error otherwise (a learned embedding).
 IGNORED_SUFFIXES = ("position_enc.position_table", "pos_embed")
@@ -284,6 +296,29 @@ def _encoder_style(config) -> str:
   return "resnet" if name == "resnet" else "vit"
 
 
+def transformer_style(config) -> str:
+  """"nrtr" (default) or "dig" for a recognition config with the transformer decoder."""
+  if method_of(config) != "recognition" or _get(config, "decoder") != "transformer":
+    return ""
+  t = _get(config, "transformer")
+  return (_get(t, "style", "nrtr") if t is not None else "nrtr") or "nrtr"
+
+
+def dig_position_table(n_position: int, dim: int) -> np.ndarray:
+  """The official DiG `position_enc.position_table` [n_position, dim] as the release computes
+  it (float32 angles pos * 1 / 10000^(2 (j // 2) / dim); sin on even j, cos on odd j)."""
+  j = np.arange(dim)
+  inv = (1.0 / np.power(10000.0, 2 * (j // 2) / dim)).astype(np.float32)
+  angle = (np.arange(n_position, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
+  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
+
+def _dig_table_entry(config) -> Entry:
+  t = _get(config, "transformer")
+  table = dig_position_table(int(_get(t, "n_position", 200)), int(_get(t, "d_model")))[None]
+  return Entry((DIG_TABLE_KEY,), (), lambda a: [table.copy()], lambda a: [], optional=True)
+
+
 def network_specs(config, include: str = "all") -> list:
   """[(torch prefix, [jax roots], style)] of the method of `config`."""
   method = method_of(config)
@@ -308,6 +343,8 @@ def network_specs(config, include: str = "all") -> list:
   if method == "recognition":
     decoder = _get(config, "decoder")
     specs = [enc]
+    if transformer_style(config) == "dig":
+      specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
     if decoder == "transformer":
       specs.append(("linear_norm.", ["params/decoder/linear_norm"], "transformer"))
     specs.append(("decoder.", ["params/decoder"], decoder))
@@ -325,6 +362,8 @@ def make_plan(flat_shapes: dict, config, include: str = "all") -> list:
     for e in es:
       taken.update(e.jax_keys)
     entries += es
+  if include == "all" and transformer_style(config) == "dig":
+    entries.append(_dig_table_entry(config))
   return entries
 
 
@@ -395,10 +434,12 @@ def import_state(flat: dict, config, include: str = "all", *, show: int = 50) ->
   prefixes = tuple(p for p, _, _ in network_specs(config, include))
   missing = [k for e in plan if not e.optional for k in e.torch_keys if k not in flat]
   relevant = [k for k in flat if include == "all" or k.startswith(prefixes)]
+  if include == "encoder":  # a fine-tuned DiG file as init_from: its final norm is not ours
+    relevant = [k for k in relevant if k not in FINETUNE_ENCODER_NORM or k in expected]
   unknown = [k for k in relevant if k not in expected and not _ignored(k)]
   unknown += [f"{k} {tuple(np.shape(flat[k]))} (not the fixed sin-cos table: a learned "
               "position embedding is not supported)"
-              for k in relevant if k not in expected and _ignored(k) and not _is_sincos(flat[k])]
+              for k in relevant if _ignored(k) and not _is_sincos(flat[k])]
   out, shapes = {}, []
   if not missing:
     for e in plan:

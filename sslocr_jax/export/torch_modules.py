@@ -18,7 +18,10 @@ Images are NCHW float in [-1, 1] (`uint8 / 127.5 - 1`), 32 x 128 by default.
                            predictor (the official DiG names);
   method recognition       `Recognizer`: encoder + [linear_norm] + decoder (ctc, attention,
                            transformer) with `forward(images) -> (ids [B, L], logits)` greedy
-                           decoding and `logits(images, inputs)` teacher forcing.
+                           decoding and `logits(images, inputs)` teacher forcing. With
+                           `decoder_config.style == "dig"` it is the official DiG fine-tuned
+                           `RecModel` layout (`DigTFDecoder`, ViT with its final `norm`), so
+                           an official fine-tuned state dict loads with strict=True.
 
 ViT numerics follow the official DiG encoder: 4x4 stride-4 patch conv, row-major tokens,
 mask token before the fixed sin-cos position table, BEiT attention (qkv without bias +
@@ -31,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from sslocr_jax.export import mapping  # numpy only
 
 
 def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
@@ -95,10 +100,14 @@ class Block(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-  """DiG ViT: `forward(images [B, 3, H, W], mask bool [B, N] or None) -> [B, N, D]`."""
+  """DiG ViT: `forward(images [B, 3, H, W], mask bool [B, N] or None) -> [B, N, D]`.
+
+  `final_norm`: the fine-tuned release's last LayerNorm (`norm`, eps 1e-6; pretraining
+  replaces it by an identity).
+  """
 
   def __init__(self, embed_dim, depth, num_heads, mlp_ratio=4.0, patch_size=4,
-               image_size=(32, 128)):
+               image_size=(32, 128), final_norm=False):
     super().__init__()
     self.patch_embed = PatchEmbed(embed_dim, patch_size)
     self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -106,6 +115,7 @@ class ViTEncoder(nn.Module):
     self.register_buffer("pos_table", torch.from_numpy(sincos_1d(n, embed_dim))[None],
                          persistent=False)
     self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+    self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
     self.grid_h = image_size[0] // patch_size
 
   def forward(self, images, mask=None):
@@ -116,7 +126,7 @@ class ViTEncoder(nn.Module):
     x = x + self.pos_table
     for blk in self.blocks:
       x = blk(x)
-    return x
+    return self.norm(x)
 
 
 # ----------------------------------------------------------------------------- DiG heads
@@ -470,6 +480,99 @@ class TransformerDecoder(nn.Module):
     return self.classifier(self.layer_norm(x))
 
 
+class DigAttention(nn.Module):
+  """Official DiG `MultiHeadAttention`: `fc(attn(linear_q(q), linear_k(k), linear_v(v)))`,
+  no biases, no residual, q.k scaled by head_dim^-0.5."""
+
+  def __init__(self, d_model, num_heads):
+    super().__init__()
+    self.num_heads = num_heads
+    self.scale = (d_model // num_heads) ** -0.5
+    self.linear_q = nn.Linear(d_model, d_model, bias=False)
+    self.linear_k = nn.Linear(d_model, d_model, bias=False)
+    self.linear_v = nn.Linear(d_model, d_model, bias=False)
+    self.fc = nn.Linear(d_model, d_model, bias=False)
+
+  def _split(self, x):  # [B, L, d] -> [B, H, L, hd]
+    return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+  def forward(self, q, kv, mask=None):
+    q = self._split(self.linear_q(q))
+    k, v = self._split(self.linear_k(kv)), self._split(self.linear_v(kv))
+    logits = (q @ k.transpose(-2, -1)) * self.scale
+    if mask is not None:
+      logits = logits.masked_fill(~mask, float("-inf"))
+    out = (logits.softmax(-1) @ v).transpose(1, 2)
+    return self.fc(out.reshape(out.shape[0], out.shape[1], -1))
+
+
+class DigFeedForward(nn.Module):
+  def __init__(self, d_model, d_inner):
+    super().__init__()
+    self.w_1 = nn.Linear(d_model, d_inner)
+    self.w_2 = nn.Linear(d_inner, d_model)
+    self.act = nn.GELU()
+
+  def forward(self, x):
+    return self.w_2(self.act(self.w_1(x)))
+
+
+class DigDecoderLayer(nn.Module):
+  """Official `TransformerDecoderLayer`: pre-norm (LayerNorm eps 1e-5) self-attention,
+  cross-attention on the memory, GELU MLP, each with its residual."""
+
+  def __init__(self, d_model, num_heads, d_inner):
+    super().__init__()
+    self.norm1 = nn.LayerNorm(d_model)
+    self.norm2 = nn.LayerNorm(d_model)
+    self.norm3 = nn.LayerNorm(d_model)
+    self.self_attn = DigAttention(d_model, num_heads)
+    self.enc_attn = DigAttention(d_model, num_heads)
+    self.mlp = DigFeedForward(d_model, d_inner)
+
+  def forward(self, x, memory, mask):
+    y = self.norm1(x)
+    x = x + self.self_attn(y, y, mask)
+    x = x + self.enc_attn(self.norm2(x), memory)
+    return x + self.mlp(self.norm3(x))
+
+
+class DigPositionalEncoding(nn.Module):
+  """The stored (persistent) sin-cos `position_table` [1, n_position, d]."""
+
+  def __init__(self, d_model, n_position=200):
+    super().__init__()
+    self.register_buffer("position_table", torch.from_numpy(
+        mapping.dig_position_table(n_position, d_model))[None])
+
+  def forward(self, x):
+    return x + self.position_table[:, :x.shape[1]]
+
+
+class DigTFDecoder(nn.Module):
+  """Official DiG `TFDecoder` (`decoder.*` of a fine-tuned checkpoint): embeddings (no scale)
+  + stored positions, pre-norm layers, final LayerNorm (eps 1e-6), classifier with bias."""
+
+  def __init__(self, num_classes, d_model=512, num_layers=6, num_heads=8, d_inner=256,
+               n_position=200):
+    super().__init__()
+    self.trg_word_emb = nn.Embedding(num_classes + 1, d_model)
+    self.position_enc = DigPositionalEncoding(d_model, n_position)
+    self.layer_stack = nn.ModuleList([DigDecoderLayer(d_model, num_heads, d_inner)
+                                      for _ in range(num_layers)])
+    self.layer_norm = nn.LayerNorm(d_model, eps=1e-6)
+    self.classifier = nn.Linear(d_model, num_classes)
+
+  def forward(self, memory, inputs):
+    """memory [B, N, d] (after linear_norm), inputs [B, L] -> logits [B, L, C] (causal)."""
+    n = inputs.shape[1]
+    x = self.position_enc(self.trg_word_emb(inputs))
+    mask = torch.ones(n, n, dtype=torch.bool, device=inputs.device).tril()
+    for layer in self.layer_stack:
+      x = layer(x, memory, mask)
+    return self.classifier(self.layer_norm(x))
+
+
 class Recognizer(nn.Module):
   """encoder + decoder. `forward(images) -> (ids [B, L], logits)`: greedy decoding, ids in
   the charset layout (characters, EOS, then PAD), like `recognition.predict`."""
@@ -534,6 +637,11 @@ class Recognizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- build
+def _dig_style(cfg):
+  return cfg.get("decoder") == "transformer" and \
+      (cfg.get("decoder_config") or {}).get("style", "nrtr") == "dig"
+
+
 def build_encoder(cfg):
   m = cfg["model"]
   h, w = cfg.get("image_size", (32, 128))
@@ -543,7 +651,8 @@ def build_encoder(cfg):
                          bool(m.get("tps", False)), int(m.get("num_fiducials", 20)),
                          int(m.get("tps_channels", 512)), (h, w))
   return ViTEncoder(int(m["embed_dim"]), int(m["depth"]), int(m["num_heads"]),
-                    float(m.get("mlp_ratio", 4.0)), int(m.get("patch_size", 4)), (h, w))
+                    float(m.get("mlp_ratio", 4.0)), int(m.get("patch_size", 4)), (h, w),
+                    final_norm=cfg.get("include", "all") != "encoder" and _dig_style(cfg))
 
 
 def encoder_dim(cfg):
@@ -574,6 +683,11 @@ def build(cfg):
       decoder = CtcDecoder(d, c, grid_h)
     elif name == "attention":
       decoder = AttentionDecoder(d, c, int(dc["hidden_dim"]), int(dc["attention_dim"]), grid_h)
+    elif name == "transformer" and _dig_style(cfg):
+      dm = int(dc["d_model"])
+      linear_norm = nn.Sequential(nn.Linear(d, dm), nn.LayerNorm(dm))
+      decoder = DigTFDecoder(c, dm, int(dc["num_layers"]), int(dc["num_heads"]),
+                             int(dc["mlp_dim"]), int(dc.get("n_position", 200)))
     elif name == "transformer":
       dm = int(dc["d_model"])
       linear_norm = nn.Sequential(nn.Linear(d, dm), nn.LayerNorm(dm, eps=1e-6))

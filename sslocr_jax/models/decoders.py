@@ -7,6 +7,8 @@ characters, EOS, PAD, UNK; BOS = C is a decoder input only):
     ctc          CtcDecoder(...)(features)                   -> logits [B, T, C], T = N / grid_h
     attention    AttentionDecoder(...)(features, inputs)     -> logits [B, L, C]  (teacher forcing)
     transformer  TransformerDecoder(...)(features, inputs)   -> logits [B, L, C]  (teacher forcing)
+                 (`config.transformer.style="nrtr"`, default) or DigTransformerDecoder(...)
+                 (`style="dig"`: the official DiG `TFDecoder`, for its fine-tuned checkpoints)
 
 `inputs` int32 [B, L] are the targets shifted right: `[BOS, y_0, ..., y_{L-2}]`. CTC uses the
 PAD id as its blank (PAD is never a target).
@@ -40,6 +42,7 @@ import optax
 from sslocr_jax.models import encoders
 
 DECODERS = ("ctc", "attention", "transformer")
+STYLES = ("nrtr", "dig")  # config.transformer.style
 
 _dense_init = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
@@ -56,8 +59,8 @@ def _dense(features, names=("embed", "mlp"), use_bias=True, dtype=jnp.float32, n
                   name=name)
 
 
-def _layer_norm(dtype, name=None):
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+def _layer_norm(dtype, name=None, eps=1e-6):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=_p(_ones, "embed"), bias_init=_p(_zeros, "embed"), name=name)
 
 
@@ -192,12 +195,15 @@ def sincos_table(num_positions: int, dim: int) -> np.ndarray:
   return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
 
 
-def _attend(q, k, v, mask):
-  """q [B, Lq, H, hd], k/v [B, S, H, hd], mask bool broadcastable to [B, H, Lq, S] or None."""
+def _attend(q, k, v, mask, drop=None):
+  """q [B, Lq, H, hd], k/v [B, S, H, hd], mask bool broadcastable to [B, H, Lq, S] or None;
+  `drop`: optional dropout applied to the attention weights."""
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
   if mask is not None:
     logits = jnp.where(mask, logits, -1e9)
   attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  if drop is not None:
+    attn = drop(attn)
   return jnp.einsum("bhqk,bkhd->bqhd", attn, v)
 
 
@@ -355,6 +361,158 @@ class TransformerDecoder(nn.Module):
     return self.classifier(self.layer_norm(x)).astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- transformer (DiG)
+def dig_position_table(n_position: int, dim: int) -> np.ndarray:
+  """The official `PositionalEncoding.position_table` [n_position, dim], computed as there:
+  float32 angles pos * (1 / 10000^(2 (j // 2) / dim)), sin on even j, cos on odd j."""
+  j = np.arange(dim)
+  inv = (1.0 / np.power(10000.0, 2 * (j // 2) / dim)).astype(np.float32)
+  angle = np.arange(n_position, dtype=np.float32)[:, None] * inv[None, :]
+  angle = angle.astype(np.float64)
+  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
+
+class DigAttention(nn.Module):
+  """Official DiG `MultiHeadAttention` (no residual, no norm): `fc(attn(linear_q(q), k, v))`,
+  all four Linears without bias; dropout on the weights and after `fc`.
+
+  `__call__(x [B, Lq, d], kv, mask) -> [B, Lq, d]`; `kv(y [B, S, d]) -> (k, v) [B, S, H, hd]`.
+  """
+  d_model: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    dense = lambda names, name: _dense(self.d_model, names, use_bias=False, dtype=self.dtype,
+                                       name=name)
+    self.linear_q = dense(("embed", "heads"), "linear_q")
+    self.linear_k = dense(("embed", "heads"), "linear_k")
+    self.linear_v = dense(("embed", "heads"), "linear_v")
+    self.fc = dense(("heads", "embed"), "fc")
+    self.attn_drop = nn.Dropout(self.dropout_rate)
+    self.proj_drop = nn.Dropout(self.dropout_rate)
+
+  def _split(self, x):
+    return x.reshape(x.shape[:2] + (self.num_heads, self.d_model // self.num_heads))
+
+  def kv(self, y):
+    return self._split(self.linear_k(y)), self._split(self.linear_v(y))
+
+  def __call__(self, x, kv, mask=None, *, train: bool = False):
+    q = self._split(self.linear_q(x))
+    drop = (lambda a: self.attn_drop(a, deterministic=False)) if train else None
+    out = _attend(q, *kv, mask, drop).reshape(x.shape[:2] + (self.d_model,))
+    return self.proj_drop(self.fc(out), deterministic=not train)
+
+
+class DigFeedForward(nn.Module):
+  """Official `PositionwiseFeedForward`: `w_2(gelu(w_1(x)))` (exact GELU; no residual)."""
+  d_model: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    y = _dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="w_1")(x)
+    y = nn.Dropout(self.dropout_rate)(nn.gelu(y, approximate=False), deterministic=not train)
+    y = _dense(self.d_model, ("mlp", "embed"), dtype=self.dtype, name="w_2")(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class DigDecoderLayer(nn.Module):
+  """Official `TransformerDecoderLayer` (pre-norm, LayerNorm eps 1e-5):
+
+      x = x + self_attn(norm1(x));  x = x + enc_attn(norm2(x), memory);  x = x + mlp(norm3(x))
+  """
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    attn = lambda name: DigAttention(self.d_model, self.num_heads, self.dropout_rate,
+                                     self.dtype, name=name)
+    self.norm1 = _layer_norm(self.dtype, "norm1", eps=1e-5)
+    self.norm2 = _layer_norm(self.dtype, "norm2", eps=1e-5)
+    self.norm3 = _layer_norm(self.dtype, "norm3", eps=1e-5)
+    self.self_attn = attn("self_attn")
+    self.enc_attn = attn("enc_attn")
+    self.mlp = DigFeedForward(self.d_model, self.mlp_dim, self.dropout_rate, self.dtype,
+                              name="mlp")
+
+  def memory_kv(self, memory):
+    return self.enc_attn.kv(memory)
+
+  def _rest(self, x, enc_kv, train):
+    x = x + self.enc_attn(self.norm2(x), enc_kv, train=train)
+    return x + self.mlp(self.norm3(x), train=train)
+
+  def __call__(self, x, enc_kv, mask, *, train: bool = False):
+    """x [B, L, d], enc_kv (k, v) of the memory, mask bool [L, L] -> [B, L, d]."""
+    y = self.norm1(x)
+    x = x + self.self_attn(y, self.self_attn.kv(y), mask, train=train)
+    return self._rest(x, enc_kv, train)
+
+  def step(self, x, pos, cache, enc_kv):
+    """One position: x [B, 1, d]; cache (k, v) [B, L, H, hd] -> (x [B, 1, d], cache)."""
+    y = self.norm1(x)
+    k, v = self.self_attn.kv(y)
+    ck = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), pos, axis=1)
+    cv = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), pos, axis=1)
+    mask = (jnp.arange(ck.shape[1]) <= pos)[None, None, None, :]
+    x = x + self.self_attn(y, (ck, cv), mask)
+    return self._rest(x, enc_kv, False), (ck, cv)
+
+
+class DigTransformerDecoder(TransformerDecoder):
+  """The official DiG `TFDecoder` with the recognizer's bridge, numerically:
+
+      memory = linear_norm(encoder_norm(features))   LN eps 1e-6 (the fine-tuned ViT's final
+                                                     `encoder.norm`), Linear D -> d, LN eps 1e-5
+      x = trg_word_emb(tokens) + position_table[:L]  (no sqrt(d) scale; fixed table, n_position)
+      x = layer_stack(x, memory)                     (DigDecoderLayer, causal self-attention)
+      logits = classifier(layer_norm(x))             (LN eps 1e-6; classifier with bias)
+
+  Same interface as `TransformerDecoder` (teacher forcing, `prepare` / `init_cache` / `step`
+  for `greedy_decode`). Decoding length must stay <= n_position (200 in the release).
+  """
+  n_position: int = 200
+
+  def setup(self):
+    self.encoder_norm = _layer_norm(self.dtype, "encoder_norm")
+    self.linear_norm = nn.Sequential([_dense(self.d_model, ("embed", "mlp"), dtype=self.dtype),
+                                      _layer_norm(self.dtype, eps=1e-5)])
+    self.trg_word_emb = nn.Embed(
+        self.num_classes + 1, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+        embedding_init=_p(nn.initializers.normal(1.0), "vocab", "embed"))  # nn.Embedding's
+    self.layer_stack = [DigDecoderLayer(self.d_model, self.num_heads, self.mlp_dim,
+                                        self.dropout_rate, self.dtype)
+                        for _ in range(self.num_layers)]
+    self.layer_norm = _layer_norm(self.dtype)
+    self.classifier = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def _check_length(self, length: int):
+    if length > self.n_position:
+      raise ValueError(f"{length} target positions > transformer.n_position={self.n_position}")
+
+  def _embed(self, tokens, positions, train: bool):
+    self._check_length(positions.shape[0])
+    table = jnp.asarray(dig_position_table(self.n_position, self.d_model), self.dtype)
+    return self.dropout(self.trg_word_emb(tokens) + table[positions], deterministic=not train)
+
+  def init_cache(self, memory, length: int):
+    self._check_length(length)
+    return super().init_cache(memory, length)
+
+  def prepare(self, features):
+    memory = self.linear_norm(self.encoder_norm(features.astype(self.dtype)))
+    return [layer.memory_kv(memory) for layer in self.layer_stack]
+
+
 # ----------------------------------------------------------------------------- greedy
 def greedy_decode(decoder, variables, features, *, length: int, bos: int, eos: int, pad: int):
   """Autoregressive greedy decoding of `decoder` (attention or transformer).
@@ -408,7 +566,12 @@ def from_config(config, num_classes: int, grid_h: int):
                             attention_dim=a.attention_dim, grid_h=grid_h, dtype=dtype)
   if name == "transformer":
     t = config.transformer
-    return TransformerDecoder(num_classes, d_model=t.d_model, num_layers=t.num_layers,
-                              num_heads=t.num_heads, mlp_dim=t.mlp_dim,
-                              dropout_rate=t.get("dropout_rate", 0.0), dtype=dtype)
+    kw = dict(d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
+              mlp_dim=t.mlp_dim, dropout_rate=t.get("dropout_rate", 0.0), dtype=dtype)
+    style = t.get("style", "nrtr")
+    if style == "dig":
+      return DigTransformerDecoder(num_classes, n_position=t.get("n_position", 200), **kw)
+    if style != "nrtr":
+      raise ValueError(f"config.transformer.style={style!r} is unknown; valid: {', '.join(STYLES)}")
+    return TransformerDecoder(num_classes, **kw)
   raise ValueError(f"config.decoder={name!r} is unknown; valid: {', '.join(DECODERS)}")
