@@ -90,7 +90,8 @@ def get_config(arg=None):
   # Decoder sizes (models/decoders.py); only the one named by `decoder` is built.
   c.attention = ml_collections.ConfigDict(dict(hidden_dim=512, attention_dim=512))
   c.transformer = ml_collections.ConfigDict(dict(
-      d_model=512, num_layers=6, num_heads=8, mlp_dim=2048, dropout_rate=0.1))
+      d_model=512, num_layers=6, num_heads=8, mlp_dim=2048, dropout_rate=0.1,
+      style="nrtr", n_position=200))  # style dig: the official DiG TFDecoder (docs/export.md)
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=8e-4, lr_batch_base=512, warmup_steps=2000, end_lr=1e-6,

@@ -49,13 +49,19 @@ def sharding_block() -> ml_collections.ConfigDict:
 
 
 def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
-                   font_split: str = "train") -> ml_collections.ConfigDict:
-  """The built-in synthetic text lines (default source); `source` switches to lmdb/tfds."""
+                   font_split: str = "train", word_prob: float = 0.6
+                   ) -> ml_collections.ConfigDict:
+  """The built-in synthetic text lines (default source); `source` switches to lmdb/tfds.
+
+  `word_prob`: share of dictionary words among the lines (the rest are numbers, codes and
+  random strings; data/render.py).
+  """
   return ml_collections.ConfigDict({
       "source": "synthetic",
       "num_samples": num_samples,
       "seed": seed,
       "font_split": font_split,
+      "word_prob": word_prob,
       "font_dirs": [],
       "lmdb_paths": [],
       "tfds_name": "",

@@ -280,7 +280,7 @@ class TfdsSource(_Counted):
 def make_source(data):
   """Source of `config.data` (ConfigDict or dict), by `data.source`:
 
-    synthetic: num_samples, seed, font_split, font_dirs (optional)
+    synthetic: num_samples, seed, font_split, word_prob, font_dirs (optional)
     lmdb:      lmdb_paths (list of folders)
     tfds:      tfds_name (name or builder folder), tfds_data_dir, split
   """
@@ -288,6 +288,7 @@ def make_source(data):
   if kind == "synthetic":
     return SyntheticSource(int(data["num_samples"]), seed=int(data.get("seed", 0)),
                            font_split=data.get("font_split", "train"),
+                           word_prob=float(data.get("word_prob", 0.6)),
                            font_dirs=tuple(data.get("font_dirs", None) or ()))
   if kind == "lmdb":
     paths = list(data.get("lmdb_paths", None) or ())
