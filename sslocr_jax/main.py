@@ -2,7 +2,9 @@ r"""Entry point: `python -m sslocr_jax.main --config=configs/<method>.py[:varian
 
 Dispatches on `config.task`: `pretrain` / `finetune` (the generic loop in train/loop.py) or
 `evaluate` (evaluate/benchmarks.py). Any config field is overridable with
-`--config.FIELD=VALUE`. Without `--workdir`, a fresh folder under `./runs/` is used.
+`--config.FIELD=VALUE`. `--workdir` is a local folder or a bucket URI (`gs://bucket/run`: every
+workdir file goes through etils.epath, as orbax's checkpoints do); without it, a fresh folder
+under `./runs/` is used.
 
 Multi-host (`--config.distributed=True`, the same command on every host): the first thing the
 program does is `jax.distributed.initialize()`. On TPU VMs (and SLURM / Open MPI clusters) it
@@ -26,7 +28,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: ./runs/<time>).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder, local or gs://bucket/run "
+                                "(default: ./runs/<time>).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (default: "
     "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs / SLURM / Open MPI).")
@@ -104,7 +107,7 @@ def main(argv):
   if distributed:
     if not _WORKDIR.value:  # hosts would each pick their own timestamped folder
       raise SystemExit("error: a multi-host run needs --workdir, a folder every host sees "
-                       "(shared file system or gcsfuse mount)")
+                       "(gs://bucket/run, a shared file system or a gcsfuse mount)")
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = _WORKDIR.value or default_workdir(config)
   if not _WORKDIR.value:

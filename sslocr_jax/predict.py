@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import cv2
+from etils import epath
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import ml_collections
@@ -33,30 +34,33 @@ from sslocr_jax.data import augment
 from sslocr_jax.methods import recognition
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import sharding as sharding_lib
+from sslocr_jax.train import writers
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json a training run wrote in (or above) `workdir`."""
-  d = os.path.abspath(workdir)
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+  """The config.json a training run wrote in (or above) `workdir` (local or gs://...)."""
+  d = writers.workdir_path(workdir)
   for _ in range(3):
-    path = os.path.join(d, "config.json")
-    if os.path.isfile(path):
-      with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-    d = os.path.dirname(d)
+    path = d / "config.json"
+    if path.is_file():
+      return ml_collections.ConfigDict(json.loads(path.read_text()))
+    if len(d.parts) <= (3 if writers.is_remote(d) else 1):  # at the bucket / file system root
+      break
+    d = d.parent
   raise FileNotFoundError(f"no config.json in or above {workdir!r}: is it a fine-tuning workdir?")
 
 
-def checkpoint_dir(workdir: str, use_best: bool = True) -> str:
+def checkpoint_dir(workdir, use_best: bool = True) -> epath.Path:
   """WORKDIR/best if it holds a checkpoint (and use_best), else WORKDIR/checkpoints, else WORKDIR."""
-  has_steps = lambda d: os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
-  best = os.path.join(workdir, "best")
+  workdir = writers.workdir_path(workdir)
+  has_steps = lambda d: d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+  best = workdir / "best"
   if use_best and has_steps(best):
     return best
-  ckpts = os.path.join(workdir, "checkpoints")
-  return ckpts if os.path.isdir(ckpts) else workdir
+  ckpts = workdir / "checkpoints"
+  return ckpts if ckpts.is_dir() else workdir
 
 
 class Recognizer:
@@ -93,7 +97,7 @@ class Recognizer:
                          "configs/evaluate.py:dig_official for an official DiG fine-tuned file")
       state = mapping.import_state(mapping.load_torch_state(str(workdir)), config)
       return cls(config, state["params"], state["model_state"], batch_size)
-    if not os.path.exists(workdir):
+    if not writers.workdir_path(workdir).exists():
       raise FileNotFoundError(f"checkpoint {workdir!r} does not exist")
     config = config if config is not None else load_run_config(workdir)
     directory = checkpoint_dir(workdir, use_best)

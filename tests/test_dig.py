@@ -99,3 +99,34 @@ def test_loss_and_grads_are_finite_on_a_tiny_model():
   assert set(state["batch_stats"]) == {"pix_projector", "projector", "predictor",
                                        "pix_projector_m", "projector_m"}
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_pair_interleaves_and_unpair_inverts():
+  a, b = jnp.arange(6).reshape(3, 2), 10 + jnp.arange(6).reshape(3, 2)
+  np.testing.assert_array_equal(dig.pair(a, b)[:, 0], [0, 10, 2, 12, 4, 14])
+  a2, b2 = dig.unpair(dig.pair(a, b))
+  np.testing.assert_array_equal(a2, a)
+  np.testing.assert_array_equal(b2, b)
+
+
+def test_paired_views_give_the_concatenated_losses(monkeypatch):
+  """The per-device view layout (`pair`) changes only the order of rows in the encoder,
+  BatchNorm and windows: losses, grads and BN statistics equal the concatenated layout's."""
+  config = load_config("dig", "smoke")
+  rng = np.random.default_rng(0)
+  batch = {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+           "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+           "mask": jnp.asarray(rng.random((4, 256)) < 0.7)}
+  import flax.linen as nn
+  variables = nn.unbox(dig.init_variables(config, jax.random.PRNGKey(0), batch))
+
+  def run():
+    f = lambda p: dig.loss_fn(p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0,
+                              phase="main", config=config)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+  paired = run()
+  monkeypatch.setattr(dig, "pair", lambda a, b: jnp.concatenate([a, b]))
+  monkeypatch.setattr(dig, "unpair", lambda x: tuple(jnp.split(x, 2)))
+  concatenated = run()
+  for a, b in zip(jax.tree.leaves(paired), jax.tree.leaves(concatenated)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

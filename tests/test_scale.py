@@ -75,6 +75,22 @@ def test_mesh_same_losses_and_params_sharded(data, fsdp, reference_metrics):
   scale_helpers.assert_same_losses(got, want)
 
 
+def test_dig_step_moves_no_examples_between_devices():
+  """On a pure data-parallel mesh each device keeps its own examples: DiG pairs the two views
+  per example (`dig.pair`), so the compiled step has no all-to-all / collective-permute (the
+  concatenated views had 17 / 20); what remains is the gradient all-reduce and the all-gather
+  of the contrastive keys (global negatives)."""
+  config = load_config("dig", "smoke")
+  config.mesh.data, config.mesh.fsdp = 8, 1
+  s = loop.setup(config)
+  batch = sharding.global_batch(next(iter(s["dataset"])), s["mesh"])
+  hlo = s["train_step"].lower(s["state"], batch).compile().as_text()
+  assert hlo.count("all-to-all(") == 0
+  assert hlo.count("collective-permute(") == 0
+  assert hlo.count("all-gather(") == 2  # k2 and k1, one per InfoNCE term
+  assert hlo.count("all-reduce(") > 0
+
+
 def test_grad_accumulation_equals_full_batch():
   """k=2 micro-batches of 8 == one batch of 16, for MIM-only DiG (contrastive_weight=0).
 

@@ -3,6 +3,7 @@
 import json
 import os
 
+from etils import epath
 import jax
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from tests.helpers import load_config
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  """12 smoke steps straight through (checkpoints at 6 and 12)."""
+  """12 smoke steps straight through (checkpoints at 6 and 12), workdir given as an epath.Path."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  loop.train(load_config("dig", "smoke"), workdir)
+  loop.train(load_config("dig", "smoke"), epath.Path(workdir))
   return workdir
 
 

@@ -30,6 +30,7 @@ from sslocr_jax.data import sources
 from sslocr_jax.evaluate import metrics
 from sslocr_jax.methods import recognition
 from sslocr_jax import predict
+from sslocr_jax.train import writers
 
 
 def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -73,7 +74,7 @@ def run(config, workdir: str) -> dict:
   results["average"] = metrics.average(counts).report()
   print(f"checkpoint {config.checkpoint} (step {rec.step}, decoder {run_config.decoder})")
   print(metrics.format_table(results), flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  out = writers.workdir_path(workdir)  # local folder or gs://... (etils.epath)
+  out.mkdir(parents=True, exist_ok=True)
+  writers.write_text(out / "results.json", json.dumps(results, indent=2))
   return results

@@ -18,6 +18,11 @@ Views (host): image1 = the original line resized to 32x128, masked on the device
            loss = 2T * [CE(q1 . k2 / T) + CE(q2 . k1 / T)] over the global batch
     total = mim_weight * MIM + contrastive_weight * CL
 
+Both views share each encoder / projector call. They are interleaved (`pair`: [B, ...] x 2 ->
+[2B, ...], rows 2i and 2i+1 = views 1 and 2 of example i), not concatenated as in the release,
+so each device keeps its own examples under a batch-sharded mesh (no all-to-all); each
+BatchNorm / contrastive computation sees the same set of rows, only their order differs.
+
 Networks (params): encoder, mim_head, pix_projector, projector, predictor.
 model_state: "ema" (momentum copies of encoder, pix_projector, projector) and "batch_stats".
 """
@@ -183,11 +188,25 @@ def _pix_project(net, params, stats, tokens):
   return out.reshape(b, n, -1), stats
 
 
+def pair(a, b):
+  """Interleaves two [B, ...] arrays into [2B, ...] (rows 2i = a[i], 2i+1 = b[i]).
+
+  Unlike concatenation, each row stays on the device of its example when B is sharded.
+  """
+  return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def unpair(x):
+  """Inverse of `pair`: [2B, ...] -> ([B, ...], [B, ...])."""
+  x = x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
+  return x[:, 0], x[:, 1]
+
+
 def _instances(tokens1, tokens2, config):
-  """Both views' window instances, concatenated as in the release: [2 * B * W, D]."""
+  """Both views' window instances (`pair`ed): [2 * B * W, D]."""
   grid_h = config.image_height // PATCH
-  return jnp.concatenate([windows(tokens1, grid_h, config.num_windows),
-                          windows(tokens2, grid_h, config.num_windows)])
+  return pair(windows(tokens1, grid_h, config.num_windows),
+              windows(tokens2, grid_h, config.num_windows))
 
 
 def _query_branch(nets, params, stats, tokens1, tokens2, config):
@@ -197,7 +216,7 @@ def _query_branch(nets, params, stats, tokens1, tokens2, config):
   z, stats["projector"] = _bn_apply(nets["projector"], params["projector"], stats["projector"],
                                     _instances(p1, tokens2, config))
   q, stats["predictor"] = _bn_apply(nets["predictor"], params["predictor"], stats["predictor"], z)
-  q1, q2 = jnp.split(q, 2)
+  q1, q2 = unpair(q)
   return q1, q2, stats
 
 
@@ -207,7 +226,7 @@ def _key_branch(nets, ema, stats, tokens1, tokens2, config):
                                               stats["pix_projector_m"], tokens1)
   k, stats["projector_m"] = _bn_apply(nets["projector"], ema["projector"], stats["projector_m"],
                                       _instances(p1, tokens2, config))
-  k1, k2 = jnp.split(k, 2)
+  k1, k2 = unpair(k)
   return k1, k2, stats
 
 
@@ -219,11 +238,11 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   ema = model_state["ema"]
   mask = batch["mask"]
   # Both views through the encoder in one call (view 2 unmasked), as in the release.
-  x = normalize(jnp.concatenate([batch["image1"], batch["image2"]]))
-  both_mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+  x = normalize(pair(batch["image1"], batch["image2"]))
+  both_mask = pair(mask, jnp.zeros_like(mask))
   enc = nets["encoder"]
-  tokens1, tokens2 = jnp.split(enc.apply({"params": params["encoder"]}, x, both_mask,
-                                         train=True, rngs={"dropout": rng}), 2)
+  tokens1, tokens2 = unpair(enc.apply({"params": params["encoder"]}, x, both_mask, train=True,
+                                      rngs={"dropout": rng}))
   metrics = {"momentum": momentum_at(step, config)}
   loss = 0.0
   if config.mim_weight:
@@ -233,8 +252,8 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   if config.contrastive_weight:
     q1, q2, stats = _query_branch(nets, params, stats, tokens1, tokens2, config)
     # Key branch: momentum encoder / pix_projector / projector, no gradients.
-    m_tokens1, m_tokens2 = jnp.split(
-        enc.apply({"params": ema["encoder"]}, x, both_mask, train=False), 2)
+    m_tokens1, m_tokens2 = unpair(enc.apply({"params": ema["encoder"]}, x, both_mask,
+                                            train=False))
     k1, k2, stats = _key_branch(nets, ema, stats, m_tokens1, m_tokens2, config)
     k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
     metrics["contrastive_loss"] = (info_nce(q1, k2, config.temperature) +

@@ -2,21 +2,23 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data}`; `data` holds one JSON file per process
 with that process's grain iterator state, so a restore resumes the data stream exactly.
+Directories are `etils.epath` paths: local folders or bucket URIs (`gs://bucket/run/checkpoints`).
 """
 
-import os
-
 from absl import logging
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from sslocr_jax.train import writers
 
 
 class Checkpointer:
   """Saves and restores (train state, data iterator) at a step."""
 
-  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True):
+    self.directory: epath.Path = writers.workdir_path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
@@ -57,11 +59,11 @@ def abstract_like(state, shardings):
                       state, shardings)
 
 
-def restore_params(directory: str, step: int | None = None):
+def restore_params(directory, step: int | None = None):
   """Loads only the params tree of a checkpoint (for fine-tuning, export, evaluation), on host."""
-  directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
+  directory = writers.workdir_path(directory)
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
   manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:

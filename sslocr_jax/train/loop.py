@@ -7,7 +7,6 @@ method module is looked up from `config.method` (`sslocr_jax.methods.<name>`).
 import importlib
 import json
 import math
-import os
 import signal
 import time
 
@@ -116,19 +115,19 @@ def setup(config, workdir: str | None = None, mesh=None):
               optimizers=optimizers, phases=phases)
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir) -> dict:
   """Trains `config.total_steps` steps in `workdir`, resuming from its last checkpoint.
 
-  Returns the last logged metrics.
+  `workdir`: a local folder or a bucket URI (`gs://bucket/run`), str or `epath.Path`; every
+  file goes through `etils.epath`. Returns the last logged metrics.
   """
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  workdir = writers.workdir_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  writers.write_config(config, workdir)
   s = setup(config, workdir)
   method, mesh, state = s["method"], s["mesh"], s["state"]
   data_iter = iter(s["dataset"])
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
                                        max_to_keep=int(config.get("keep_checkpoints", 3)),
                                        async_save=bool(config.get("async_checkpoints", True)))
   start = 0
@@ -204,15 +203,13 @@ def train(config, workdir: str) -> dict:
 class _BestCheckpoint:
   """Keeps the train state with the highest `metric` (e.g. val_accuracy) in WORKDIR/best/."""
 
-  def __init__(self, workdir: str, metric: str):
+  def __init__(self, workdir, metric: str):
     self.metric = metric
-    self.path = os.path.join(workdir, "best", "best.json")
-    self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
-                                              async_save=False)
+    self.path = writers.workdir_path(workdir) / "best" / "best.json"
+    self.checkpointer = ckpt_lib.Checkpointer(self.path.parent, max_to_keep=1, async_save=False)
     self.value = -math.inf
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.value = json.load(f)["value"]
+    if self.path.exists():
+      self.value = json.loads(self.path.read_text())["value"]
 
   def update(self, step: int, state, results: dict) -> None:
     if not self.metric or self.metric not in results or results[self.metric] <= self.value:
@@ -220,8 +217,8 @@ class _BestCheckpoint:
     self.value = float(results[self.metric])
     self.checkpointer.save(step, state)
     if jax.process_index() == 0:
-      with open(self.path, "w") as f:
-        json.dump({"step": step, "metric": self.metric, "value": self.value}, f)
+      writers.write_text(self.path, json.dumps({"step": step, "metric": self.metric,
+                                                "value": self.value}))
 
   def close(self) -> None:
     self.checkpointer.close()

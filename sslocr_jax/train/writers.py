@@ -1,53 +1,92 @@
 """Metric and image writers for the workdir: metrics.jsonl, TensorBoard events, PNG grids.
 
-Only process 0 writes; on other processes every call is a no-op.
+Only process 0 writes; on other processes every call is a no-op. Every file operation goes
+through `etils.epath` (as orbax does), so the workdir may be a local folder or a bucket URI
+(`gs://bucket/run`, with gcsfs or tensorflow installed for the `gs://` file system).
 """
 
+import io
 import json
 import os
 
+from absl import logging
+from etils import epath
 import jax
 import numpy as np
 from PIL import Image
 
 
-class MetricWriter:
-  """Appends one JSON object per logged step to `metrics.jsonl` and mirrors it to TensorBoard."""
+def workdir_path(path) -> epath.Path:
+  """`epath.Path` of a workdir or a file in it: a URI (gs://...) as is, a local path absolute."""
+  p = epath.Path(path)
+  return p if is_remote(p) else p.resolve()
 
-  def __init__(self, workdir: str):
-    self.workdir = workdir
+
+def is_remote(path) -> bool:
+  """True for a URI (gs://, s3://, ...), False for a local path."""
+  return "://" in os.fspath(path)
+
+
+def write_text(path, text: str, append: bool = False) -> None:
+  """Writes (or appends) `text` to `path`; on an object store (no appends) rewrites the file."""
+  path = epath.Path(path)
+  if append and is_remote(path):
+    text, append = (path.read_text() if path.exists() else "") + text, False
+  with path.open("a" if append else "w") as f:
+    f.write(text)
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to `metrics.jsonl` and mirrors it to TensorBoard.
+
+  TensorBoard events are written for a local workdir, and for a `gs://` / `s3://` one when
+  tensorboardX can write there (google-cloud-storage / boto3 installed); otherwise they are
+  skipped with one warning (metrics.jsonl and the PNGs are always written).
+  """
+
+  def __init__(self, workdir):
+    self.workdir = workdir_path(workdir)
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      if _tensorboard_can_write(self.workdir):
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
+      else:
+        logging.warning("No TensorBoard events for workdir %s: tensorboardX cannot write "
+                        "there (install google-cloud-storage for gs://); metrics.jsonl and "
+                        "PNG grids are written as usual.", self.workdir)
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.active:
       return
     row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(row) + "\n")
-    for k, v in row.items():
-      if k != "step" and isinstance(v, (int, float)):
-        self._tb.add_scalar(k, v, step)
-    self._tb.flush()
+    write_text(self.workdir / "metrics.jsonl", json.dumps(row) + "\n", append=True)
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
 
-  def write_images(self, step: int, images: dict) -> list[str]:
+  def write_images(self, step: int, images: dict) -> list[epath.Path]:
     """Writes each `uint8 [H, W, 3]` grid as `samples/<name>_<step>.png`; returns the paths."""
     if not self.active:
       return []
-    folder = os.path.join(self.workdir, "samples")
-    os.makedirs(folder, exist_ok=True)
+    folder = self.workdir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, img in images.items():
       img = np.asarray(img)
-      path = os.path.join(folder, f"{name}_{int(step):07d}.png")
-      Image.fromarray(img).save(path)
-      self._tb.add_image(name, img, step, dataformats="HWC")
+      path = folder / f"{name}_{int(step):07d}.png"
+      buf = io.BytesIO()
+      Image.fromarray(img).save(buf, format="PNG")
+      path.write_bytes(buf.getvalue())
+      if self._tb is not None:
+        self._tb.add_image(name, img, step, dataformats="HWC")
       paths.append(path)
-    self._tb.flush()
+    if self._tb is not None:
+      self._tb.flush()
     return paths
 
   def close(self) -> None:
@@ -55,20 +94,35 @@ class MetricWriter:
       self._tb.close()
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
+def _tensorboard_can_write(workdir: epath.Path) -> bool:
+  if not is_remote(workdir):
+    return True
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  scheme = os.fspath(workdir).split("://", 1)[0]
+  enabled = {"gs": record_writer.GCS_ENABLED, "s3": record_writer.S3_ENABLED}
+  return bool(enabled.get(scheme, False))
+
+
+def write_config(config, workdir) -> None:
+  """WORKDIR/config.json (the resolved config), on process 0."""
+  if jax.process_index() == 0:
+    write_text(workdir_path(workdir) / "config.json",
+               config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def truncate_metrics(workdir, step: int) -> None:
   """Drops rows after `step` from metrics.jsonl (a resumed run rewrites them identically)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if jax.process_index() or not os.path.exists(path):
+  path = workdir_path(workdir) / "metrics.jsonl"
+  if jax.process_index() or not path.exists():
     return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  rows = [line + "\n" for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)["step"] <= step]
+  write_text(path, "".join(rows))
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir) -> list[dict]:
+  text = (workdir_path(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _py(v):
