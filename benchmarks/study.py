@@ -501,7 +501,8 @@ def ensure_test_set(study, study_dir: str) -> dict:
     return old
   t0 = time.time()
   src = sources.SyntheticSource(spec["num_samples"], seed=spec["seed"],
-                                font_split=spec["font_split"])
+                                font_split=spec["font_split"],
+                                word_prob=float(spec.get("word_prob", 0.6)))
   tmp = path + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   n = sources.write_lmdb(tmp, ((r["image"], r["label"]) for r in map(src.__getitem__,

@@ -102,7 +102,7 @@ def get_config(arg=None):
     if a.encoder == "vit":  # = finetune.py:cpu (and dig.py:cpu)
       c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)
     else:  # = finetune.py:cpu
-      c.model.update(channels=128, lstm_hidden=64, lstm_layers=1, tps_channels=64)
+      c.model.update(channels=64, lstm_hidden=64, lstm_layers=1, tps_channels=64)
     c.san_dim, c.decoder_width, c.disc_width = 64, 64, 32
     c.data = cu.synthetic_data(num_samples=200_000, num_workers=0)
     c.batch_size = 32

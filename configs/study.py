@@ -12,6 +12,9 @@ Variants (`--config=configs/study.py:VARIANT`):
            fine-tunings (96,000 samples each at finetune.py:cpu's 1500 x 64) + 144 evaluations;
            at the 12 (ViT) / 20 (ResNet) fine-tuning samples/s measured on a busy 2-core CPU,
            about 10 days (`--dry_run` prints the samples left);
+  pilot    what fits in about an hour on a 2-core CPU: the cpu study cut to the ResNet arms
+           (seqclr_window, siman, scratch_resnet), full fine-tuning, fractions 10% / 100%,
+           one seed, a 1000-line test set;
   smoke    two arms (DiG smoke + scratch), one fraction, one seed, one protocol, tiny steps:
            what tests/test_study.py runs end to end.
 
@@ -36,8 +39,7 @@ here): `--config.seeds="(0,)" --config.finetune.vit.overrides="('total_steps=300
   evaluate          `config` / `overrides` of the evaluation (configs/evaluate.py).
 
 Encoders must match between pretraining and fine-tuning (the driver checks before running):
-finetune.py:cpu's ViT is dig.py:cpu's, its resnet is siman.py:cpu's; seqclr.py:cpu's ResNet is
-narrower (channels 64 vs 128), so the seqclr arms here pretrain with model.channels=128.
+finetune.py:cpu's ViT is dig.py:cpu's, its resnet is seqclr.py:cpu's and siman.py:cpu's.
 """
 
 import ml_collections
@@ -53,17 +55,16 @@ def _arm(name, config, encoder, overrides=(), protocols=None):
 def _arms(variant: str) -> list:
   """The eight arms; `variant` is "" (accelerator) or "cpu"."""
   v = f":{variant}" if variant else ""
-  seqclr = ["model.channels=128"] if variant == "cpu" else []  # = finetune.py:cpu,encoder=resnet
   scratch = ["full"]  # a frozen random encoder is not a baseline worth its runs
   return [
       _arm("dig", f"configs/dig.py{v}", "vit"),
       _arm("dig_contrastive_only", f"configs/dig.py{v}", "vit", ["mim_weight=0"]),
       _arm("dig_mim_only", f"configs/dig.py{v}", "vit", ["contrastive_weight=0"]),
       _arm("seqclr_window", f"configs/seqclr.py{v}", "resnet",
-           seqclr + ["instance_mapping=window"]),
+           ["instance_mapping=window"]),
       _arm("seqclr_frame", f"configs/seqclr.py{v}", "resnet",
-           seqclr + ["instance_mapping=frame"]),
-      _arm("seqclr_all", f"configs/seqclr.py{v}", "resnet", seqclr + ["instance_mapping=all"]),
+           ["instance_mapping=frame"]),
+      _arm("seqclr_all", f"configs/seqclr.py{v}", "resnet", ["instance_mapping=all"]),
       _arm("siman", f"configs/siman.py{v}", "resnet"),
       _arm("scratch_vit", "", "vit", protocols=scratch),
       _arm("scratch_resnet", "", "resnet", protocols=scratch),
@@ -77,8 +78,8 @@ def _protocols() -> list:
 
 def get_config(arg=None):
   variant = (arg or "").strip()
-  if variant not in ("", "cpu", "smoke"):
-    raise ValueError(f"variant {variant!r} is unknown; valid: (none), cpu, smoke")
+  if variant not in ("", "cpu", "pilot", "smoke"):
+    raise ValueError(f"variant {variant!r} is unknown; valid: (none), cpu, pilot, smoke")
   c = ml_collections.ConfigDict()
   c.variant = variant or "default"
   c.fractions = (0.01, 0.1, 1.0)
@@ -87,7 +88,8 @@ def get_config(arg=None):
   c.protocols = _protocols()
   c.lmdb_roots = ()
   c.test = ml_collections.ConfigDict(dict(
-      name="synthetic_heldout_test", num_samples=10_000, seed=TEST_SEED, font_split="heldout"))
+      name="synthetic_heldout_test", num_samples=10_000, seed=TEST_SEED, font_split="heldout",
+      word_prob=0.6))
   c.evaluate = ml_collections.ConfigDict(dict(config="configs/evaluate.py", overrides=()))
 
   if variant == "smoke":
@@ -106,6 +108,8 @@ def get_config(arg=None):
                                                 overrides=()))
     return c
 
+  pilot = variant == "pilot"
+  variant = "cpu" if pilot else variant
   c.arms = _arms(variant)
   ft = "configs/finetune.py" + (":cpu" if variant == "cpu" else "")
   sep = "," if variant == "cpu" else ":"
@@ -115,4 +119,11 @@ def get_config(arg=None):
   })
   if variant == "cpu":
     c.test.num_samples = 2000
+    c.test.word_prob = 0.9  # as finetune.py:cpu's training and validation lines
+  if pilot:
+    c.arms = [a for a in c.arms if a["name"] in ("seqclr_window", "siman", "scratch_resnet")]
+    c.protocols = c.protocols[:1]
+    c.fractions = (0.1, 1.0)
+    c.seeds = (0,)
+    c.test.num_samples = 1000
   return c

@@ -312,31 +312,34 @@ def _flat(tree) -> dict:
 
 def _checkpoint_origin(path: str) -> str:
   """'method=dig, model {...}' from the config.json beside a checkpoint, or ''."""
-  d = os.path.abspath(path)
+  from sslocr_jax.train import writers  # pylint: disable=g-import-not-at-top
+  d = writers.workdir_path(path)
   for _ in range(4):
-    f = os.path.join(d, "config.json")
-    if os.path.isfile(f):
-      with open(f) as fh:
-        c = json.load(fh)
+    f = d / "config.json"
+    if f.is_file():
+      c = json.loads(f.read_text())
       model = c.get("model", {})
       keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
               if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
                                                      "num_heads"))
       desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
       return f"method={c.get('method', '?')}, model ({desc}) [{f}]"
-    d = os.path.dirname(d)
+    if d.parent == d:
+      break
+    d = d.parent
   return ""
 
 
 def _restore(path: str) -> dict:
-  """The state tree of the checkpoint at a workdir / checkpoint folder / step folder."""
+  """The state tree of the checkpoint at a workdir / checkpoint folder / step folder (local or
+  gs://)."""
   from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config.init_from={path!r} does not exist")
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
-    return ckpt_lib.restore_params(os.path.dirname(path), step=int(base))
+  from sslocr_jax.train import writers  # pylint: disable=g-import-not-at-top
+  path = writers.workdir_path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"config.init_from={str(path)!r} does not exist")
+  if path.name.isdigit() and not (path / "checkpoints").is_dir():
+    return ckpt_lib.restore_params(path.parent, step=int(path.name))
   return ckpt_lib.restore_params(path)
 
 
