@@ -10,11 +10,12 @@ Variants (`--config=configs/study.py:VARIANT`):
            defaults), fractions 1% / 10% / 100%, 3 seeds, a 10,000-line test set;
   cpu      the same study with every `:cpu` variant: 7 pretrainings (54,400 samples) + 144
            fine-tunings (96,000 samples each at finetune.py:cpu's 1500 x 64) + 144 evaluations;
-           at the 12 (ViT) / 20 (ResNet) fine-tuning samples/s measured on a busy 2-core CPU,
-           about 10 days (`--dry_run` prints the samples left);
-  pilot    what fits in about an hour on a 2-core CPU: the cpu study cut to the ResNet arms
-           (seqclr_window, siman, scratch_resnet), full fine-tuning, fractions 10% / 100%,
-           one seed, a 1000-line test set;
+           with finetune.py:cpu's 2000 x 32 per fine-tuning at the ~21 (ViT) / ~80 (ResNet)
+           training images/s measured here, about 50 + 11 minutes per ViT / ResNet run, i.e.
+           about 3 days on a 2-core CPU (`--dry_run` prints the samples left);
+  pilot    what fits in about 80 minutes per seed on a 2-core CPU: the cpu study cut to the
+           ResNet arms (seqclr_window, siman, scratch_resnet), full fine-tuning, fractions
+           10% / 100%, seeds 0 and 1 (`--only=-s0` runs one seed), a 1000-line test set;
   smoke    two arms (DiG smoke + scratch), one fraction, one seed, one protocol, tiny steps:
            what tests/test_study.py runs end to end.
 
@@ -124,6 +125,6 @@ def get_config(arg=None):
     c.arms = [a for a in c.arms if a["name"] in ("seqclr_window", "siman", "scratch_resnet")]
     c.protocols = c.protocols[:1]
     c.fractions = (0.1, 1.0)
-    c.seeds = (0,)
+    c.seeds = (0, 1)
     c.test.num_samples = 1000
   return c
