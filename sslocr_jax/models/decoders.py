@@ -195,6 +195,11 @@ def sincos_table(num_positions: int, dim: int) -> np.ndarray:
   return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
 
 
+def _split_heads(x, num_heads: int):
+  """[B, S, d] -> [B, S, H, d / H]: the heads of both transformer decoders' attention."""
+  return x.reshape(x.shape[:2] + (num_heads, x.shape[-1] // num_heads))
+
+
 def _attend(q, k, v, mask, drop=None):
   """q [B, Lq, H, hd], k/v [B, S, H, hd], mask bool broadcastable to [B, H, Lq, S] or None;
   `drop`: optional dropout applied to the attention weights."""
@@ -228,7 +233,7 @@ class MultiHeadAttention(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def _split(self, x):
-    return x.reshape(x.shape[:2] + (self.num_heads, self.d_model // self.num_heads))
+    return _split_heads(x, self.num_heads)
 
   def kv(self, x):
     """x [B, S, d] (already normalised) -> (k, v), each [B, S, H, d / H]."""
@@ -394,7 +399,7 @@ class DigAttention(nn.Module):
     self.proj_drop = nn.Dropout(self.dropout_rate)
 
   def _split(self, x):
-    return x.reshape(x.shape[:2] + (self.num_heads, self.d_model // self.num_heads))
+    return _split_heads(x, self.num_heads)
 
   def kv(self, y):
     return self._split(self.linear_k(y)), self._split(self.linear_v(y))
