@@ -30,7 +30,6 @@ with BatchNorm (resnet; the layout of methods/seqclr.py), else {}.
 
 import collections
 import functools
-import json
 import logging
 import os
 
@@ -311,23 +310,18 @@ def _flat(tree) -> dict:
 
 
 def _checkpoint_origin(path: str) -> str:
-  """'method=dig, model {...}' from the config.json beside a checkpoint, or ''."""
-  from sslocr_jax.train import writers  # pylint: disable=g-import-not-at-top
-  d = writers.workdir_path(path)
-  for _ in range(4):
-    f = d / "config.json"
-    if f.is_file():
-      c = json.loads(f.read_text())
-      model = c.get("model", {})
-      keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
-              if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
-                                                     "num_heads"))
-      desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
-      return f"method={c.get('method', '?')}, model ({desc}) [{f}]"
-    if d.parent == d:
-      break
-    d = d.parent
-  return ""
+  """'method=dig, model (...)' from the config.json of the run that wrote a checkpoint, or ''."""
+  from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
+  try:
+    c = predict.load_run_config(path)
+  except FileNotFoundError:
+    return ""
+  model = c.get("model", {})
+  keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
+          if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
+                                                 "num_heads"))
+  desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
+  return f"method={c.get('method', '?')}, model ({desc}) [{path}]"
 
 
 def _restore(path: str) -> dict:
