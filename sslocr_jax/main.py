@@ -26,6 +26,32 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+class _ListParser(flags.ArgumentParser):
+  """Command-line value of a list field: "a,b" or a Python literal "['a', 'b']".
+
+  ml_collections cannot override list fields (`data.lmdb_paths`, `data.font_dirs`) by itself;
+  config files keep writing lists.
+  """
+
+  def parse(self, argument):
+    if isinstance(argument, (list, tuple)):
+      return list(argument)
+    text = str(argument).strip()
+    if text[:1] in "[(":
+      import ast  # pylint: disable=g-import-not-at-top
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read {text!r} as a list: {e}") from None
+      return list(value) if isinstance(value, (list, tuple)) else [value]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+  def flag_type(self):
+    return "list"
+
+
+config_flags.register_flag_parser_for_type(list, _ListParser())
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder, local or gs://bucket/run "

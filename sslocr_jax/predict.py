@@ -23,7 +23,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import cv2
 from etils import epath
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -31,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from sslocr_jax.data import augment
+from sslocr_jax.data import images
 from sslocr_jax.methods import recognition
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import sharding as sharding_lib
@@ -143,10 +143,13 @@ def find_images(paths) -> list[str]:
 
 
 def read_image(path: str) -> np.ndarray | None:
-  """uint8 [H, W, 3] RGB, or None if the file cannot be decoded."""
-  data = np.fromfile(path, np.uint8)
-  image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-  return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+  """uint8 [H, W, 3] RGB (transparency composited: data/images.py), or None after a warning on
+  stderr naming the file and why it cannot be decoded."""
+  try:
+    return images.read(path)
+  except images.DecodeError as e:
+    print(f"warning: cannot decode image {path}: {e}", file=sys.stderr)
+    return None
 
 
 def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out=None) -> int:
@@ -163,7 +166,6 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
       image = read_image(f)
       if image is None:
         bad += 1
-        print(f"warning: cannot decode image {f}", file=sys.stderr)
         continue
       chunk.append(f)
       images.append(image)

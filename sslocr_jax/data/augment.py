@@ -38,6 +38,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from sslocr_jax.data import images
+
 __all__ = [
     "Op",
     "to_rgb_uint8",
@@ -104,19 +106,12 @@ def _gray3(image: np.ndarray) -> np.ndarray:
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` -> uint8 ``[H, W, 3]``."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"augment expects uint8 images, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    if image.ndim == 3 and image.shape[2] == 4:
-        return image[:, :, :3]
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim != 2:
-        raise ValueError(f"expected [H, W], [H, W, 1|3|4] image, got shape {image.shape}")
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2RGB)
+    """uint8 ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` -> uint8 ``[H, W, 3]``.
+
+    `images.to_rgb` (the one conversion of the package: RGBA is composited onto a background,
+    16-bit scaled down).
+    """
+    return images.to_rgb(image)
 
 
 def shrink_to(image: np.ndarray, max_height: int, max_width: int) -> np.ndarray:

@@ -5,8 +5,12 @@ Every source has `__len__`, `__getitem__(i)` (deterministic by index) and yields
     {"image": np.uint8 [H, W, 3] (RGB, any size), "label": str}
 
 or None for a corrupt record, after a `logging.warning` naming the file and the
-record index; `source.num_bad` counts them (per process). Sources are picklable:
-grain worker processes get a copy and reopen files lazily after the fork.
+record index; `source.num_bad` counts them (per process), and `note_bad` keeps the distinct
+bad records per (folder, reason) for the summaries of the train loop and the evaluation
+(`bad_records`). LMDB records also carry `source` (the folder) and `record` (its 1-based
+number), so later stages (a label the charset drops) can name the record. Sources are
+picklable: grain worker processes get a copy and reopen files lazily after the fork (their
+bad records are counted in the worker processes, not in the summaries).
 
     make_source(config.data)          # dispatch on config.data.source
     SyntheticSource(n, seed)          # built-in renderer (render.py)
@@ -22,9 +26,37 @@ import threading
 import cv2
 import numpy as np
 
+from sslocr_jax.data import images
 from sslocr_jax.data import render
 
 SOURCES = ("synthetic", "lmdb", "tfds")
+
+_BAD = {}  # (folder, reason) -> set of bad record numbers (this process)
+_BAD_LOCK = threading.Lock()
+
+
+def note_bad(folder, record, reason: str) -> bool:
+  """Records a skipped record; True the first time this (folder, record, reason) is seen."""
+  with _BAD_LOCK:
+    seen = _BAD.setdefault((str(folder), reason), set())
+    new = record not in seen
+    seen.add(record)
+  return new
+
+
+def bad_records(folder: str | None = None) -> dict:
+  """{(folder, reason): number of distinct records skipped} (this process), for one folder or
+  all."""
+  with _BAD_LOCK:
+    return {k: len(v) for k, v in sorted(_BAD.items()) if folder is None or k[0] == folder}
+
+
+def bad_summary(folder: str | None = None) -> list[str]:
+  """One line per folder: 'skipped records in FOLDER: 2 undecodable image, 1 empty image'."""
+  per_folder = {}
+  for (f, reason), n in bad_records(folder).items():
+    per_folder.setdefault(f, []).append(f"{n} {reason}")
+  return [f"skipped records in {f}: {', '.join(parts)}" for f, parts in per_folder.items()]
 
 
 class _Counted:
@@ -32,8 +64,10 @@ class _Counted:
 
   num_bad = 0
 
-  def _bad(self, msg, *args):
-    logging.warning(msg, *args)
+  def _bad(self, folder, record, reason, msg, *args):
+    """Counts a corrupt record; warns the first time it is met (not again every epoch)."""
+    if note_bad(folder, record, reason):
+      logging.warning(msg, *args)
     with self._lock:
       self.num_bad += 1
     return None
@@ -49,16 +83,6 @@ class _Counted:
     state = self.__dict__.copy()
     state.pop("_lock_obj", None)
     return state
-
-
-def _to_rgb(image):
-  """uint8 [H, W], [H, W, 1|3|4] -> uint8 [H, W, 3]."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.shape[-1] == 1:
-    return np.repeat(image, 3, axis=-1)
-  return image[:, :, :3]
 
 
 class SyntheticSource(_Counted):
@@ -160,8 +184,8 @@ class LmdbSource(_Counted):
   """Concatenation of clovaai LMDB folders; index i -> record of one LMDB.
 
   Keys: b"num-samples" (decimal), b"image-%09d" (encoded image), b"label-%09d"
-  (UTF-8), record numbers from 1. Images are decoded with OpenCV to RGB; grayscale
-  becomes 3 channels. Environments are opened lazily, once per process
+  (UTF-8), record numbers from 1. Images are decoded by `images.decode` to RGB (grayscale,
+  16-bit and palette converted, transparency composited). Environments are opened lazily, once per process
   (`lmdb_env`), so pickled copies in grain workers reopen them after the fork.
   """
 
@@ -201,18 +225,20 @@ class LmdbSource(_Counted):
       raw_label = txn.get(b"label-%09d" % rec)
     if buf is None or raw_label is None:
       missing = "image" if buf is None else "label"
-      return self._bad("LMDB %s: record %d (index %d) has no %s key",
-                       path, rec, index, missing)
+      return self._bad(path, rec, f"no {missing} key",
+                       "LMDB %s: record %d (index %d) has no %s key", path, rec, index, missing)
     try:
       label = raw_label.decode("utf-8")
     except UnicodeDecodeError:
-      return self._bad("LMDB %s: record %d (index %d): label is not UTF-8",
-                       path, rec, index)
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-      return self._bad("LMDB %s: record %d (index %d): undecodable image",
-                       path, rec, index)
-    return {"image": cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "label": label}
+      return self._bad(path, rec, "label not UTF-8",
+                       "LMDB %s: record %d (index %d): label is not UTF-8", path, rec, index)
+    try:
+      image = images.decode(buf)
+    except images.DecodeError as e:
+      reason = str(e).split(" (")[0]  # "empty image" / "undecodable image"
+      return self._bad(path, rec, reason, "LMDB %s: record %d (index %d): %s",
+                       path, rec, index, e)
+    return {"image": image, "label": label, "source": path, "record": rec}
 
 
 # --- TFDS (array_record, no TensorFlow) ----------------------------------------
@@ -267,21 +293,28 @@ class TfdsSource(_Counted):
       raise IndexError(f"index {index} out of range [0, {self._len})")
     try:
       ex = self._source()[index]
-      image = _to_rgb(ex[self.image_key])
+      image = images.to_rgb(ex[self.image_key])
       label = ex[self.label_key]
       if isinstance(label, (bytes, np.bytes_)):
         label = label.decode("utf-8")
     except Exception as e:  # pylint: disable=broad-except
-      return self._bad("TFDS %s[%s]: record %d unreadable: %r",
-                       self.name, self.split, index, e)
+      return self._bad(f"{self.name}[{self.split}]", index, "unreadable record",
+                       "TFDS %s[%s]: record %d unreadable: %r", self.name, self.split, index, e)
     return {"image": np.ascontiguousarray(image, np.uint8), "label": str(label)}
+
+
+def lmdb_paths(value) -> list[str]:
+  """`data.lmdb_paths` as a list: a list / tuple of folders, or "a,b" (a command-line string)."""
+  if isinstance(value, (str, os.PathLike)):
+    value = os.fspath(value).split(",")
+  return [os.fspath(p).strip() for p in (value or ()) if os.fspath(p).strip()]
 
 
 def make_source(data):
   """Source of `config.data` (ConfigDict or dict), by `data.source`:
 
     synthetic: num_samples, seed, font_split, word_prob, font_dirs (optional)
-    lmdb:      lmdb_paths (list of folders)
+    lmdb:      lmdb_paths (list of folders, or one string of comma-separated folders)
     tfds:      tfds_name (name or builder folder), tfds_data_dir, split
   """
   kind = data.get("source", "synthetic")
@@ -291,7 +324,7 @@ def make_source(data):
                            word_prob=float(data.get("word_prob", 0.6)),
                            font_dirs=tuple(data.get("font_dirs", None) or ()))
   if kind == "lmdb":
-    paths = list(data.get("lmdb_paths", None) or ())
+    paths = lmdb_paths(data.get("lmdb_paths", None))
     if not paths:
       raise ValueError("config.data.source='lmdb' needs config.data.lmdb_paths")
     return LmdbSource(paths)

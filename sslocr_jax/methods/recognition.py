@@ -17,8 +17,9 @@ with L = max_len + 1 and C = charset.num_classes (data/charset.py). Protocols (c
 Views (host): `image` uint8 [32, 128, 3] (ABINet-kind `recognition_augment`, or a plain resize
 with `augment=False`) and `label` int32 [L] (ids, EOS, PAD...). A label that is empty, longer
 than `max_len`, or (oov="drop") has characters outside the charset is dropped: `make_views`
-returns None (the pipeline skips it), logs a warning naming the record index and counts it in
-`DROPPED` (per process; reason -> count).
+returns None (the pipeline skips it), logs a warning naming the record (LMDB folder and record
+number) and counts it in `DROPPED` (per process; reason -> count) and in the bad-record
+summaries (`sources.note_bad`).
 
 Evaluation (`make_evaluator`, called by the loop every `eval_every` steps): greedy decoding on
 `config.val_data` (by default synthetic lines in held-out fonts), word accuracy after the
@@ -42,6 +43,7 @@ import optax
 from sslocr_jax.data import augment
 from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import pipeline
+from sslocr_jax.data import sources
 from sslocr_jax.evaluate import metrics
 from sslocr_jax.models import decoders
 from sslocr_jax.models import encoders
@@ -73,12 +75,19 @@ def label_length(config) -> int:
 
 
 # ----------------------------------------------------------------------------- views (host)
-def _drop(index, label, reason: str) -> None:
+def _drop(record, label, reason: str) -> None:
+  """Counts a dropped label; the warning names the record (LMDB folder and record number when
+  the source gives them, else the source index), and the bad-record summaries count it."""
   DROPPED[reason] += 1
   n = DROPPED[reason]
+  folder = record.get("source", "data")
+  number = record.get("record", record.get("index", "?"))
+  sources.note_bad(folder, number, f"label dropped ({reason})")
   if n <= _WARN_FIRST or n % 1000 == 0:
-    logging.warning("recognition: record %s dropped (label %r: %s); %d labels dropped for this "
-                    "reason so far", index, label[:60], reason, n)
+    where = (f"LMDB {folder} record {number}" if "record" in record
+             else f"record {record.get('index', '?')}")
+    logging.warning("recognition: %s dropped (label %r: %s); %d labels dropped for this "
+                    "reason so far", where, label[:60], reason, n)
 
 
 def make_views(record, rng: np.random.Generator, config) -> dict | None:
@@ -87,7 +96,7 @@ def make_views(record, rng: np.random.Generator, config) -> dict | None:
   label = record["label"]
   reason = cs.check(label, config.max_len)
   if reason is not None:
-    _drop(record.get("index", "?"), label, reason)
+    _drop(record, label, reason)
     return None
   h, w = config.image_height, config.image_width
   image = (augment.recognition_augment(record["image"], rng, h, w) if config.get("augment", True)

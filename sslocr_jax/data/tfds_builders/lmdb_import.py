@@ -3,7 +3,8 @@
 The split -> folders mapping comes from the builder config
 (`LmdbImportConfig(name, splits={"train": [folder, ...], ...})`) or, for the
 `from_env` config, from `$SSLOCR_LMDB_SPLITS` ("train=/a,/b;test=/c").
-Images are kept as stored (JPEG/PNG bytes) when OpenCV decodes them to uint8;
+Images are kept as stored (JPEG/PNG bytes) when they decode to uint8 RGB, else re-encoded as
+PNG after `images.decode` (grayscale, 16-bit, palette, RGBA composited); empty or
 undecodable records and records with a missing key are skipped with a warning
 naming the folder and record number, and counted in `LmdbImport.num_skipped`.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from sslocr_jax.data import images
 from sslocr_jax.data import sources
 
 ENV = "SSLOCR_LMDB_SPLITS"
@@ -83,17 +85,18 @@ class LmdbImport(tfds.core.GeneratorBasedBuilder):
 
   def _example(self, txn, folder, rec):
     buf, label = txn.get(b"image-%09d" % rec), txn.get(b"label-%09d" % rec)
-    image = None
-    if buf is not None:
-      image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or label is None or image.size == 0:
-      logging.warning("lmdb_import: %s record %d: %s, skipped", folder, rec,
-                      "missing key" if buf is None or label is None
-                      else "undecodable image")
+    reason = "missing key" if buf is None or label is None else None
+    if reason is None:
+      try:
+        rgb = images.decode(buf)  # the package's one decoder: RGBA composited, 16-bit scaled
+      except images.DecodeError as e:
+        reason = str(e)
+    if reason is not None:
+      logging.warning("lmdb_import: %s record %d: %s, skipped", folder, rec, reason)
       type(self).num_skipped += 1
       return None
-    if image.dtype != np.uint8 or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-      image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)
-      buf = cv2.imencode(".png", image)[1].tobytes()
+    raw = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw.dtype != np.uint8 or raw.ndim != 3 or raw.shape[2] != 3:  # kept as stored if RGB
+      buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
     return {"image": bytes(buf), "label": label.decode("utf-8", "replace"),
             "source": f"{folder}:{rec}"}
