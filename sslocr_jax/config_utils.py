@@ -7,6 +7,7 @@ style), parsed against defaults so a typo is an error, not a silent default.
 
 import ml_collections
 
+from sslocr_jax import errors
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `"smoke,size=tiny"` against defaults; bare words are boolean flags set to True."""
@@ -17,7 +18,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       continue
     key, eq, value = part.partition("=")
     if key not in defaults:
-      raise ValueError(f"config argument {key!r} is unknown; valid: {sorted(defaults)}")
+      raise errors.UserError(f"config variant word {key!r} is unknown; valid: {sorted(defaults)}")
     default = defaults[key]
     if not eq:
       value = True

@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sslocr_jax import errors
 class _ListParser(flags.ArgumentParser):
   """Command-line value of a list field: "a,b" or a Python literal "['a', 'b']".
 
@@ -63,6 +64,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of a user error (bad path, flag, config value or "
+    "workdir), which otherwise ends the program with a one-line message and exit status 2.")
 
 
 def check_overrides(argv, config) -> None:
@@ -76,8 +80,8 @@ def check_overrides(argv, config) -> None:
       if not hasattr(node, "keys") or key not in node:
         parent = ".".join(path[:i]) or "config"
         valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        raise SystemExit(f"error: unknown config field '{'.'.join(path[:i + 1])}'. "
-                         f"Valid fields of {parent}: {', '.join(valid)}")
+        raise errors.UserError(f"unknown config field '{'.'.join(path[:i + 1])}'. "
+                               f"Valid fields of {parent}: {', '.join(valid)}")
       node = node[key]
 
 
@@ -122,18 +126,23 @@ def run(config, workdir: str):
   if config.task == "evaluate":
     from sslocr_jax.evaluate import benchmarks  # pylint: disable=g-import-not-at-top
     return benchmarks.run(config, workdir)
-  raise ValueError(f"config.task={config.task!r} is unknown; valid: pretrain, finetune, evaluate")
+  raise errors.UserError(f"config.task={config.task!r} is unknown; valid: pretrain, finetune, "
+                         "evaluate")
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  with errors.exit_on_user_error(_VERBOSE.value):
+    _main(_CONFIG.value)
+
+
+def _main(config):
   distributed = bool(config.get("distributed", False) or _COORDINATOR.value or
                      os.environ.get("JAX_COORDINATOR_ADDRESS"))
   if distributed:
     if not _WORKDIR.value:  # hosts would each pick their own timestamped folder
-      raise SystemExit("error: a multi-host run needs --workdir, a folder every host sees "
-                       "(gs://bucket/run, a shared file system or a gcsfuse mount)")
+      raise errors.UserError("a multi-host run needs --workdir, a folder every host sees "
+                             "(gs://bucket/run, a shared file system or a gcsfuse mount)")
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = _WORKDIR.value or default_workdir(config)
   if not _WORKDIR.value:
@@ -145,18 +154,26 @@ def _entry():
   # Validate `--config.FIELD` overrides against the loaded config before absl parses them, so
   # a typo gets the list of valid fields rather than absl's generic "unknown flag".
   argv = sys.argv
+  with errors.exit_on_user_error("--verbose" in argv):
+    _check_config_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)
+
+
+def _check_config_args(argv) -> None:
+  """Loads the `--config` file (with its variant) and checks the `--config.X` overrides."""
   for i, arg in enumerate(argv):
     if arg.startswith("--config=") or (arg == "--config" and i + 1 < len(argv)):
       spec = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
       path, _, variant = spec.partition(":")
+      if not os.path.isfile(path):
+        raise errors.MissingPath(f"config file {path!r} does not exist (--config=FILE[:VARIANT])")
       if os.path.exists(path):
         import importlib.util  # pylint: disable=g-import-not-at-top
         module_spec = importlib.util.spec_from_file_location("_config_check", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         check_overrides(argv, module.get_config(variant or None))
-  logging.set_verbosity(logging.WARNING)
-  app.run(main)
 
 
 if __name__ == "__main__":

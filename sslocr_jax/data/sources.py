@@ -26,6 +26,7 @@ import threading
 import cv2
 import numpy as np
 
+from sslocr_jax import errors
 from sslocr_jax.data import images
 from sslocr_jax.data import render
 
@@ -107,9 +108,9 @@ class SyntheticSource(_Counted):
 
 def _check_lmdb_dir(path):
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"LMDB folder {path!r} does not exist")
+    raise errors.MissingPath(f"LMDB folder {path!r} does not exist")
   if not os.path.isfile(os.path.join(path, "data.mdb")):
-    raise FileNotFoundError(f"LMDB folder {path!r} has no data.mdb")
+    raise errors.MissingPath(f"LMDB folder {path!r} has no data.mdb (not an LMDB)")
 
 
 def _open_lmdb(path):
@@ -145,7 +146,7 @@ def _forget_env(path):
 def find_lmdbs(root):
   """Sorted folders under `root` (itself included) that hold a data.mdb."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"folder {root!r} does not exist")
+    raise errors.MissingPath(f"folder {root!r} does not exist")
   return sorted(d for d, _, files in os.walk(root) if "data.mdb" in files)
 
 
@@ -194,16 +195,16 @@ class LmdbSource(_Counted):
       paths = [paths]
     self.paths = [os.fspath(p) for p in paths]
     if not self.paths:
-      raise ValueError("LmdbSource needs at least one LMDB folder")
+      raise errors.UserError("LmdbSource needs at least one LMDB folder")
     self.sizes = []
     for p in self.paths:
       _check_lmdb_dir(p)
       with lmdb_env(p).begin() as txn:
         n = txn.get(b"num-samples")
       if n is None:
-        raise ValueError(f"LMDB {p!r} has no b'num-samples' key")
+        raise errors.UserError(f"LMDB {p!r} has no b'num-samples' key (not a clovaai LMDB)")
       if int(n) <= 0:
-        raise ValueError(f"LMDB {p!r} is empty (num-samples={int(n)})")
+        raise errors.UserError(f"LMDB {p!r} is empty (num-samples={int(n)})")
       self.sizes.append(int(n))
     self.offsets = np.cumsum([0] + self.sizes).tolist()
 
@@ -271,7 +272,7 @@ class TfdsSource(_Counted):
       if os.path.isfile(os.path.join(self.name, "dataset_info.json")):
         ds = tfds.builder_from_directory(self.name).as_data_source(split=self.split)
       elif os.path.isdir(self.name):
-        raise FileNotFoundError(
+        raise errors.MissingPath(
             f"TFDS folder {self.name!r} has no dataset_info.json (expected a "
             "builder folder like data_dir/name/config/version)")
       else:
@@ -326,11 +327,12 @@ def make_source(data):
   if kind == "lmdb":
     paths = lmdb_paths(data.get("lmdb_paths", None))
     if not paths:
-      raise ValueError("config.data.source='lmdb' needs config.data.lmdb_paths")
+      raise errors.UserError("config.data.source='lmdb' needs config.data.lmdb_paths "
+                             "(--config.data.lmdb_paths=/data/a,/data/b)")
     return LmdbSource(paths)
   if kind == "tfds":
     if not data.get("tfds_name", ""):
-      raise ValueError("config.data.source='tfds' needs config.data.tfds_name")
+      raise errors.UserError("config.data.source='tfds' needs config.data.tfds_name")
     return TfdsSource(data["tfds_name"], split=data.get("split", "train"),
                       data_dir=data.get("tfds_data_dir", None) or None)
-  raise ValueError(f"unknown config.data.source {kind!r}; valid: {list(SOURCES)}")
+  raise errors.UserError(f"unknown config.data.source {kind!r}; valid: {list(SOURCES)}")

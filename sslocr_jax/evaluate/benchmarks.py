@@ -27,6 +27,7 @@ import jax
 import ml_collections
 
 from sslocr_jax.data import sources
+from sslocr_jax import errors
 from sslocr_jax.evaluate import metrics
 from sslocr_jax.methods import recognition
 from sslocr_jax import predict
@@ -41,7 +42,7 @@ def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigD
     return [("synthetic_heldout", run_config.get("val_data", None) or config.val_data)]
   folders = sources.find_lmdbs(root)
   if not folders:
-    raise FileNotFoundError(f"no LMDB (folder with data.mdb) under data.lmdb_root={root!r}")
+    raise errors.MissingPath(f"no LMDB (folder with data.mdb) under data.lmdb_root={root!r}")
   out = []
   for folder in folders:
     name = os.path.relpath(folder, root)
@@ -54,7 +55,7 @@ def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigD
 def run(config, workdir: str) -> dict:
   """Evaluates `config.checkpoint` on every benchmark; returns (and writes) the results."""
   if not config.get("checkpoint", ""):
-    raise ValueError("--config.checkpoint=<finetune workdir> is required")
+    raise errors.UserError("--config.checkpoint=<finetune workdir> is required")
   if jax.process_count() > 1:
     raise NotImplementedError("benchmark evaluation runs in a single process")
   try:

@@ -62,10 +62,13 @@ Public API:
 """
 
 import dataclasses
+import os
 import re
 from typing import Callable
 
 import numpy as np
+
+from sslocr_jax import errors
 
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 DIG_TABLE_KEY = "decoder.position_enc.position_table"
@@ -485,6 +488,8 @@ def load_torch_state(path: str) -> dict:
   """A flat `{name: np.ndarray}` from a `.safetensors` (safetensors.numpy) or a `torch.save`
   file (`.pth` / `.pt`, needs torch; weights under "model" / "state_dict" when present).
   A DistributedDataParallel `module.` prefix is removed."""
+  if not os.path.isfile(path):
+    raise errors.MissingPath(f"PyTorch state dict {path!r} does not exist")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     flat = load_file(path)

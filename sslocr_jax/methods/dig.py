@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslocr_jax import errors
 from sslocr_jax.data import augment
 from sslocr_jax.models import heads
 from sslocr_jax.train import optim
@@ -133,7 +134,7 @@ def load_pretrained(state, config):
     return state
   from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
   if not mapping.is_torch_file(path):
-    raise ValueError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch state "
+    raise errors.UserError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch state "
                      "dict (.pth / .pt / .safetensors); to continue a JAX run, reuse its workdir")
   flat = mapping.load_torch_state(path)
   include = "all" if any(k.startswith("momentum_encoder.") for k in flat) else "encoder"

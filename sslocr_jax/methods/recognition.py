@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslocr_jax import errors
 from sslocr_jax.data import augment
 from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import pipeline
@@ -60,7 +61,7 @@ def _charset(name: str, oov: str) -> charset_lib.Charset:
     return charset_lib.Charset.named(name, oov=oov)
   if os.path.isfile(name):
     return charset_lib.Charset.from_file(name, oov=oov)
-  raise ValueError(f"config.charset={name!r} is neither a named charset "
+  raise errors.UserError(f"config.charset={name!r} is neither a named charset "
                    f"({', '.join(sorted(charset_lib.NAMED))}) nor a file (one character per line)")
 
 
@@ -340,7 +341,7 @@ def _restore(path: str) -> dict:
   from sslocr_jax.train import writers  # pylint: disable=g-import-not-at-top
   path = writers.workdir_path(path)
   if not path.exists():
-    raise FileNotFoundError(f"config.init_from={str(path)!r} does not exist")
+    raise errors.MissingPath(f"config.init_from={str(path)!r} does not exist")
   if path.name.isdigit() and not (path / "checkpoints").is_dir():
     return ckpt_lib.restore_params(path.parent, step=int(path.name))
   return ckpt_lib.restore_params(path)

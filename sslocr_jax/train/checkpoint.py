@@ -11,6 +11,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from sslocr_jax import errors
 from sslocr_jax.train import writers
 
 
@@ -67,7 +68,7 @@ def restore_params(directory, step: int | None = None):
   manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"no checkpoint found under {directory}")
+    raise errors.MissingPath(f"no checkpoint found under {directory}")
   # Target: every array on one local CPU device, whatever mesh / device count saved it.
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),

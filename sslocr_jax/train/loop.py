@@ -14,6 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from sslocr_jax import errors
 from sslocr_jax.data import pipeline
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import optim
@@ -31,7 +32,7 @@ def get_method(config):
   try:
     return importlib.import_module(f"sslocr_jax.methods.{config.method}")
   except ModuleNotFoundError as e:
-    raise ValueError(f"config.method={config.method!r} names no module sslocr_jax/methods/"
+    raise errors.UserError(f"config.method={config.method!r} names no module sslocr_jax/methods/"
                      f"{config.method}.py") from e
 
 

@@ -25,6 +25,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from sslocr_jax import errors
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
@@ -35,17 +37,17 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
   unknown = set(mesh_config.keys()) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; valid: {MESH_AXES}")
+    raise errors.UserError(f"config.mesh has unknown axes {sorted(unknown)}; valid: {MESH_AXES}")
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise errors.UserError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
   if -1 in sizes:
     rest = math.prod(s for s in sizes if s != -1)
     if len(devices) % rest:
-      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide "
+      raise errors.UserError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide "
                        f"{len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // rest
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+    raise errors.UserError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
                      f"devices, {len(devices)} are available")
   return Mesh(_device_grid(devices, sizes), MESH_AXES)
 
