@@ -68,6 +68,14 @@ def make_dataset(config, make_views, *, data_config=None, batch_size=None, shuff
   return ds
 
 
+def num_records(data_config) -> int:
+  """Records per pass over `data_config` (after the `fraction` subset), this process's share
+  not taken."""
+  n = len(sources.make_source(data_config))
+  fraction = float(data_config.get("fraction", 1.0))
+  return max(1, round(n * fraction)) if fraction < 1.0 else n
+
+
 def batch_spec(config, make_views, data_config=None) -> dict:
   """`{name: ShapeDtypeStruct [global_batch, ...]}` of one batch, from the views of record 0."""
   import numpy as np  # pylint: disable=g-import-not-at-top

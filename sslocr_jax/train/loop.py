@@ -16,7 +16,9 @@ import numpy as np
 
 from sslocr_jax import errors
 from sslocr_jax.data import pipeline
+from sslocr_jax.data import sources
 from sslocr_jax.train import checkpoint as ckpt_lib
+from sslocr_jax.train import config_checks
 from sslocr_jax.train import optim
 from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
@@ -100,6 +102,7 @@ def setup(config, workdir: str | None = None, mesh=None):
   """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
   method = get_method(config)
   mesh = mesh or sharding_lib.make_mesh(config.mesh)
+  config_checks.check_batch_divides(config, mesh.size, mesh.shape)
   rules = sharding_lib.logical_rules(config)
   phases = method.phases(config)
   ds = pipeline.make_dataset(config, method.make_views)
@@ -123,77 +126,92 @@ def train(config, workdir) -> dict:
   file goes through `etils.epath`. Returns the last logged metrics.
   """
   workdir = writers.workdir_path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  writers.write_config(config, workdir)
+  # Before anything in the workdir changes: values in range, and a rerun's config compatible
+  # with the one its checkpoints were written with. config.json is (re)written only once the
+  # state is initialised or restored.
+  config_checks.check_values(config)
+  config_checks.check_resume(config, workdir,
+                             bool(ckpt_lib.checkpoint_steps(workdir / "checkpoints")))
   s = setup(config, workdir)
   method, mesh, state = s["method"], s["mesh"], s["state"]
   data_iter = iter(s["dataset"])
+  workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
                                        max_to_keep=int(config.get("keep_checkpoints", 3)),
                                        async_save=bool(config.get("async_checkpoints", True)))
-  start = 0
-  if checkpointer.latest_step() is not None:
-    state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
-    writers.truncate_metrics(workdir, start)
-    logging.info("Resuming from step %d", start)
-  elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
-    state = method.load_pretrained(state, config)
-  writer = writers.MetricWriter(workdir)
-  total = int(config.total_steps)
-  n_params = state_lib.count_params(state.params)
-  _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
-       f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
-       f"workdir {workdir}")
+  writer, best = None, None
+  try:  # every way out closes the (asynchronous) checkpointer: no teardown noise on errors
+    start = 0
+    if checkpointer.latest_step() is not None:
+      state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]),
+                                          data_iter)
+      writers.truncate_metrics(workdir, start)
+      logging.info("Resuming from step %d", start)
+    elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
+      state = method.load_pretrained(state, config)
+    writers.write_config(config, workdir)
+    writer = writers.MetricWriter(workdir)
+    total = int(config.total_steps)
+    n_params = state_lib.count_params(state.params)
+    _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
+         f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
+         f"workdir {workdir}")
 
-  visualize = None
-  if hasattr(method, "visualize") and config.get("viz_every", 0):
-    visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
-                                                       jax.random.PRNGKey(0), config),
-                        out_shardings=sharding_lib.replicated(mesh))  # readable on every host
-  evaluator, best = None, None
-  if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
-    evaluator = method.make_evaluator(config, mesh)
-    best = _BestCheckpoint(workdir, config.get("best_metric", ""))
-  log_every = max(int(config.get("log_every", 50)), 1)
-  ckpt_every = int(config.get("checkpoint_every", 1000))
-  pending, last, bad = [], {}, None
-  t0, seen0 = time.time(), start
-  step = start
-  with _Preemption() as preempt:
-    while step < total:
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = sharding_lib.global_batch(next(data_iter), mesh)
-        state, metrics = s["train_step"](state, batch)
-      step += 1
-      pending.append(metrics)
-      if step == start + 1:  # the first step compiles: time from its end
-        jax.block_until_ready(metrics)
-        t0, seen0 = time.time(), step
-      stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
-      must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
-      if step % log_every == 0 or must_save:
-        last, bad = _flush(pending, writer, step - len(pending) + 1)
-        pending = []
-        if bad is not None:
+    visualize = None
+    if hasattr(method, "visualize") and config.get("viz_every", 0):
+      visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
+                                                         jax.random.PRNGKey(0), config),
+                          out_shardings=sharding_lib.replicated(mesh))  # readable on every host
+    evaluator = None
+    if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
+      evaluator = method.make_evaluator(config, mesh)
+      best = _BestCheckpoint(workdir, config.get("best_metric", ""))
+    log_every = max(int(config.get("log_every", 50)), 1)
+    ckpt_every = int(config.get("checkpoint_every", 1000))
+    epoch_steps = _epoch_steps(config)
+    pending, last, bad = [], {}, None
+    t0, seen0 = time.time(), start
+    step = start
+    with _Preemption() as preempt:
+      while step < total:
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          batch = sharding_lib.global_batch(next(data_iter), mesh)
+          state, metrics = s["train_step"](state, batch)
+        step += 1
+        pending.append(metrics)
+        if step == start + 1:  # the first step compiles: time from its end
+          jax.block_until_ready(metrics)
+          t0, seen0 = time.time(), step
+        stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
+        must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
+        if step % log_every == 0 or must_save:
+          last, bad = _flush(pending, writer, step - len(pending) + 1)
+          pending = []
+          if bad is not None:
+            break
+          rate = (step - seen0) * config.batch_size / (time.time() - t0) if step > seen0 else 0.0
+          eta = (total - step) * config.batch_size / rate if rate else float("nan")
+          _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
+        if epoch_steps and step % epoch_steps == 0:
+          _report_skipped(config, f"epoch {step // epoch_steps} (step {step})")
+        if visualize is not None and (step % config.viz_every == 0 or step == total):
+          writer.write_images(step, jax.device_get(visualize(state, batch)))
+        if evaluator is not None and (step % config.eval_every == 0 or step == total):
+          results = evaluator(state)
+          writer.write_scalars(step, results)
+          _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
+          best.update(step, state, results)
+        if must_save:
+          checkpointer.save(step, state, data_iter)
+        if stop:
           break
-        rate = (step - seen0) * config.batch_size / (time.time() - t0) if step > seen0 else 0.0
-        eta = (total - step) * config.batch_size / rate if rate else float("nan")
-        _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
-      if visualize is not None and (step % config.viz_every == 0 or step == total):
-        writer.write_images(step, jax.device_get(visualize(state, batch)))
-      if evaluator is not None and (step % config.eval_every == 0 or step == total):
-        results = evaluator(state)
-        writer.write_scalars(step, results)
-        _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
-        best.update(step, state, results)
-      if must_save:
-        checkpointer.save(step, state, data_iter)
-      if stop:
-        break
-  checkpointer.close()
-  writer.close()
-  if best is not None:
-    best.close()
+    _report_skipped(config, f"end of run (step {step})")
+  finally:
+    checkpointer.close()
+    if writer is not None:
+      writer.close()
+    if best is not None:
+      best.close()
   if bad is not None:
     raise NonFiniteLossError(
         f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
@@ -201,25 +219,55 @@ def train(config, workdir) -> dict:
   return last
 
 
+def _epoch_steps(config) -> int:
+  """Steps per pass over the training records (0 when unknown)."""
+  try:
+    n = pipeline.num_records(config.data)
+  except Exception:  # pylint: disable=broad-except  # a summary, never a reason to stop
+    return 0
+  return max(1, n // int(config.batch_size)) if n else 0
+
+
+def _report_skipped(config, when: str) -> None:
+  """Prints the records skipped so far, per folder and reason (training and validation data;
+  counted in this process: with data.num_workers > 0 the worker processes count theirs)."""
+  del config
+  lines = sources.bad_summary()
+  if lines:
+    _log(f"{when}: " + "; ".join(lines))
+
+
 class _BestCheckpoint:
-  """Keeps the train state with the highest `metric` (e.g. val_accuracy) in WORKDIR/best/."""
+  """Keeps the train state with the highest `metric` (e.g. val_accuracy) in WORKDIR/best/.
+
+  Ties (0% accuracy early in training is common) are broken by the other evaluation metrics
+  in name order (val_one_minus_ned for recognition), then by the later step: a tie never keeps
+  a stale early step. best.json: {"step", "metric", "value", "others": {name: value}}.
+  """
 
   def __init__(self, workdir, metric: str):
     self.metric = metric
     self.path = writers.workdir_path(workdir) / "best" / "best.json"
     self.checkpointer = ckpt_lib.Checkpointer(self.path.parent, max_to_keep=1, async_save=False)
-    self.value = -math.inf
+    self.key = None
     if self.path.exists():
-      self.value = json.loads(self.path.read_text())["value"]
+      saved = json.loads(self.path.read_text())
+      self.key = (saved["value"], *[v for _, v in sorted(saved.get("others", {}).items())])
 
   def update(self, step: int, state, results: dict) -> None:
-    if not self.metric or self.metric not in results or results[self.metric] <= self.value:
+    if not self.metric or self.metric not in results:
       return
-    self.value = float(results[self.metric])
+    others = {k: float(v) for k, v in sorted(results.items()) if k != self.metric}
+    key = (float(results[self.metric]), *others.values())
+    if self.key is not None and key < self.key:  # equal: the later step wins
+      return
+    self.key = key
+    if step in self.checkpointer.manager.all_steps():  # a resumed run evaluating a step again
+      self.checkpointer.manager.delete(step)
     self.checkpointer.save(step, state)
     if jax.process_index() == 0:
       writers.write_text(self.path, json.dumps({"step": step, "metric": self.metric,
-                                                "value": self.value}))
+                                                "value": key[0], "others": others}))
 
   def close(self) -> None:
     self.checkpointer.close()
