@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 
+from sslocr_jax import errors
 from sslocr_jax.data import augment
 from sslocr_jax.data import images
 from sslocr_jax.methods import recognition
@@ -49,7 +50,7 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     if len(d.parts) <= (3 if writers.is_remote(d) else 1):  # at the bucket / file system root
       break
     d = d.parent
-  raise FileNotFoundError(f"no config.json in or above {workdir!r}: is it a fine-tuning workdir?")
+  raise errors.MissingPath(f"no config.json in or above {workdir!r}: is it a fine-tuning workdir?")
 
 
 def checkpoint_dir(workdir, use_best: bool = True) -> epath.Path:
@@ -93,12 +94,15 @@ class Recognizer:
     if str(workdir).endswith((".safetensors", ".pth", ".pt", ".bin")):
       from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
       if config is None:
-        raise ValueError(f"{workdir}: a PyTorch state dict needs config= (the model), e.g. "
-                         "configs/evaluate.py:dig_official for an official DiG fine-tuned file")
+        raise errors.UserError(
+            f"{workdir}: a PyTorch state dict does not say which model it holds: evaluate it "
+            "with `python -m sslocr_jax.main --config=configs/evaluate.py:dig_official "
+            f"--config.checkpoint={workdir}` (an official DiG fine-tuned file), or in Python "
+            "Recognizer.from_checkpoint(path, config=...)")
       state = mapping.import_state(mapping.load_torch_state(str(workdir)), config)
       return cls(config, state["params"], state["model_state"], batch_size)
     if not writers.workdir_path(workdir).exists():
-      raise FileNotFoundError(f"checkpoint {workdir!r} does not exist")
+      raise errors.MissingPath(f"checkpoint {workdir!r} does not exist")
     config = config if config is not None else load_run_config(workdir)
     directory = checkpoint_dir(workdir, use_best)
     state = ckpt_lib.restore_params(directory)
@@ -138,7 +142,7 @@ def find_images(paths) -> list[str]:
     elif os.path.exists(p):
       out.append(p)
     else:
-      raise FileNotFoundError(f"{p!r} does not exist")
+      raise errors.MissingPath(f"{p!r} does not exist")
   return out
 
 
@@ -157,7 +161,7 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
   out = out or sys.stdout
   files = find_images(paths)
   if not files:
-    raise FileNotFoundError(f"no images found in {list(paths)}")
+    raise errors.MissingPath(f"no images found in {list(paths)}")
   rec = Recognizer.from_checkpoint(checkpoint, use_best=use_best, batch_size=batch_size)
   bad = 0
   for i in range(0, len(files), rec.batch_size):
@@ -179,6 +183,8 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuning workdir.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per device batch (fixed; padded).")
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of a user error (bad path), "
+                             "which otherwise ends with a one-line message and exit status 2.")
 
 
 def main(argv):
@@ -186,7 +192,8 @@ def main(argv):
     raise app.UsageError("--checkpoint=<finetune workdir> is required")
   if len(argv) < 2:
     raise app.UsageError("give at least one image file or folder")
-  bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value)
+  with errors.exit_on_user_error(_VERBOSE.value):
+    bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value)
   return 1 if bad else 0
 
 

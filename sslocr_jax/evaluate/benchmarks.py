@@ -11,7 +11,8 @@ word accuracy %, 1-NED %, with the sample-weighted average) and writes `OUT/resu
      ..., "average": {"samples": ..., "accuracy": ..., "one_minus_ned": ...}}
 
 Both figures are percentages with 2 decimals (evaluate/metrics.py: lowercase, [0-9a-z] only).
-`samples` counts the records evaluated; `skipped` the undecodable ones (warned about by index).
+`samples` counts the records evaluated; `skipped` the unreadable ones (empty or undecodable
+image, missing key), a column of the table, with one line per folder giving the reasons.
 Without `data.lmdb_root`, the run's validation set (`val_data`: synthetic lines in held-out
 fonts by default) is evaluated as one benchmark, `synthetic_heldout`.
 
@@ -75,6 +76,8 @@ def run(config, workdir: str) -> dict:
   results["average"] = metrics.average(counts).report()
   print(f"checkpoint {config.checkpoint} (step {rec.step}, decoder {run_config.decoder})")
   print(metrics.format_table(results), flush=True)
+  for line in sources.bad_summary():  # per folder and reason: what `skipped` counts
+    print(line, flush=True)
   out = writers.workdir_path(workdir)  # local folder or gs://... (etils.epath)
   out.mkdir(parents=True, exist_ok=True)
   writers.write_text(out / "results.json", json.dumps(results, indent=2))

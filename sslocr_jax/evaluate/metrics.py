@@ -76,11 +76,14 @@ def average(counts) -> Counts:
 
 
 def format_table(results: dict) -> str:
-  """{name: report} (with "average" last) -> an aligned text table."""
-  rows = [("benchmark", "samples", "accuracy %", "1-NED %")]
-  rows += [(name, str(r["samples"]), f"{r['accuracy']:.2f}", f"{r['one_minus_ned']:.2f}")
+  """{name: report} (with "average" last) -> an aligned text table; a `skipped` column (records
+  that could not be read) when any report has one."""
+  skipped = any("skipped" in r for r in results.values())
+  rows = [("benchmark", "samples", "accuracy %", "1-NED %") + (("skipped",) if skipped else ())]
+  rows += [(name, str(r["samples"]), f"{r['accuracy']:.2f}", f"{r['one_minus_ned']:.2f}") +
+           ((str(r.get("skipped", "")),) if skipped else ())
            for name, r in results.items()]
-  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                      enumerate(zip(row, widths))) for row in rows]
   lines.insert(1, "-" * len(lines[0]))

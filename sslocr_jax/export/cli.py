@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from sslocr_jax import errors
 from sslocr_jax.export import mapping
 
 
@@ -27,7 +28,7 @@ def find_config(path: str) -> tuple[dict, str]:
       with open(f) as fh:
         return json.load(fh), f
     d = os.path.dirname(d)
-  raise FileNotFoundError(f"no config.json in or above {path} (a workdir holds one)")
+  raise errors.MissingPath(f"no config.json in or above {path} (a workdir holds one)")
 
 
 def restore_state(path: str) -> dict:
@@ -37,7 +38,7 @@ def restore_state(path: str) -> dict:
   from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    raise errors.MissingPath(f"checkpoint {path!r} does not exist")
   base = os.path.basename(path.rstrip("/"))
   if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
     state = ckpt_lib.restore_params(os.path.dirname(path), step=int(base))
@@ -83,7 +84,13 @@ def json_path(output: str) -> str:
 
 
 def write(flat: dict, output: str, fmt: str = "safetensors") -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  """Writes the state dict; a path that cannot be written is a UserError naming `output`."""
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "ab"):  # writable? (before the libraries write under other names)
+      pass
+  except OSError as e:
+    raise errors.UserError(f"cannot write --output={output}: {e.strerror or e}") from None
   if fmt == "safetensors":
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
     save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, output)
@@ -104,8 +111,11 @@ def export_checkpoint(checkpoint: str, output: str, fmt: str = "safetensors",
   config, _ = find_config(checkpoint)
   flat = mapping.export_state(restore_state(checkpoint), config, include)
   write(flat, output, fmt)
-  with open(json_path(output), "w") as f:
-    json.dump(model_json(config, include), f, indent=2)
+  try:
+    with open(json_path(output), "w") as f:
+      json.dump(model_json(config, include), f, indent=2)
+  except OSError as e:
+    raise errors.UserError(f"cannot write {json_path(output)}: {e.strerror or e}") from None
   return flat
 
 
@@ -117,9 +127,12 @@ def main(argv=None):
   p.add_argument("--format", default=None, choices=("safetensors", "pt"),
                  help="default: from the suffix of --output (safetensors unless .pt/.pth)")
   p.add_argument("--include", default="all", choices=("encoder", "all"))
+  p.add_argument("--verbose", action="store_true",
+                 help="show the traceback of a user error (bad path), not only its message")
   a = p.parse_args(argv)
   fmt = a.format or ("pt" if a.output.endswith((".pt", ".pth")) else "safetensors")
-  flat = export_checkpoint(a.checkpoint, a.output, fmt, a.include)
+  with errors.exit_on_user_error(a.verbose):
+    flat = export_checkpoint(a.checkpoint, a.output, fmt, a.include)
   n = sum(int(np.size(v)) for v in flat.values())
   print(f"wrote {a.output} ({len(flat)} tensors, {n / 1e6:.2f}M values) and "
         f"{json_path(a.output)}")
