@@ -64,9 +64,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
-_VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Show the traceback of a user error (bad path, flag, config value or "
-    "workdir), which otherwise ends the program with a one-line message and exit status 2.")
 
 
 def check_overrides(argv, config) -> None:
@@ -132,7 +129,7 @@ def run(config, workdir: str):
 
 def main(argv):
   del argv
-  with errors.exit_on_user_error(_VERBOSE.value):
+  with errors.exit_on_user_error(errors.VERBOSE.value):
     _main(_CONFIG.value)
 
 

@@ -183,8 +183,6 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuning workdir.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per device batch (fixed; padded).")
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of a user error (bad path), "
-                             "which otherwise ends with a one-line message and exit status 2.")
 
 
 def main(argv):
@@ -192,7 +190,7 @@ def main(argv):
     raise app.UsageError("--checkpoint=<finetune workdir> is required")
   if len(argv) < 2:
     raise app.UsageError("give at least one image file or folder")
-  with errors.exit_on_user_error(_VERBOSE.value):
+  with errors.exit_on_user_error(errors.VERBOSE.value):
     bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value)
   return 1 if bad else 0
 
