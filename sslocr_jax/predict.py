@@ -64,6 +64,26 @@ def checkpoint_dir(workdir, use_best: bool = True) -> epath.Path:
   return ckpts if ckpts.is_dir() else workdir
 
 
+def describe_choice(workdir, directory, step, use_best: bool) -> str:
+  """Which step `from_checkpoint` loaded and why, e.g. 'step 2000 from runs/ft/best (best
+  val_accuracy 81.2, val_one_minus_ned 93.1; latest step 2000)'."""
+  workdir, directory = writers.workdir_path(workdir), writers.workdir_path(directory)
+  latest = ckpt_lib.checkpoint_steps(workdir / "checkpoints")
+  latest_text = f"latest step {latest[0]}" if latest else "no checkpoints/"
+  if directory.name == "best":
+    try:
+      saved = json.loads((directory / "best.json").read_text())
+      scores = {saved["metric"]: saved["value"], **saved.get("others", {})}
+      why = "best " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    except (OSError, ValueError, KeyError):
+      why = "best validation"
+    return f"step {step} from {directory} ({why}; {latest_text}; --nouse_best for the latest)"
+  if directory.name == "checkpoints":
+    reason = ("use_best off" if not use_best else "no best/ checkpoint")
+    return f"step {step} from {directory} (the newest that restores; {reason})"
+  return f"step {step} from {directory}"
+
+
 class Recognizer:
   """A recognition model on the device(s): uint8 images -> (text, confidence).
 
@@ -72,11 +92,13 @@ class Recognizer:
     step: the training step of the loaded weights (or None).
   """
 
-  def __init__(self, config, params, model_state, batch_size: int = 256, mesh=None, step=None):
+  def __init__(self, config, params, model_state, batch_size: int = 256, mesh=None, step=None,
+               origin: str = ""):
     if config.get("method") != "recognition":
       raise ValueError(f"the checkpoint was written by method={config.get('method')!r}, not by "
                        "fine-tuning (configs/finetune.py): it has no decoder")
     self.config, self.step = config, step
+    self.origin = origin  # which weights were loaded and why (describe_choice)
     self.charset = recognition.charset_from_config(config)
     self.mesh = mesh or sharding_lib.make_mesh({"data": -1, "fsdp": 1})
     replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -106,10 +128,11 @@ class Recognizer:
     config = config if config is not None else load_run_config(workdir)
     directory = checkpoint_dir(workdir, use_best)
     state = ckpt_lib.restore_params(directory)
-    step = state.get("step")
-    logging.info("loaded %s (step %s)", directory, step)
+    step = None if state.get("step") is None else int(state["step"])
+    origin = describe_choice(workdir, directory, step, use_best)
+    logging.info("loaded %s", origin)
     return cls(config, state["params"], state.get("model_state") or {}, batch_size,
-               step=None if step is None else int(step))
+               step=step, origin=origin)
 
   def recognize(self, images: np.ndarray):
     """uint8 [n, H, W, 3] already at the model's size -> (texts [n], confidences float [n])."""
@@ -163,6 +186,7 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
   if not files:
     raise errors.MissingPath(f"no images found in {list(paths)}")
   rec = Recognizer.from_checkpoint(checkpoint, use_best=use_best, batch_size=batch_size)
+  print(f"loaded {rec.origin}", file=sys.stderr, flush=True)
   bad = 0
   for i in range(0, len(files), rec.batch_size):
     chunk, images = [], []

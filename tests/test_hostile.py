@@ -133,6 +133,8 @@ def test_evaluation_counts_bad_records_per_benchmark(workdir, tmp_path, capsys):
   assert [(k, r["samples"], r.get("skipped")) for k, r in results.items()] == [
       ("clean", 2, 0), ("mixed", 3, 5), ("average", 5, None)]
   out = capsys.readouterr().out
+  assert (f"checkpoint {wd}: step 2 from {wd}/checkpoints (the newest that restores; no best/ "
+          "checkpoint), decoder ctc") in out
   header = next(line for line in out.splitlines() if line.startswith("benchmark"))
   assert header.split() == ["benchmark", "samples", "accuracy", "%", "1-NED", "%", "skipped"]
   assert next(line for line in out.splitlines() if line.startswith("mixed")).split()[-1] == "5"
@@ -184,6 +186,8 @@ def test_every_image_kind_through_predict(workdir, tmp_path, capsys):
   err = capsys.readouterr().err
   assert f"cannot decode image {folder / 'empty.png'}: empty image (0 bytes)" in err
   assert f"cannot decode image {folder / 'text.png'}: undecodable image (12 bytes)" in err
+  assert (f"loaded step 2 from {wd}/checkpoints (the newest that restores; no best/ checkpoint)"
+          in err)
   rows = dict(line.split("\t", 1) for line in out.getvalue().splitlines())
   assert sorted(os.path.basename(p) for p in rows) == sorted(
       n for n, v in expected.items() if v is not None)
@@ -276,6 +280,9 @@ def test_best_checkpoint_breaks_ties_by_one_minus_ned_then_later_step(tmp_path):
   assert saved == {"step": 16, "metric": "val_accuracy", "value": 0.0,
                    "others": {"val_one_minus_ned": 3.4}}
   assert ckpt_lib.checkpoint_steps(tmp_path / "best") == [16]
+  assert predict.describe_choice(tmp_path, tmp_path / "best", 16, True) == (
+      f"step 16 from {tmp_path}/best (best val_accuracy 0, val_one_minus_ned 3.4; no "
+      "checkpoints/; --nouse_best for the latest)")
 
 
 def _parse_main_flags(monkeypatch, argv):

@@ -74,7 +74,8 @@ def run(config, workdir: str) -> dict:
     results[name] = {**c.report(), "skipped": total - c.samples}
     counts.append(c)
   results["average"] = metrics.average(counts).report()
-  print(f"checkpoint {config.checkpoint} (step {rec.step}, decoder {run_config.decoder})")
+  print(f"checkpoint {config.checkpoint}: {rec.origin or f'step {rec.step}'}, decoder "
+        f"{run_config.decoder}")
   print(metrics.format_table(results), flush=True)
   for line in sources.bad_summary():  # per folder and reason: what `skipped` counts
     print(line, flush=True)
