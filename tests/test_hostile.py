@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def _hostile_lmdb(path: str) -> str:
   """Records 1..6 + num-samples=8: good, garbage bytes, empty image, no label key,
   out-of-charset label, good; records 7 and 8 do not exist."""
   sources.write_lmdb(path, [(_line(0), "hello"), (b"garbage bytes", "junk"), (b"", "empty"),
-                            (_line(40), "nolabel"), (_line(80), "caf\u00e9"), (_line(120), "world")])
+                            (_line(40), "nolabel"), (_line(80), "caf\u00e9"),
+                            (_line(120), "world")])
   env = lmdb.open(path)
   with env.begin(write=True) as txn:
     txn.delete(b"label-%09d" % 4)
@@ -83,9 +85,9 @@ def test_bad_records_through_pretraining_and_finetuning_views(tmp_path, caplog):
   assert len(batches) == 2  # café: out of the printable94 charset
   assert _bad(path) == {**BAD_RECORDS, "label dropped (out_of_charset)": 1}
   assert f"LMDB {path} record 5 dropped" in caplog.text  # the record, not a pipeline index
-  assert sources.bad_summary(path) == [
-      f"skipped records in {path}: 1 empty image, 1 label dropped (out_of_charset), "
-      "2 no image key, 1 no label key, 1 undecodable image"]
+  summary = (f"skipped records in {path}: 1 empty image, 1 label dropped (out_of_charset), "
+             "2 no image key, 1 no label key, 1 undecodable image")
+  assert sources.bad_summary(path) == [summary]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,8 @@ def _digest(folder) -> dict:
   for root, _, files in os.walk(folder):
     for f in files:
       p = os.path.join(root, f)
-      out[os.path.relpath(p, folder)] = hashlib.sha1(open(p, "rb").read()).hexdigest()
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, folder)] = hashlib.sha1(fh.read()).hexdigest()
   return out
 
 
@@ -198,8 +201,8 @@ def test_rerun_with_another_config_is_refused_and_leaves_the_workdir_untouched(w
   wd = workdir[0]
   before = _digest(wd)
   config = load_config("finetune", "smoke,decoder=attention")
-  config.data.source, config.data.lmdb_paths = "lmdb", json.loads(
-      open(os.path.join(wd, "config.json")).read())["data"]["lmdb_paths"]
+  stored = json.loads((pathlib.Path(wd) / "config.json").read_text())
+  config.data.source, config.data.lmdb_paths = "lmdb", stored["data"]["lmdb_paths"]
   config.total_steps, config.log_every = 50, 7  # resume-safe: not listed
   with pytest.raises(errors.UserError) as e:
     loop.train(config, wd)
@@ -208,7 +211,6 @@ def test_rerun_with_another_config_is_refused_and_leaves_the_workdir_untouched(w
   assert 'decoder ("ctc" -> "attention")' in message
   assert "total_steps" not in message.split(". Use a new")[0]
   assert _digest(wd) == before
-  stored = json.loads(open(os.path.join(wd, "config.json")).read())
   allowed = load_config("finetune", FINETUNE)
   allowed.data.source, allowed.data.lmdb_paths = "lmdb", stored["data"]["lmdb_paths"]
   allowed.total_steps, allowed.eval_every, allowed.mesh.data = 99, 3, 4
@@ -288,7 +290,8 @@ def test_best_checkpoint_breaks_ties_by_one_minus_ned_then_later_step(tmp_path):
 def _parse_main_flags(monkeypatch, argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from sslocr_jax import main  # noqa: F401  (registers the list parser)  pylint: disable=g-import-not-at-top,unused-import
+  # Importing main registers its parser of list fields.
+  from sslocr_jax import main  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   monkeypatch.setattr(sys, "argv", argv)
   values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
@@ -320,7 +323,7 @@ def test_readme_lmdb_command_reaches_the_data(tmp_path):
   cmd = [sys.executable, "-m", "sslocr_jax.main", "--config=configs/dig.py:smoke",
          f"--workdir={tmp_path / 'run'}", "--config.data.source=lmdb",
          "--config.data.lmdb_paths=['/data/lmdb/a','/data/lmdb/b']"]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == ["error: LMDB folder '/data/lmdb/a' does not exist"]
   assert not (tmp_path / "run").exists()

@@ -186,8 +186,8 @@ class LmdbSource(_Counted):
 
   Keys: b"num-samples" (decimal), b"image-%09d" (encoded image), b"label-%09d"
   (UTF-8), record numbers from 1. Images are decoded by `images.decode` to RGB (grayscale,
-  16-bit and palette converted, transparency composited). Environments are opened lazily, once per process
-  (`lmdb_env`), so pickled copies in grain workers reopen them after the fork.
+  16-bit and palette converted, transparency composited). Environments are opened lazily,
+  once per process (`lmdb_env`), so pickled copies in grain workers reopen them after the fork.
   """
 
   def __init__(self, paths):

@@ -91,6 +91,10 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves and closes; a second call does nothing."""
+    if getattr(self, "_closed", False):
+      return
+    self._closed = True
     self.manager.wait_until_finished()
     self.manager.close()
 

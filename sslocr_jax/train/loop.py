@@ -133,85 +133,93 @@ def train(config, workdir) -> dict:
   config_checks.check_resume(config, workdir,
                              bool(ckpt_lib.checkpoint_steps(workdir / "checkpoints")))
   s = setup(config, workdir)
-  method, mesh, state = s["method"], s["mesh"], s["state"]
-  data_iter = iter(s["dataset"])
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
                                        max_to_keep=int(config.get("keep_checkpoints", 3)),
                                        async_save=bool(config.get("async_checkpoints", True)))
-  writer, best = None, None
-  try:  # every way out closes the (asynchronous) checkpointer: no teardown noise on errors
-    start = 0
-    if checkpointer.latest_step() is not None:
-      state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]),
-                                          data_iter)
-      writers.truncate_metrics(workdir, start)
-      logging.info("Resuming from step %d", start)
-    elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
-      state = method.load_pretrained(state, config)
-    writers.write_config(config, workdir)
-    writer = writers.MetricWriter(workdir)
-    total = int(config.total_steps)
-    n_params = state_lib.count_params(state.params)
-    _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
-         f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
-         f"workdir {workdir}")
+  closers = [checkpointer]  # + the metric writer and best/ once they exist
+  try:
+    return _train(config, workdir, s, checkpointer, closers)
+  except BaseException:  # every way out closes the asynchronous checkpointer: no teardown noise
+    for c in closers:
+      c.close()
+    raise
 
-    visualize = None
-    if hasattr(method, "visualize") and config.get("viz_every", 0):
-      visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
-                                                         jax.random.PRNGKey(0), config),
-                          out_shardings=sharding_lib.replicated(mesh))  # readable on every host
-    evaluator = None
-    if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
-      evaluator = method.make_evaluator(config, mesh)
-      best = _BestCheckpoint(workdir, config.get("best_metric", ""))
-    log_every = max(int(config.get("log_every", 50)), 1)
-    ckpt_every = int(config.get("checkpoint_every", 1000))
-    epoch_steps = _epoch_steps(config)
-    pending, last, bad = [], {}, None
-    t0, seen0 = time.time(), start
-    step = start
-    with _Preemption() as preempt:
-      while step < total:
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          batch = sharding_lib.global_batch(next(data_iter), mesh)
-          state, metrics = s["train_step"](state, batch)
-        step += 1
-        pending.append(metrics)
-        if step == start + 1:  # the first step compiles: time from its end
-          jax.block_until_ready(metrics)
-          t0, seen0 = time.time(), step
-        stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
-        must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
-        if step % log_every == 0 or must_save:
-          last, bad = _flush(pending, writer, step - len(pending) + 1)
-          pending = []
-          if bad is not None:
-            break
-          rate = (step - seen0) * config.batch_size / (time.time() - t0) if step > seen0 else 0.0
-          eta = (total - step) * config.batch_size / rate if rate else float("nan")
-          _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
-        if epoch_steps and step % epoch_steps == 0:
-          _report_skipped(config, f"epoch {step // epoch_steps} (step {step})")
-        if visualize is not None and (step % config.viz_every == 0 or step == total):
-          writer.write_images(step, jax.device_get(visualize(state, batch)))
-        if evaluator is not None and (step % config.eval_every == 0 or step == total):
-          results = evaluator(state)
-          writer.write_scalars(step, results)
-          _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
-          best.update(step, state, results)
-        if must_save:
-          checkpointer.save(step, state, data_iter)
-        if stop:
+
+def _train(config, workdir, s, checkpointer, closers) -> dict:
+  """The loop of `train` (which closes `closers` when this raises)."""
+  method, mesh, state = s["method"], s["mesh"], s["state"]
+  data_iter = iter(s["dataset"])
+  start = 0
+  if checkpointer.latest_step() is not None:
+    state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
+    writers.truncate_metrics(workdir, start)
+    logging.info("Resuming from step %d", start)
+  elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
+    state = method.load_pretrained(state, config)
+  writers.write_config(config, workdir)
+  writer = writers.MetricWriter(workdir)
+  closers.append(writer)
+  total = int(config.total_steps)
+  n_params = state_lib.count_params(state.params)
+  _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
+       f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
+       f"workdir {workdir}")
+
+  visualize = None
+  if hasattr(method, "visualize") and config.get("viz_every", 0):
+    visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
+                                                       jax.random.PRNGKey(0), config),
+                        out_shardings=sharding_lib.replicated(mesh))  # readable on every host
+  evaluator, best = None, None
+  if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
+    evaluator = method.make_evaluator(config, mesh)
+    best = _BestCheckpoint(workdir, config.get("best_metric", ""))
+    closers.append(best)
+  log_every = max(int(config.get("log_every", 50)), 1)
+  ckpt_every = int(config.get("checkpoint_every", 1000))
+  epoch_steps = _epoch_steps(config)
+  pending, last, bad = [], {}, None
+  t0, seen0 = time.time(), start
+  step = start
+  with _Preemption() as preempt:
+    while step < total:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding_lib.global_batch(next(data_iter), mesh)
+        state, metrics = s["train_step"](state, batch)
+      step += 1
+      pending.append(metrics)
+      if step == start + 1:  # the first step compiles: time from its end
+        jax.block_until_ready(metrics)
+        t0, seen0 = time.time(), step
+      stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
+      must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
+      if step % log_every == 0 or must_save:
+        last, bad = _flush(pending, writer, step - len(pending) + 1)
+        pending = []
+        if bad is not None:
           break
-    _report_skipped(config, f"end of run (step {step})")
-  finally:
-    checkpointer.close()
-    if writer is not None:
-      writer.close()
-    if best is not None:
-      best.close()
+        rate = (step - seen0) * config.batch_size / (time.time() - t0) if step > seen0 else 0.0
+        eta = (total - step) * config.batch_size / rate if rate else float("nan")
+        _log(f"step {step}/{total} | {rate:.1f} img/s | ETA {_hms(eta)} | {_terms(last)}")
+      if epoch_steps and step % epoch_steps == 0:
+        _report_skipped(f"epoch {step // epoch_steps} (step {step})")
+      if visualize is not None and (step % config.viz_every == 0 or step == total):
+        writer.write_images(step, jax.device_get(visualize(state, batch)))
+      if evaluator is not None and (step % config.eval_every == 0 or step == total):
+        results = evaluator(state)
+        writer.write_scalars(step, results)
+        _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        best.update(step, state, results)
+      if must_save:
+        checkpointer.save(step, state, data_iter)
+      if stop:
+        break
+  _report_skipped(f"end of run (step {step})")
+  checkpointer.close()
+  writer.close()
+  if best is not None:
+    best.close()
   if bad is not None:
     raise NonFiniteLossError(
         f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
@@ -228,10 +236,9 @@ def _epoch_steps(config) -> int:
   return max(1, n // int(config.batch_size)) if n else 0
 
 
-def _report_skipped(config, when: str) -> None:
+def _report_skipped(when: str) -> None:
   """Prints the records skipped so far, per folder and reason (training and validation data;
   counted in this process: with data.num_workers > 0 the worker processes count theirs)."""
-  del config
   lines = sources.bad_summary()
   if lines:
     _log(f"{when}: " + "; ".join(lines))

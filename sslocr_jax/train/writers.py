@@ -92,6 +92,7 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 def _tensorboard_can_write(workdir: epath.Path) -> bool:
