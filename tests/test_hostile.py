@@ -69,7 +69,7 @@ def _bad(path):
   return {reason: n for (_, reason), n in sources.bad_records(path).items()}
 
 
-def test_bad_records_through_pretraining_and_finetuning_views(tmp_path, caplog):
+def test_bad_records_through_pretraining_and_finetuning_views(tmp_path, caplog, capsys):
   path = _hostile_lmdb(str(tmp_path / "mixed"))
   dig_config = load_config("dig", "smoke")
   dig_config.data.source, dig_config.data.lmdb_paths = "lmdb", [path]
@@ -88,6 +88,10 @@ def test_bad_records_through_pretraining_and_finetuning_views(tmp_path, caplog):
   summary = (f"skipped records in {path}: 1 empty image, 1 label dropped (out_of_charset), "
              "2 no image key, 1 no label key, 1 undecodable image")
   assert sources.bad_summary(path) == [summary]
+  loop._report_skipped("end of run (step 3)")  # pylint: disable=protected-access
+  out = capsys.readouterr().out  # the loop's line: every folder's summary
+  assert out.startswith("end of run (step 3): skipped records in ") and summary in out
+  assert loop._epoch_steps(dig_config) == 1  # 8 records (num-samples) / batch 8
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +274,10 @@ def test_out_of_range_values_are_refused(field, value, allowed):
                      r"data-parallel devices \(mesh \{'data': 8, 'fsdp': 1\}\); allowed: a "
                      r"multiple of 8$"):
     config_checks.check_batch_divides(config, 8, {"data": 8, "fsdp": 1})
+  config.init_from = "/no/such/run"  # checked at the start too, not after compiling
+  with pytest.raises(errors.MissingPath, match=r"^config.init_from='/no/such/run' does not "
+                     "exist$"):
+    config_checks.check_values(config)
 
 
 def test_best_checkpoint_breaks_ties_by_one_minus_ned_then_later_step(tmp_path):

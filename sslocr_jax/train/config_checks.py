@@ -1,6 +1,7 @@
 """Checks of a run's config when it starts, before anything in the workdir is touched.
 
     check_values(config)              out-of-range values (mask_ratio=1.5, batch_size=0, ...)
+                                      and an `init_from` that does not exist
     check_batch_divides(config, n)    the global batch over the n data-parallel devices
     check_resume(config, workdir)     a rerun on a workdir with checkpoints: only resume-safe
                                       fields may differ from its config.json
@@ -21,6 +22,8 @@ one side (a config.json written by an older version of the code) are not compare
 import fnmatch
 import json
 import math
+
+from etils import epath
 
 from sslocr_jax import errors
 
@@ -90,6 +93,14 @@ def check_values(config) -> None:
     ok = ok and (not integer or float(value).is_integer())
     if not ok:
       raise errors.UserError(f"config.{field}={value!r} is out of range; allowed: {allowed}")
+  check_init_from(config)
+
+
+def check_init_from(config) -> None:
+  """`init_from` names something that exists (checked before minutes of compiling)."""
+  path = config.get("init_from", "") or ""
+  if path and not epath.Path(path).exists():
+    raise errors.MissingPath(f"config.init_from={path!r} does not exist")
 
 
 def check_batch_divides(config, num_devices: int, mesh_shape=None) -> None:
