@@ -11,6 +11,8 @@ aside as `<step>.damaged` (kept for inspection; orbax ignores them), so it can s
 steps again.
 """
 
+import sys
+
 from absl import logging
 from etils import epath
 import grain
@@ -59,6 +61,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         if _is_shape_mismatch(e):  # older steps have the same shapes: not damage
           raise
+        _quiet_closed_loop_callbacks()
         skipped.append((s, damage_reason(e)))
         logging.warning("checkpoint %s/%d does not restore (%s); trying the previous step",
                         self.directory, s, skipped[-1][1])
@@ -103,6 +106,23 @@ def abstract_like(state, shardings):
   """ShapeDtypeStructs carrying the given shardings, the restore target for `state`."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state, shardings)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """After a failed restore, tensorstore still completes the other reads and calls back into
+  orbax's closed asyncio loop; each callback prints a 'RuntimeError: Event loop is closed'
+  traceback through sys.excepthook (dozens of them, burying the warning). Swallow exactly
+  those; every other exception is printed as before."""
+  previous = sys.excepthook
+  if getattr(previous, "_sslocr_quiet", False):
+    return
+
+  def hook(kind, value, tb):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, tb)
+  hook._sslocr_quiet = True  # pylint: disable=protected-access
+  sys.excepthook = hook
 
 
 def _is_shape_mismatch(e: Exception) -> bool:
@@ -160,6 +180,7 @@ def restore_params(directory, step: int | None = None):
                             handler.metadata(path).tree)
       return handler.restore(path, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except
+      _quiet_closed_loop_callbacks()
       skipped.append((s, damage_reason(e)))
       logging.warning("checkpoint %s/%d does not restore (%s); trying the previous step",
                       directory, s, skipped[-1][1])
