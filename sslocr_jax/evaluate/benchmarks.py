@@ -77,8 +77,10 @@ def run(config, workdir: str) -> dict:
   print(f"checkpoint {config.checkpoint}: {rec.origin or f'step {rec.step}'}, decoder "
         f"{run_config.decoder}")
   print(metrics.format_table(results), flush=True)
-  for line in sources.bad_summary():  # per folder and reason: what `skipped` counts
-    print(line, flush=True)
+  for _, data in benchmark_sets(config, run_config):  # per folder and reason: what `skipped` counts
+    for folder in sources.lmdb_paths(data.get("lmdb_paths", None)):
+      for line in sources.bad_summary(folder):
+        print(line, flush=True)
   out = writers.workdir_path(workdir)  # local folder or gs://... (etils.epath)
   out.mkdir(parents=True, exist_ok=True)
   writers.write_text(out / "results.json", json.dumps(results, indent=2))
