@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
-from sslocr_jax.train import loop  # noqa: E402
+from sslocr_jax.train import registry  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "configs/dig.py:cpu", "config[:variant]")
 _SOURCE = flags.DEFINE_enum("source", "synthetic", ["synthetic", "lmdb"], "data source")
@@ -60,7 +60,7 @@ def main(argv):
   del argv
   cv2.setNumThreads(1)
   config = common.load_config(_CONFIG.value)
-  method = loop.get_method(config)
+  method = registry.get_method(config)
   with tempfile.TemporaryDirectory() as tmp:
     if _SOURCE.value == "lmdb":
       synth = sources.make_source(config.data)

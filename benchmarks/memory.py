@@ -31,6 +31,7 @@ import jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
+from sslocr_jax.train import registry  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
 from sslocr_jax.train import state as state_lib  # noqa: E402
 
@@ -48,7 +49,7 @@ def measure(config, mesh_config: dict) -> dict:
   config = config.copy_and_resolve_references()
   config.mesh.update(mesh_config)
   mesh = sharding.make_mesh(config.mesh)
-  method = loop.get_method(config)
+  method = registry.get_method(config)
   phases = method.phases(config)
   batch_spec = pipeline.batch_spec(config, method.make_views)
   optimizers, schedules = loop.make_optimizers(config, method, phases, batch_spec)

@@ -29,6 +29,7 @@ from benchmarks import common  # noqa: E402
 from sslocr_jax.data import augment  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
+from sslocr_jax.train import evaluation  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding as sharding_lib  # noqa: E402
 
@@ -56,7 +57,7 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
   cs = recognition.charset_from_config(config)
 
   # Inference: a fixed-size batch through the jitted greedy predictor.
-  predict = recognition.make_batch_predictor(config, mesh, batch)
+  predict = evaluation.make_batch_predictor(recognition, config, mesh, batch)
   x = images[:batch]
   t0 = time.perf_counter()
   predict(state.params, state.model_state, x)

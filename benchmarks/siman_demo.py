@@ -26,12 +26,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sslocr_jax import predict  # noqa: E402
 from sslocr_jax.data import augment  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
-from sslocr_jax.methods import dig  # noqa: E402
+from sslocr_jax.methods import common  # noqa: E402
 from sslocr_jax.methods import siman  # noqa: E402
 from sslocr_jax.train import checkpoint as ckpt_lib  # noqa: E402
+from sslocr_jax.train import resolve  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "SimAN pretraining workdir", required=True)
 _OUT = flags.DEFINE_string("out", "siman_demo.png", "output PNG")
@@ -70,7 +70,7 @@ def restyle(config, params, model_state, content, style):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = predict.load_run_config(_WORKDIR.value)
+  config = resolve.load_run_config(_WORKDIR.value)
   if config.method != "siman":
     raise SystemExit(f"error: {_WORKDIR.value} is a {config.method!r} run, not a SimAN one")
   h, w = config.image_height, config.image_width
@@ -83,7 +83,7 @@ def main(argv):
     content, style = synthetic_pairs(config, _NUM.value, _SEED.value)
   state = ckpt_lib.restore_params(_WORKDIR.value)
   out = restyle(config, state["params"], state.get("model_state") or {}, content, style)
-  grid = dig.image_grid([x.astype(np.float32) / 255.0 for x in (content, style, out)])
+  grid = common.image_grid([x.astype(np.float32) / 255.0 for x in (content, style, out)])
   Image.fromarray(np.asarray(grid)).save(_OUT.value)
   print(_OUT.value)
 

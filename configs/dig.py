@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.batch_size = 1024
   epochs = 10
   c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr/momentum schedule length; 0 = total_steps (see train/optim.py)
+  c.schedule_steps = 0  # lr/momentum schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   # Encoder (models/vit.py).
   c.model = ml_collections.ConfigDict(dict(

@@ -12,7 +12,7 @@ Fields:
 The variant arguments and every other field are those of configs/finetune.py: they describe
 the model only for a checkpoint without config.json (e.g. `:encoder=resnet,decoder=ctc`).
 
-An official DiG fine-tuned `.pth` (or `.safetensors`: export/mapping.py) is evaluated with the
+An official DiG fine-tuned `.pth` (or `.safetensors`: models/torch_mapping.py) is evaluated with the
 variant `dig_official` (ViT-Small, the release's `tf_decoder`: transformer.style=dig, d_model 512,
 6 layers, 8 heads, d_inner 256, n_position 200; docs/export.md):
 

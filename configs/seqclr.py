@@ -53,7 +53,7 @@ def get_config(arg=None):
   c.batch_size = 256
   epochs = 10
   c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see train/optim.py)
+  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   # Encoder (models/resnet.py): TPS + ResNet + 2-layer BiLSTM, 33 frames for 32x128.
   c.model = ml_collections.ConfigDict(dict(

@@ -69,7 +69,7 @@ def get_config(arg=None):
   c.batch_size = 256
   epochs = 10
   c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see train/optim.py)
+  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   c.model = model_block(a.encoder, a.size, tps)
 

@@ -86,3 +86,12 @@ def add_run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 1000,
   c.async_checkpoints = True
   if viz_every is not None:
     c.viz_every = viz_every
+
+
+def schedule_steps(config) -> int:
+  """Length of the lr / momentum schedules: `config.schedule_steps`, else `config.total_steps`.
+
+  Set it to stop a run early (a time-boxed job, a test of resume) without changing the
+  schedules: `total_steps=N, schedule_steps=2N`, then `total_steps=2N` resumes to the same run.
+  """
+  return int(config.get("schedule_steps", 0) or config.total_steps)

@@ -23,51 +23,27 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
-import ml_collections
 import numpy as np
 
 from sslocr_jax import errors
+from sslocr_jax import paths
 from sslocr_jax.data import augment
 from sslocr_jax.data import images
 from sslocr_jax.methods import recognition
 from sslocr_jax.train import checkpoint as ckpt_lib
+from sslocr_jax.train import evaluation
+from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
-from sslocr_jax.train import writers
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-def load_run_config(workdir) -> ml_collections.ConfigDict:
-  """The config.json a training run wrote in (or above) `workdir` (local or gs://...)."""
-  d = writers.workdir_path(workdir)
-  for _ in range(3):
-    path = d / "config.json"
-    if path.is_file():
-      return ml_collections.ConfigDict(json.loads(path.read_text()))
-    if len(d.parts) <= (3 if writers.is_remote(d) else 1):  # at the bucket / file system root
-      break
-    d = d.parent
-  raise errors.MissingPath(f"no config.json in or above {workdir!r}: is it a fine-tuning workdir?")
-
-
-def checkpoint_dir(workdir, use_best: bool = True) -> epath.Path:
-  """WORKDIR/best if it holds a checkpoint (and use_best), else WORKDIR/checkpoints, else WORKDIR."""
-  workdir = writers.workdir_path(workdir)
-  has_steps = lambda d: d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
-  best = workdir / "best"
-  if use_best and has_steps(best):
-    return best
-  ckpts = workdir / "checkpoints"
-  return ckpts if ckpts.is_dir() else workdir
 
 
 def describe_choice(workdir, directory, step, use_best: bool) -> str:
   """Which step `from_checkpoint` loaded and why, e.g. 'step 2000 from runs/ft/best (best
   val_accuracy 81.2, val_one_minus_ned 93.1; latest step 2000)'."""
-  workdir, directory = writers.workdir_path(workdir), writers.workdir_path(directory)
+  workdir, directory = paths.workdir_path(workdir), paths.workdir_path(directory)
   latest = ckpt_lib.checkpoint_steps(workdir / "checkpoints")
   latest_text = f"latest step {latest[0]}" if latest else "no checkpoints/"
   if directory.name == "best":
@@ -104,35 +80,24 @@ class Recognizer:
     replicated = NamedSharding(self.mesh, PartitionSpec())
     self.params = jax.device_put(params, replicated)
     self.model_state = jax.device_put(model_state, replicated)
-    self.predict_batch = recognition.make_batch_predictor(config, self.mesh, batch_size)
+    self.predict_batch = evaluation.make_batch_predictor(recognition, config, self.mesh,
+                                                         batch_size)
     self.batch_size = self.predict_batch.batch_size
 
   @classmethod
   def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256,
                       config=None):
-    """Loads a fine-tuning workdir (config.json + best/ or checkpoints/), or a PyTorch state
-    dict (`.pth` / `.pt` / `.safetensors`: an official DiG fine-tuned file or our export;
-    export/mapping.py) with the model described by `config`."""
-    if str(workdir).endswith((".safetensors", ".pth", ".pt", ".bin")):
-      from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
-      if config is None:
-        raise errors.UserError(
-            f"{workdir}: a PyTorch state dict does not say which model it holds: evaluate it "
-            "with `python -m sslocr_jax.main --config=configs/evaluate.py:dig_official "
-            f"--config.checkpoint={workdir}` (an official DiG fine-tuned file), or in Python "
-            "Recognizer.from_checkpoint(path, config=...)")
-      state = mapping.import_state(mapping.load_torch_state(str(workdir)), config)
-      return cls(config, state["params"], state["model_state"], batch_size)
-    if not writers.workdir_path(workdir).exists():
-      raise errors.MissingPath(f"checkpoint {workdir!r} does not exist")
-    config = config if config is not None else load_run_config(workdir)
-    directory = checkpoint_dir(workdir, use_best)
-    state = ckpt_lib.restore_params(directory)
-    step = None if state.get("step") is None else int(state["step"])
-    origin = describe_choice(workdir, directory, step, use_best)
+    """Loads anything train/resolve.py resolves: a fine-tuning workdir (config.json + best/ or
+    checkpoints/) or step folder, an exported state dict with its model JSON, or a PyTorch
+    state dict (`.pth` / `.pt` / `.safetensors`: e.g. an official DiG fine-tuned file) with
+    the model described by `config`."""
+    ckpt = resolve.resolve(workdir, config, use_best=use_best)
+    origin = ckpt.origin
+    if not resolve.is_torch_file(ckpt.path):
+      origin = describe_choice(workdir, ckpt.path, ckpt.step, use_best)
     logging.info("loaded %s", origin)
-    return cls(config, state["params"], state.get("model_state") or {}, batch_size,
-               step=step, origin=origin)
+    return cls(ckpt.config, ckpt.params, ckpt.model_state, batch_size, step=ckpt.step,
+               origin=origin)
 
   def recognize(self, images: np.ndarray):
     """uint8 [n, H, W, 3] already at the model's size -> (texts [n], confidences float [n])."""

@@ -8,9 +8,9 @@ import cv2
 import pytest
 
 from sslocr_jax import predict
+from sslocr_jax.data import metrics
 from sslocr_jax.data import sources
 from sslocr_jax.evaluate import benchmarks
-from sslocr_jax.evaluate import metrics
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import loop
 from tests.helpers import load_config

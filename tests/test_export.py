@@ -2,6 +2,7 @@
 official-layout imports and key-mismatch errors. Tiny models (the smoke configs)."""
 
 import json
+import os
 
 import pytest
 
@@ -12,10 +13,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sslocr_jax.export import cli  # noqa: E402
-from sslocr_jax.export import mapping  # noqa: E402
 from sslocr_jax.export import torch_modules  # noqa: E402
+from sslocr_jax.methods import common  # noqa: E402
 from sslocr_jax.methods import dig  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
+from sslocr_jax.models import torch_mapping  # noqa: E402
+from sslocr_jax.train import resolve  # noqa: E402
+from sslocr_jax.train import torch_state  # noqa: E402
 from tests.helpers import load_config  # noqa: E402
 
 TOL = 1e-4
@@ -25,10 +29,10 @@ STRINGS = {}  # name -> measured max |JAX - PyTorch| (printed by the last test)
 
 def _random_state(config, method, seed=0):
   """A state shaped like `method.init_variables` with random values (BN variances positive)."""
-  del method  # the config's method; shapes from mapping.abstract_state (nothing computed)
+  del method  # the config's method; shapes from torch_state.abstract_state (nothing computed)
   rng = np.random.default_rng(seed)
   out = {}
-  for k, (shape, _) in mapping.abstract_state(config).items():
+  for k, (shape, _) in torch_state.abstract_state(config).items():
     if k.endswith("/var"):
       out[k] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
     elif k.endswith("/scale"):
@@ -37,7 +41,7 @@ def _random_state(config, method, seed=0):
       out[k] = (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
     else:
       out[k] = (0.2 * rng.normal(size=shape)).astype(np.float32)
-  return {"params": {}, "model_state": {}, **mapping.unflatten(out)}
+  return {"params": {}, "model_state": {}, **torch_mapping.unflatten(out)}
 
 
 def _images(config, b=3, seed=1):
@@ -66,7 +70,7 @@ def _diff(name, a, b):
 
 
 def _bits_equal(a, b):
-  fa, fb = mapping.flatten(a), mapping.flatten(b)
+  fa, fb = torch_mapping.flatten(a), torch_mapping.flatten(b)
   assert fa.keys() == fb.keys(), sorted(set(fa) ^ set(fb))
   for k in fa:
     x, y = np.asarray(fa[k]), np.asarray(fb[k])
@@ -84,7 +88,7 @@ def _dig_outputs_match(config, state, model, tag):
   nets = dig.networks(config)
   images = _images(config)
   mask = np.random.default_rng(2).random((images.shape[0], 256)) < 0.7
-  x = dig.normalize(jnp.asarray(images))
+  x = common.normalize(jnp.asarray(images))
   p, ms = state["params"], state["model_state"]
   bs = ms["batch_stats"]
   with torch.no_grad():
@@ -113,19 +117,19 @@ def _dig_outputs_match(config, state, model, tag):
 def test_dig_export_strict_load_outputs_and_round_trip():
   config = load_config("dig", "smoke")
   state = _random_state(config, dig)
-  flat = mapping.export_state(state, config)
+  flat = torch_state.export_state(state, config)
   assert "encoder.blocks.0.attn.qkv.weight" in flat and "momentum_encoder.mask_token" in flat
   assert flat["encoder.patch_embed.proj.weight"].shape == (config.model.embed_dim, 3, 4, 4)
   assert "predictor.4.running_var" in flat and "pix_decoder.4.bias" in flat
   assert "pix_projector_m.7.num_batches_tracked" in flat
   model = _load(flat, cli.model_json(config))
   _dig_outputs_match(config, state, model, "dig")
-  _bits_equal(mapping.import_state(flat, config), state)
+  _bits_equal(torch_state.import_state(flat, config), state)
   # encoder only
-  enc = mapping.export_state(state, config, include="encoder")
+  enc = torch_state.export_state(state, config, include="encoder")
   assert all(k.startswith("encoder.") for k in enc)
   _load(enc, cli.model_json(config, "encoder"))
-  _bits_equal(mapping.import_params(enc, config, include="encoder"),
+  _bits_equal(torch_state.import_params(enc, config, include="encoder"),
               {"encoder": state["params"]["encoder"]})
 
 
@@ -144,32 +148,32 @@ def test_official_dig_layout_pth_imports_and_reproduces_pytorch(tmp_path):
   model.eval()
   path = str(tmp_path / "checkpoint-9.pth")
   torch.save({"model": model.state_dict(), "epoch": 9}, path)
-  flat = mapping.load_torch_state(path)
-  state = mapping.import_state(flat, config)
+  flat = torch_mapping.load_torch_state(path)
+  state = torch_state.import_state(flat, config)
   _dig_outputs_match(config, state, model, "official-layout dig")
 
 
 def test_missing_and_extra_keys_are_named():
   config = load_config("dig", "smoke")
-  flat = mapping.export_state(_random_state(config, dig), config)
+  flat = torch_state.export_state(_random_state(config, dig), config)
   bad = dict(flat)
   del bad["encoder.blocks.0.attn.q_bias"]
   bad["encoder.blocks.0.attn.k_bias"] = flat["encoder.blocks.0.attn.v_bias"]
   bad["head.weight"] = np.zeros((3, 3), np.float32)
-  with pytest.raises(mapping.KeyMismatchError) as e:
-    mapping.import_state(bad, config)
+  with pytest.raises(torch_mapping.KeyMismatchError) as e:
+    torch_state.import_state(bad, config)
   msg = str(e.value)
   assert "encoder.blocks.0.attn.q_bias" in msg and "encoder.blocks.0.attn.k_bias" in msg
   assert "head.weight" in msg and e.value.missing == ["encoder.blocks.0.attn.q_bias"]
   # a stored fixed position table (some releases keep `pos_embed`) is accepted, a learned one not
-  table = mapping.sincos_1d(256, config.model.embed_dim)[None].astype(np.float32)
-  mapping.import_state({**flat, "encoder.pos_embed": table}, config)
+  table = torch_mapping.sincos_1d(256, config.model.embed_dim)[None].astype(np.float32)
+  torch_state.import_state({**flat, "encoder.pos_embed": table}, config)
   with pytest.raises(ValueError, match="encoder.pos_embed"):
-    mapping.import_state({**flat, "encoder.pos_embed": table + 0.1}, config)
+    torch_state.import_state({**flat, "encoder.pos_embed": table + 0.1}, config)
   bad = dict(flat)
   bad["encoder.blocks.0.mlp.fc1.weight"] = flat["encoder.blocks.0.mlp.fc1.weight"][:5]
   with pytest.raises(ValueError, match="encoder.blocks.0.mlp.fc1.weight"):
-    mapping.import_state(bad, config)
+    torch_state.import_state(bad, config)
 
 
 # ----------------------------------------------------------------------------- recognition
@@ -184,11 +188,11 @@ def _recognition_case(arg, official_layout=False, **model_overrides):
     torch.manual_seed(0)
     model = torch_modules.build(cfg_json).eval()
     flat = {k: v.numpy() for k, v in model.state_dict().items()}
-    state = mapping.import_state(flat, config)
+    state = torch_state.import_state(flat, config)
     arg += " official-layout import"
   else:
     state = _random_state(config, recognition)
-    flat = mapping.export_state(state, config)
+    flat = torch_state.export_state(state, config)
     model = _load(flat, cfg_json)
   images = _images(config)
   cs = recognition.charset_from_config(config)
@@ -216,10 +220,10 @@ def _recognition_case(arg, official_layout=False, **model_overrides):
   STRINGS[arg] = strings_j
   assert np.array_equal(np.asarray(ids_j), ids_t.numpy())
   if official_layout:
-    _bits_equal(mapping.unflatten(mapping.export_state(state, config)),
-                mapping.unflatten(flat))
+    _bits_equal(torch_mapping.unflatten(torch_state.export_state(state, config)),
+                torch_mapping.unflatten(flat))
   else:
-    _bits_equal(mapping.import_state(flat, config), state)
+    _bits_equal(torch_state.import_state(flat, config), state)
   return flat
 
 
@@ -259,9 +263,9 @@ def test_cli_export_and_recognition_init_from(tmp_path):
   meta = json.loads((tmp_path / "out" / "dig.json").read_text())
   assert meta["method"] == "dig" and meta["include"] == "all"
   assert set(torch.load(out, weights_only=True)) == {"model"}
-  flat = mapping.load_torch_state(out)
+  flat = torch_mapping.load_torch_state(out)
   _load(flat, meta)
-  _bits_equal(mapping.import_state(flat, config), state)
+  _bits_equal(torch_state.import_state(flat, config), state)
   enc = str(tmp_path / "out" / "enc.safetensors")
   cli.main([f"--checkpoint={workdir}/checkpoints/3", f"--output={enc}", "--include=encoder"])
   # recognition init_from: a .pth of the whole DiG model (official layout) -> encoder only
@@ -276,22 +280,33 @@ def test_cli_export_and_recognition_init_from(tmp_path):
       return _State(kw.get("params", self.params), kw.get("model_state", self.model_state))
 
   fresh = jax.tree.map(jnp.asarray, _random_state(ft, recognition, seed=1))
-  loaded = recognition.load_pretrained(_State(fresh["params"], fresh["model_state"]), ft)
+  loaded = resolve.load_pretrained(recognition, _State(fresh["params"], fresh["model_state"]), ft)
   _bits_equal(jax.tree.map(np.asarray, loaded.params["encoder"]), state["params"]["encoder"])
   ft.init_from = enc
-  loaded = recognition.load_pretrained(_State(fresh["params"], fresh["model_state"]), ft)
+  loaded = resolve.load_pretrained(recognition, _State(fresh["params"], fresh["model_state"]), ft)
   _bits_equal(jax.tree.map(np.asarray, loaded.params["encoder"]), state["params"]["encoder"])
   # DiG pretraining init_from: the full .pth restores everything, encoder-only the encoders
   config.init_from = out
   fresh = jax.tree.map(jnp.asarray, _random_state(config, dig, seed=1))
-  loaded = dig.load_pretrained(_State(fresh["params"], fresh["model_state"]), config)
+  loaded = resolve.load_pretrained(dig, _State(fresh["params"], fresh["model_state"]), config)
   _bits_equal(jax.tree.map(np.asarray, {"params": loaded.params,
                                         "model_state": loaded.model_state}), state)
   config.init_from = enc
-  loaded = dig.load_pretrained(_State(fresh["params"], fresh["model_state"]), config)
+  loaded = resolve.load_pretrained(dig, _State(fresh["params"], fresh["model_state"]), config)
   for tree in (loaded.params["encoder"], loaded.model_state["ema"]["encoder"]):
     _bits_equal(jax.tree.map(np.asarray, tree), state["params"]["encoder"])
   _bits_equal(jax.tree.map(np.asarray, loaded.params["predictor"]), fresh["params"]["predictor"])
+  # the resolver reads each form of checkpoint alike: workdir (+ its config), step folder,
+  # exported file (config from its model JSON), a folder holding one exported pair
+  for path, step in ((workdir, 3), (workdir / "checkpoints" / "3", 3), (out, None)):
+    ckpt = resolve.resolve(str(path))
+    assert (ckpt.config.method, ckpt.step) == ("dig", step), path
+    assert ckpt.origin.startswith("method=dig, model (name=vit, size=smoke")
+    _bits_equal({"params": ckpt.params, "model_state": ckpt.model_state}, state)
+  os.remove(out)
+  ckpt = resolve.resolve(str(tmp_path / "out"))  # only enc.safetensors + enc.json left
+  assert ckpt.path.endswith("enc.safetensors") and sorted(ckpt.params) == ["encoder"]
+  _bits_equal(ckpt.params["encoder"], state["params"]["encoder"])
 
 
 def test_report_max_diffs():

@@ -12,10 +12,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from sslocr_jax.export import cli  # noqa: E402
-from sslocr_jax.export import mapping  # noqa: E402
 from sslocr_jax.export import torch_modules  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.models import decoders  # noqa: E402
+from sslocr_jax.models import torch_mapping  # noqa: E402
+from sslocr_jax.train import torch_state  # noqa: E402
 from tests.helpers import load_config  # noqa: E402
 from tests.test_export import _bits_equal, _images, _load, _random_state  # noqa: E402
 from tests.test_export import _to_torch_images  # noqa: E402
@@ -122,55 +123,55 @@ def test_official_finetuned_pth_and_safetensors_import_and_match(tmp_path):
   # as the release saves it: {"model": ..., "epoch": ...}, DDP "module." prefix
   path = str(tmp_path / "checkpoint-best.pth")
   torch.save({"model": {"module." + k: v for k, v in sd.items()}, "epoch": 9}, path)
-  flat = mapping.load_torch_state(path)
-  state = mapping.import_state(flat, config)
+  flat = torch_mapping.load_torch_state(path)
+  state = torch_state.import_state(flat, config)
   _compare(config, state, model, "official .pth")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   st = str(tmp_path / "official.safetensors")
   save_file({k: v.contiguous() for k, v in sd.items()}, st)
-  _bits_equal(mapping.import_state(mapping.load_torch_state(st), config), state)
+  _bits_equal(torch_state.import_state(torch_mapping.load_torch_state(st), config), state)
   # import -> export gives back the official state dict, bit for bit
-  out = mapping.export_state(state, config)
+  out = torch_state.export_state(state, config)
   assert set(out) == set(flat)
   for k, v in flat.items():
     assert out[k].dtype == v.dtype and np.array_equal(out[k].view(np.uint8), v.view(np.uint8)), k
   # init_from (encoder only) accepts the fine-tuned file: its final norm is skipped
-  enc = mapping.import_params(flat, config, include="encoder")
+  enc = torch_state.import_params(flat, config, include="encoder")
   _bits_equal(enc, {"encoder": state["params"]["encoder"]})
 
 
 def test_export_strict_load_same_outputs_and_round_trip():
   config = _config()
   state = _random_state(config, recognition)
-  flat = mapping.export_state(state, config)
+  flat = torch_state.export_state(state, config)
   assert set(flat) == _official_keys(config)
   model = _load(flat, cli.model_json(config))  # strict=True
   _compare(config, state, model, "JAX -> export")
-  _bits_equal(mapping.import_state(flat, config), state)
+  _bits_equal(torch_state.import_state(flat, config), state)
 
 
 def test_missing_extra_and_learned_keys_fail_naming_them():
   config = _config(num_layers=1)
-  flat = mapping.export_state(_random_state(config, recognition), config)
+  flat = torch_state.export_state(_random_state(config, recognition), config)
   bad = dict(flat)
   del bad["decoder.layer_stack.0.norm3.bias"]
   bad["decoder.layer_stack.0.self_attn.linear_q.bias"] = np.zeros(32, np.float32)
   bad["decoder.extra.weight"] = np.zeros((2, 2), np.float32)
-  with pytest.raises(mapping.KeyMismatchError) as e:
-    mapping.import_state(bad, config)
+  with pytest.raises(torch_mapping.KeyMismatchError) as e:
+    torch_state.import_state(bad, config)
   msg = str(e.value)
   for k in ("decoder.layer_stack.0.norm3.bias", "decoder.layer_stack.0.self_attn.linear_q.bias",
             "decoder.extra.weight"):
     assert k in msg, msg
   assert e.value.missing == ["decoder.layer_stack.0.norm3.bias"]
   table = flat["decoder.position_enc.position_table"]
-  with pytest.raises(mapping.KeyMismatchError, match="position_enc.position_table"):
-    mapping.import_state({**flat, "decoder.position_enc.position_table": table + 0.1}, config)
+  with pytest.raises(torch_mapping.KeyMismatchError, match="position_enc.position_table"):
+    torch_state.import_state({**flat, "decoder.position_enc.position_table": table + 0.1}, config)
   # an NRTR-style (our default) decoder is not a DiG one: every differing key is named
   nrtr = load_config("evaluate", "smoke,decoder=transformer")
   nrtr.transformer.num_layers = 1
-  with pytest.raises(mapping.KeyMismatchError) as e:
-    mapping.import_state(mapping.export_state(_random_state(nrtr, recognition), nrtr), config)
+  with pytest.raises(torch_mapping.KeyMismatchError) as e:
+    torch_state.import_state(torch_state.export_state(_random_state(nrtr, recognition), nrtr), config)
   assert "decoder.layer_stack.0.slf_attn.w_qs.weight" in str(e.value)
   assert "decoder.layer_stack.0.norm1.weight" in str(e.value)
 

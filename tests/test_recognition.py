@@ -9,10 +9,12 @@ import pytest
 from sslocr_jax.data import augment
 from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import sources
-from sslocr_jax.evaluate import metrics
+from sslocr_jax.data import metrics
 from sslocr_jax.methods import recognition
 from sslocr_jax.train import checkpoint as ckpt_lib
+from sslocr_jax.train import evaluation
 from sslocr_jax.train import loop
+from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
 from sslocr_jax.train import writers
@@ -86,7 +88,7 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
       {"image": images, "label": np.stack([cs.encode(t, config.max_len) for t in labels])}, mesh)
   for _ in range(config.total_steps):
     state, m = train_step(state, batch)
-  predict = recognition.make_batch_predictor(config, mesh, 64)
+  predict = evaluation.make_batch_predictor(recognition, config, mesh, 64)
   ids, conf = predict(state.params, state.model_state, images)
   preds = [cs.decode(row) for row in ids]
   assert metrics.score(preds, labels).report()["accuracy"] == 100.0, (float(m["loss"]), preds)
@@ -143,7 +145,7 @@ def test_init_from_another_size_says_what_differs(dig_smoke):
                           jax.random.PRNGKey(0))["params"]
   state = state_lib.TrainState(step=0, params=params, opt_state={}, model_state={}, rng=None)
   with pytest.raises(ValueError) as e:
-    recognition.load_pretrained(state, config)
+    resolve.load_pretrained(recognition, state, config)
   msg = str(e.value)
   assert "shape blocks_0/attn/qkv/kernel: checkpoint (32, 96) vs model (48, 144)" in msg
   assert "missing in checkpoint: blocks_2/" in msg

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslocr_jax import config_utils
 from sslocr_jax.methods import siman
 from sslocr_jax.models import siman_nets
 from sslocr_jax.train import checkpoint as ckpt_lib
@@ -156,7 +157,7 @@ def _optimizer(config, params, phase, keys):
   optim_config = config.optim[phase].copy_and_resolve_references()
   optim_config.warmup_steps = 0
   return optim.make_optimizer(optim_config, {k: params[k] for k in keys}, config.batch_size,
-                              optim.schedule_steps(config))
+                              config_utils.schedule_steps(config))
 
 
 def test_discriminator_phase_uses_no_generator_gradient_and_keeps_batch_stats(straight_run):

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslocr_jax import predict
+from sslocr_jax.train import resolve
 from sslocr_jax.train import writers
 
 
@@ -62,8 +62,8 @@ def test_writers_on_a_gs_workdir(bucket, monkeypatch):
   writers.truncate_metrics(workdir, 4)
   assert writers.read_metrics(epath.Path(workdir)) == [{"step": 2, "loss": 0.5},
                                                        {"step": 4, "loss": 0.25}]
-  assert predict.load_run_config(workdir + "/checkpoints").method == "dig"  # found one level up
-  assert str(predict.checkpoint_dir(workdir)) == workdir  # no best/ or checkpoints/ there
+  assert resolve.load_run_config(workdir + "/checkpoints").method == "dig"  # found one level up
+  assert str(resolve.checkpoint_dir(workdir)) == workdir  # no best/ or checkpoints/ there
   assert bucket.ls("/bucket/run", detail=False) == ["/bucket/run/config.json",
                                                     "/bucket/run/metrics.jsonl",
                                                     "/bucket/run/samples"]

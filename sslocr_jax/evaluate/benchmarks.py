@@ -10,7 +10,7 @@ word accuracy %, 1-NED %, with the sample-weighted average) and writes `OUT/resu
     {"IIIT5k_3000": {"samples": 3000, "accuracy": 91.23, "one_minus_ned": 96.5, "skipped": 0},
      ..., "average": {"samples": ..., "accuracy": ..., "one_minus_ned": ...}}
 
-Both figures are percentages with 2 decimals (evaluate/metrics.py: lowercase, [0-9a-z] only).
+Both figures are percentages with 2 decimals (data/metrics.py: lowercase, [0-9a-z] only).
 `samples` counts the records evaluated; `skipped` the unreadable ones (empty or undecodable
 image, missing key), a column of the table, with one line per folder giving the reasons.
 Without `data.lmdb_root`, the run's validation set (`val_data`: synthetic lines in held-out
@@ -27,12 +27,14 @@ import os
 import jax
 import ml_collections
 
-from sslocr_jax.data import sources
 from sslocr_jax import errors
-from sslocr_jax.evaluate import metrics
-from sslocr_jax.methods import recognition
+from sslocr_jax import paths
 from sslocr_jax import predict
-from sslocr_jax.train import writers
+from sslocr_jax.data import metrics
+from sslocr_jax.data import sources
+from sslocr_jax.methods import recognition
+from sslocr_jax.train import evaluation
+from sslocr_jax.train import resolve
 
 
 def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -60,7 +62,7 @@ def run(config, workdir: str) -> dict:
   if jax.process_count() > 1:
     raise NotImplementedError("benchmark evaluation runs in a single process")
   try:
-    run_config = predict.load_run_config(config.checkpoint)
+    run_config = resolve.load_run_config(config.checkpoint)
   except FileNotFoundError:
     run_config = config  # a bare checkpoint folder: the eval config describes the model
   rec = predict.Recognizer.from_checkpoint(config.checkpoint, use_best=config.use_best,
@@ -68,8 +70,8 @@ def run(config, workdir: str) -> dict:
   results, counts = {}, []
   for name, data in benchmark_sets(config, run_config):
     total = len(sources.make_source(data))
-    batches = recognition.eval_dataset(run_config, data, rec.batch_size)
-    c = recognition.evaluate_batches(rec.predict_batch, rec.params, rec.model_state, batches,
+    batches = evaluation.eval_dataset(recognition, run_config, data, rec.batch_size)
+    c = evaluation.evaluate_batches(rec.predict_batch, rec.params, rec.model_state, batches,
                                      rec.charset)
     results[name] = {**c.report(), "skipped": total - c.samples}
     counts.append(c)
@@ -81,7 +83,7 @@ def run(config, workdir: str) -> dict:
     for folder in sources.lmdb_paths(data.get("lmdb_paths", None)):
       for line in sources.bad_summary(folder):
         print(line, flush=True)
-  out = writers.workdir_path(workdir)  # local folder or gs://... (etils.epath)
+  out = paths.workdir_path(workdir)  # local folder or gs://... (etils.epath)
   out.mkdir(parents=True, exist_ok=True)
-  writers.write_text(out / "results.json", json.dumps(results, indent=2))
+  paths.write_text(out / "results.json", json.dumps(results, indent=2))
   return results

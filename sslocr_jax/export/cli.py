@@ -4,8 +4,8 @@ r"""Export a checkpoint to a PyTorch state dict (+ model JSON); `python -m ssloc
         [--format=safetensors|pt] [--include=encoder|all]
 
 `--checkpoint` is a workdir, its `checkpoints` folder or one step folder (`.../checkpoints/
-500`); the run's `config.json` is found in or above it. Writes `FILE` and `FILE` with the
-suffix `.json`: the model config `torch_modules.build` reads. `pt` writes
+500`); the run's `config.json` is found in or above it (train/resolve.py). Writes `FILE` and
+`FILE` with the suffix `.json`: the model config `torch_modules.build` reads. `pt` writes
 `torch.save({"model": state_dict})` like the official DiG release (needs torch).
 """
 
@@ -13,39 +13,13 @@ import argparse
 import json
 import os
 
+import ml_collections
 import numpy as np
 
 from sslocr_jax import errors
-from sslocr_jax.export import mapping
-
-
-def find_config(path: str) -> tuple[dict, str]:
-  """The resolved config (dict) from the config.json in or above `path`, and its file."""
-  d = os.path.abspath(path)
-  for _ in range(4):
-    f = os.path.join(d, "config.json")
-    if os.path.isfile(f):
-      with open(f) as fh:
-        return json.load(fh), f
-    d = os.path.dirname(d)
-  raise errors.MissingPath(f"no config.json in or above {path} (a workdir holds one)")
-
-
-def restore_state(path: str) -> dict:
-  """State tree {"params", "model_state"} of the checkpoint at a workdir / checkpoints folder
-  / step folder, as numpy on the host."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise errors.MissingPath(f"checkpoint {path!r} does not exist")
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")):
-    state = ckpt_lib.restore_params(os.path.dirname(path), step=int(base))
-  else:
-    state = ckpt_lib.restore_params(path)
-  state = {"params": state.get("params", {}), "model_state": state.get("model_state", {}) or {}}
-  return jax.tree.map(np.asarray, state)
+from sslocr_jax.train import registry
+from sslocr_jax.train import resolve
+from sslocr_jax.train import torch_state
 
 
 def _plain(x):
@@ -60,22 +34,17 @@ def _plain(x):
 
 
 def model_json(config, include: str = "all") -> dict:
-  """The small model config `torch_modules.build` reads (plain JSON values)."""
+  """The small model config `torch_modules.build` reads (plain JSON values): the common fields
+  plus what the method declares (`export_metadata(config)`, docs/interfaces.md)."""
   c = _plain(config)
-  method = c.get("method", "recognition")
-  out = {"format": "sslocr_jax-torch-export/1", "method": method, "include": include,
-         "image_size": [int(c["image_height"]), int(c["image_width"])],
-         "model": c["model"], "input": "NCHW float in [-1, 1] (uint8 / 127.5 - 1)"}
-  if method == "dig":
-    out["heads"] = {k: int(c[k]) for k in ("mim_hidden_dim", "pix_hidden_dim",
-                                           "proj_hidden_dim", "proj_dim", "pred_hidden_dim")}
-  if method == "recognition":
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from sslocr_jax.methods import recognition  # pylint: disable=g-import-not-at-top
-    cs = recognition.charset_from_config(ml_collections.ConfigDict(c))
-    out.update(decoder=c["decoder"], decoder_config=c.get(c["decoder"], {}) or {},
-               num_classes=cs.num_classes, charset=c.get("charset", "printable94"),
-               max_len=int(c["max_len"]), bos=cs.bos, eos=cs.eos, pad=cs.pad)
+  out = {"format": "sslocr_jax-torch-export/1", "method": c.get("method", "recognition"),
+         "include": include, "image_size": [int(c["image_height"]), int(c["image_width"])],
+         "model": c["model"], "input": "NCHW float in [-1, 1] (uint8 / 127.5 - 1)",
+         "config": c}  # the run's config: train/resolve.py rebuilds the JAX model from it
+  config = ml_collections.ConfigDict(c)
+  method = registry.get_method(config)
+  if hasattr(method, "export_metadata"):
+    out.update(_plain(method.export_metadata(config)))
   return out
 
 
@@ -108,8 +77,10 @@ def write(flat: dict, output: str, fmt: str = "safetensors") -> None:
 def export_checkpoint(checkpoint: str, output: str, fmt: str = "safetensors",
                       include: str = "all") -> dict:
   """Writes the state dict and its model JSON; returns the flat state dict."""
-  config, _ = find_config(checkpoint)
-  flat = mapping.export_state(restore_state(checkpoint), config, include)
+  ckpt = resolve.resolve(checkpoint, use_best=False)
+  config = ckpt.config
+  flat = torch_state.export_state({"params": ckpt.params, "model_state": ckpt.model_state},
+                                  config, include)
   write(flat, output, fmt)
   try:
     with open(json_path(output), "w") as f:

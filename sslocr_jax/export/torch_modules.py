@@ -35,7 +35,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from sslocr_jax.export import mapping  # numpy only
+from sslocr_jax.models import torch_mapping  # numpy only
 
 
 def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
@@ -543,7 +543,7 @@ class DigPositionalEncoding(nn.Module):
   def __init__(self, d_model, n_position=200):
     super().__init__()
     self.register_buffer("position_table", torch.from_numpy(
-        mapping.dig_position_table(n_position, d_model))[None])
+        torch_mapping.dig_position_table(n_position, d_model))[None])
 
   def forward(self, x):
     return x + self.position_table[:, :x.shape[1]]

@@ -31,11 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslocr_jax import config_utils
 from sslocr_jax import errors
 from sslocr_jax.data import augment
-from sslocr_jax.models import heads
-from sslocr_jax.train import optim
+from sslocr_jax.methods import common
 from sslocr_jax.models import encoders
+from sslocr_jax.models import heads
+from sslocr_jax.models import torch_mapping
 
 PATCH = 4
 MOMENTUM_NETS = ("encoder", "pix_projector", "projector")
@@ -73,11 +75,6 @@ def networks(config) -> dict:
   }
 
 
-def normalize(images):
-  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (mean 0.5, std 0.5)."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
 def patchify(images):
   """uint8 [B, 32, 128, 3] -> pixels in [0, 1], [B, 256, 48] laid out (p1 p2 c)."""
   b, h, w, c = images.shape
@@ -106,7 +103,7 @@ def windows(tokens, grid_h: int, num_windows: int):
 def init_variables(config, rng, batch) -> dict:
   nets = networks(config)
   ks = jax.random.split(rng, len(nets))
-  x = normalize(batch["image1"])
+  x = common.normalize(batch["image1"])
   tokens = nets["encoder"].init(ks[0], x, batch["mask"])["params"]
   feats = jnp.zeros((x.shape[0] * config.num_windows, config.model.embed_dim))
   params = {"encoder": tokens}
@@ -123,27 +120,27 @@ def init_variables(config, rng, batch) -> dict:
   return {"params": params, "model_state": {"ema": ema, "batch_stats": batch_stats}}
 
 
-def load_pretrained(state, config):
-  """`config.init_from` = a PyTorch state dict: an official DiG `.pth` (weights under "model")
-  or an exported `.safetensors` / `.pth` (export/mapping.py). A full DiG file sets every
-  network, momentum copy and BatchNorm statistic; an encoder-only file (`encoder.*`) sets the
-  encoder and its momentum copy. Called by the train loop on a fresh run; a key mismatch is an
-  error listing the missing and unknown keys."""
+INIT_FROM = "auto"  # a PyTorch state dict: the whole model, or an encoder-only file
+
+
+def load_pretrained(state, config, source):
+  """`config.init_from` = a PyTorch state dict (resolved by train/resolve.py into `source`):
+  an official DiG `.pth` (weights under "model") or an exported `.safetensors` / `.pth`. A full
+  DiG file sets every network, momentum copy and BatchNorm statistic; an encoder-only file
+  (`encoder.*`) sets the encoder and its momentum copy. Called by the train loop on a fresh run;
+  a key mismatch is an error listing the missing and unknown keys (raised by the resolver)."""
   path = config.get("init_from", "")
-  if not path:
-    return state
-  from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
-  if not mapping.is_torch_file(path):
-    raise errors.UserError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch state "
-                     "dict (.pth / .pt / .safetensors); to continue a JAX run, reuse its workdir")
-  flat = mapping.load_torch_state(path)
-  include = "all" if any(k.startswith("momentum_encoder.") for k in flat) else "encoder"
-  imported = mapping.flatten(mapping.import_state(flat, config, include))
-  if include == "encoder":
-    imported.update({"model_state/ema/" + k[len("params/"):]: v for k, v in imported.items()})
-  target = mapping.flatten({"params": state.params, "model_state": state.model_state})
+  if not source.path.endswith((".safetensors", ".pth", ".pt", ".bin")):
+    raise errors.UserError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch "
+                           "state dict (.pth / .pt / .safetensors); to continue a JAX run, "
+                           "reuse its workdir")
+  imported = torch_mapping.flatten({"params": source.params, "model_state": source.model_state})
+  if not any(k.startswith("model_state/ema/") for k in imported):  # an encoder-only file
+    imported.update({"model_state/ema/" + k[len("params/"):]: v for k, v in imported.items()
+                     if k.startswith("params/encoder/")})
+  target = torch_mapping.flatten({"params": state.params, "model_state": state.model_state})
   put = lambda k: jax.device_put(np.asarray(imported[k], target[k].dtype), target[k].sharding)
-  new = mapping.unflatten({k: put(k) if k in imported else v for k, v in target.items()})
+  new = torch_mapping.unflatten({k: put(k) if k in imported else v for k, v in target.items()})
   return state.replace(params=new["params"], model_state=new.get("model_state", {}))
 
 
@@ -172,14 +169,12 @@ def info_nce(q, k, temperature: float):
 
 def momentum_at(step, config):
   """Cosine schedule of the key-encoder momentum from `config.momentum` to 1.0."""
-  t = jnp.minimum(step / max(optim.schedule_steps(config), 1), 1.0)
+  t = jnp.minimum(step / max(config_utils.schedule_steps(config), 1), 1.0)
   return 1.0 - (1.0 - config.momentum) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
 
 
 def _bn_apply(net, params, stats, x):
-  out, updates = net.apply({"params": params, "batch_stats": stats}, x, train=True,
-                           mutable=["batch_stats"])
-  return out, updates["batch_stats"]
+  return common.apply(net, params, stats, x, train=True)
 
 
 def _pix_project(net, params, stats, tokens):
@@ -239,7 +234,7 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   ema = model_state["ema"]
   mask = batch["mask"]
   # Both views through the encoder in one call (view 2 unmasked), as in the release.
-  x = normalize(pair(batch["image1"], batch["image2"]))
+  x = common.normalize(pair(batch["image1"], batch["image2"]))
   both_mask = pair(mask, jnp.zeros_like(mask))
   enc = nets["encoder"]
   tokens1, tokens2 = unpair(enc.apply({"params": params["encoder"]}, x, both_mask, train=True,
@@ -271,13 +266,44 @@ def after_update(params, model_state, step, config):
   return {**model_state, "ema": ema}
 
 
+# ----------------------------------------------------------------------------- export
+def example_batch(config, size: int = 2) -> dict:
+  """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
+  h, w = config.image_height, config.image_width
+  image = jnp.zeros((size, h, w, 3), jnp.uint8)
+  return {"image1": image, "image2": image,
+          "mask": jnp.zeros((size, (h // PATCH) * (w // PATCH)), bool)}
+
+
+def export_networks(config) -> tuple[list, dict]:
+  """The official DiG pretraining layout beyond the encoder, for models/torch_mapping.py:
+  ([(torch prefix, [jax roots], style)], {} fixed tables)."""
+  del config
+  bs = "model_state/batch_stats/"
+  return [("momentum_encoder.", ["model_state/ema/encoder"], "vit"),
+          ("pix_decoder.", ["params/mim_head"], "mim"),
+          ("pix_projector.", ["params/pix_projector", bs + "pix_projector"], "mlp"),
+          ("pix_projector_m.", ["model_state/ema/pix_projector", bs + "pix_projector_m"], "mlp"),
+          ("encoder_projection_layer.", ["params/projector", bs + "projector"], "mlp"),
+          ("momentum_projection_layer.", ["model_state/ema/projector", bs + "projector_m"],
+           "mlp"),
+          ("predictor.", ["params/predictor", bs + "predictor"], "mlp")], {}
+
+
+def export_metadata(config) -> dict:
+  """Fields of the exported model JSON (export/cli.py): the sizes of the heads."""
+  return {"heads": {k: int(config[k]) for k in ("mim_hidden_dim", "pix_hidden_dim",
+                                                  "proj_hidden_dim", "proj_dim",
+                                                  "pred_hidden_dim")}}
+
+
 # ----------------------------------------------------------------------------- visuals
 def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> dict:
   """Grid of rows (original | masked | reconstruction | augmented view), uint8 [H', W', 3]."""
   del model_state, rng
   h, w = config.image_height, config.image_width
   image1, image2, mask = (batch[k][:num_images] for k in ("image1", "image2", "mask"))
-  tokens = encoder_from_config(config).apply({"params": params["encoder"]}, normalize(image1),
+  tokens = encoder_from_config(config).apply({"params": params["encoder"]}, common.normalize(image1),
                                              mask, train=False)
   pred = networks(config)["mim_head"].apply({"params": params["mim_head"]}, tokens)
   target, m = patchify(image1), mask[..., None].astype(jnp.float32)
@@ -285,12 +311,5 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   recon = target * (1 - m) + jnp.clip(pred.astype(jnp.float32), 0, 1) * m
   panels = [image1.astype(jnp.float32) / 255, unpatchify(masked, h, w),
             unpatchify(recon, h, w), image2.astype(jnp.float32) / 255]
-  return {"dig_reconstruction": image_grid(panels)}
+  return {"dig_reconstruction": common.image_grid(panels)}
 
-
-def image_grid(panels, gap: int = 2):
-  """List of [N, H, W, 3] float images in [0, 1] -> one uint8 grid: N rows x len(panels) columns."""
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)
-  row = jnp.concatenate([pad(p) for p in panels], axis=2)  # [N, H+gap, cols*(W+gap), 3]
-  grid = row.reshape(-1, row.shape[2], 3)
-  return (jnp.clip(grid, 0, 1) * 255).round().astype(jnp.uint8)

@@ -9,9 +9,10 @@ with L = max_len + 1 and C = charset.num_classes (data/charset.py). Protocols (c
   full fine-tuning      phases = [("main", ["encoder", "decoder"])];
   frozen encoder        `freeze_encoder=True`: the encoder is in no phase (bit-identical), runs
                         in inference mode (no drop path / dropout, BatchNorm statistics kept);
-  init_from=DIR         a pretraining (or fine-tuning) workdir / checkpoint folder: only the
-                        encoder weights are taken (`load_pretrained`, called by the loop on a
-                        fresh run); a mismatch is an error naming every differing key;
+  init_from=PATH        anything train/resolve.py resolves (a pretraining or fine-tuning
+                        workdir / checkpoint folder, an exported or official state dict): only
+                        the encoder weights are taken (`load_pretrained`, called by the loop on
+                        a fresh run); a mismatch is an error naming every differing key;
   data.fraction         a deterministic labeled subset (data/pipeline.py).
 
 Views (host): `image` uint8 [32, 128, 3] (ABINet-kind `recognition_augment`, or a plain resize
@@ -21,9 +22,10 @@ returns None (the pipeline skips it), logs a warning naming the record (LMDB fol
 number) and counts it in `DROPPED` (per process; reason -> count) and in the bad-record
 summaries (`sources.note_bad`).
 
-Evaluation (`make_evaluator`, called by the loop every `eval_every` steps): greedy decoding on
-`config.val_data` (by default synthetic lines in held-out fonts), word accuracy after the
-standard filtering, in percent (`val_accuracy`), and 1 - NED in percent (`val_one_minus_ned`).
+Evaluation (train/evaluation.py, run by the loop every `eval_every` steps because the method
+declares `predict`): greedy decoding on `config.val_data` (by default synthetic lines in
+held-out fonts), word accuracy after the standard filtering, in percent (`val_accuracy`), and
+1 - NED in percent (`val_one_minus_ned`).
 
 Networks (params): encoder, decoder. model_state: {"batch_stats": {"encoder": ...}} for encoders
 with BatchNorm (resnet; the layout of methods/seqclr.py), else {}.
@@ -43,12 +45,11 @@ import optax
 from sslocr_jax import errors
 from sslocr_jax.data import augment
 from sslocr_jax.data import charset as charset_lib
-from sslocr_jax.data import pipeline
 from sslocr_jax.data import sources
-from sslocr_jax.evaluate import metrics
+from sslocr_jax.methods import common
 from sslocr_jax.models import decoders
 from sslocr_jax.models import encoders
-from sslocr_jax.train import sharding as sharding_lib
+from sslocr_jax.models import torch_mapping
 
 DROPPED = collections.Counter()  # reason -> number of training labels dropped (this process)
 _WARN_FIRST = 20  # full warnings per reason; afterwards one every 1000 drops
@@ -113,11 +114,6 @@ def eval_views(record, rng, config) -> dict:
 
 
 # ----------------------------------------------------------------------------- networks
-def normalize(images):
-  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (mean 0.5, std 0.5)."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
 def networks(config):
   """(encoder module, grid_h, decoder module) of the config."""
   encoder, grid_h = encoders.build(config)
@@ -133,7 +129,7 @@ def decoder_inputs(labels, bos: int):
 def init_variables(config, rng, batch) -> dict:
   encoder, _, decoder = networks(config)
   k_enc, k_dec = jax.random.split(rng)
-  x = normalize(batch["image"])
+  x = common.normalize(batch["image"])
   features, enc_vars = encoder.init_with_output({"params": k_enc, "dropout": k_enc}, x,
                                                 train=False)
   enc_params = enc_vars["params"]
@@ -172,7 +168,7 @@ def encode(params, model_state, images, config, *, train: bool, rng=None):
   enc_state = encoder_state(model_state)
   variables = {"params": params["encoder"], **enc_state}
   rngs = {"dropout": rng} if (train and rng is not None) else {}
-  x = normalize(images)
+  x = common.normalize(images)
   if train and enc_state:
     features, updates = encoder.apply(variables, x, train=True, rngs=rngs, mutable=list(enc_state))
     enc_state = {**enc_state, **updates}
@@ -243,73 +239,6 @@ def predict(params, model_state, images, config):
                                 eos=cs.eos, pad=cs.pad)
 
 
-def make_batch_predictor(config, mesh, batch_size: int):
-  """Returns `fn(params, model_state, images uint8 [n <= B, H, W, 3]) -> (ids [n, L], conf [n])`.
-
-  Every call runs one fixed-size batch (the last one zero-padded), so the jitted function
-  compiles once. `batch_size` is rounded up to a multiple of the device count.
-  """
-  n_dev = mesh.size
-  batch_size = -(-int(batch_size) // n_dev) * n_dev
-  fn = jax.jit(functools.partial(predict, config=config))
-
-  def predict_batch(params, model_state, images):
-    images = np.asarray(images, np.uint8)
-    n = images.shape[0]
-    if n > batch_size:
-      raise ValueError(f"batch of {n} images > batch size {batch_size}")
-    padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
-    padded[:n] = images
-    x = sharding_lib.global_batch({"image": padded}, mesh)["image"]
-    ids, conf = jax.device_get(fn(params, model_state, x))
-    return np.asarray(ids)[:n], np.asarray(conf)[:n]
-
-  predict_batch.batch_size = batch_size
-  predict_batch.jitted = fn
-  return predict_batch
-
-
-def eval_dataset(config, data_config, batch_size: int):
-  """Un-augmented, unshuffled, single-pass batches {image, text, index} of `data_config`."""
-  return pipeline.make_dataset(config, eval_views, data_config=data_config,
-                               batch_size=batch_size, shuffle=False, repeat=False,
-                               drop_remainder=False, num_workers=0)
-
-
-def evaluate_batches(predict_batch, params, model_state, batches, charset) -> metrics.Counts:
-  """Greedy predictions on batches {image, text} -> summed word-accuracy / NED counts."""
-  counts = metrics.Counts()
-  for batch in batches:
-    ids, _ = predict_batch(params, model_state, batch["image"])
-    preds = [charset.decode(row) for row in ids]
-    counts += metrics.score(preds, [str(t) for t in batch["text"]])
-  return counts
-
-
-def make_evaluator(config, mesh):
-  """`fn(state) -> {"val_accuracy": %, "val_one_minus_ned": %}` on `config.val_data`.
-
-  Single process only: with several processes it warns once and returns {} (no validation).
-  """
-  if jax.process_count() > 1:
-    logging.warning("recognition: validation during training runs in a single process; "
-                    "skipped (evaluate the checkpoints with configs/evaluate.py)")
-    return lambda state: {}
-  cs = charset_from_config(config)
-  batch_size = int(config.get("eval_batch_size", 0) or config.batch_size)
-  predict_batch = make_batch_predictor(config, mesh, batch_size)
-
-  def evaluate(state) -> dict:
-    # Let the last train step finish first: interleaving two programs' collectives can stall
-    # XLA's CPU backend (fake devices).
-    jax.block_until_ready(state.params)
-    batches = eval_dataset(config, config.val_data, predict_batch.batch_size)
-    counts = evaluate_batches(predict_batch, state.params, state.model_state, batches, cs)
-    r = counts.report()
-    return {"val_accuracy": r["accuracy"], "val_one_minus_ned": r["one_minus_ned"]}
-  return evaluate
-
-
 # ----------------------------------------------------------------------------- init_from
 def _flat(tree) -> dict:
   """{"a/b/c": leaf} of a nested dict."""
@@ -317,34 +246,6 @@ def _flat(tree) -> dict:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     out["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)] = leaf
   return out
-
-
-def _checkpoint_origin(path: str) -> str:
-  """'method=dig, model (...)' from the config.json of the run that wrote a checkpoint, or ''."""
-  from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
-  try:
-    c = predict.load_run_config(path)
-  except FileNotFoundError:
-    return ""
-  model = c.get("model", {})
-  keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
-          if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
-                                                 "num_heads"))
-  desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
-  return f"method={c.get('method', '?')}, model ({desc}) [{path}]"
-
-
-def _restore(path: str) -> dict:
-  """The state tree of the checkpoint at a workdir / checkpoint folder / step folder (local or
-  gs://)."""
-  from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from sslocr_jax.train import writers  # pylint: disable=g-import-not-at-top
-  path = writers.workdir_path(path)
-  if not path.exists():
-    raise errors.MissingPath(f"config.init_from={str(path)!r} does not exist")
-  if path.name.isdigit() and not (path / "checkpoints").is_dir():
-    return ckpt_lib.restore_params(path.parent, step=int(path.name))
-  return ckpt_lib.restore_params(path)
 
 
 def encoder_mismatches(source: dict, target: dict, show: int = 8) -> list[str]:
@@ -362,28 +263,24 @@ def encoder_mismatches(source: dict, target: dict, show: int = 8) -> list[str]:
   return lines
 
 
-def load_pretrained(state, config):
-  """Copies the encoder (params, and BatchNorm statistics if any) of `config.init_from`.
+INIT_FROM = "encoder"  # of a PyTorch state dict, only the encoder is read (train/resolve.py)
+
+
+def load_pretrained(state, config, source):
+  """Copies the encoder (params, and BatchNorm statistics if any) of the resolved checkpoint
+  `source` (train/resolve.py `Checkpoint`: params, model_state, origin) of `config.init_from`.
 
   Called by the train loop on a fresh run (not on resume). Raises ValueError listing every
   mismatched key / shape and saying which method and model size wrote the checkpoint.
   """
   path = config.get("init_from", "")
-  if not path:
-    return state
-  if path.endswith((".safetensors", ".pth", ".pt")):  # a PyTorch state dict (export/mapping.py)
-    from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
-    restored = mapping.import_state(mapping.load_torch_state(path), config, include="encoder")
-  else:
-    restored = _restore(path)
-  params = restored.get("params", {})
+  params = source.params
   if "encoder" not in params:
     raise ValueError(f"config.init_from={path}: the checkpoint has no 'encoder' params "
-                     f"(networks: {sorted(params)}). {_checkpoint_origin(path)}")
-  source, target = params["encoder"], nn.unbox(state.params["encoder"])
-  problems = encoder_mismatches(source, target)
+                     f"(networks: {sorted(params)}). {source.origin}")
+  src, target = params["encoder"], nn.unbox(state.params["encoder"])
+  problems = encoder_mismatches(src, target)
   if problems:
-    origin = _checkpoint_origin(path)
     model = config.model
     keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
             if model.name == "resnet" else ("name", "size", "embed_dim", "depth", "num_heads"))
@@ -391,16 +288,15 @@ def load_pretrained(state, config):
     raise ValueError(
         f"config.init_from={path}: the checkpoint's encoder does not match config.model "
         f"({want}):\n" + "\n".join(problems) +
-        (f"\nThe checkpoint was written by {origin}." if origin else "") +
+        (f"\nThe checkpoint was written by {source.origin}." if source.origin else "") +
         "\nSet --config.model.* (or the config variant / size) to the checkpoint's encoder.")
 
-  def put(src, tgt):
-    return jax.device_put(np.asarray(src, tgt.dtype), tgt.sharding)
-  new_params = {**state.params, "encoder": jax.tree.map(put, source, target)}
+  def put(a, tgt):
+    return jax.device_put(np.asarray(a, tgt.dtype), tgt.sharding)
+  new_params = {**state.params, "encoder": jax.tree.map(put, src, target)}
   model_state = dict(state.model_state)
   enc_state = encoder_state(model_state)
-  src_enc_state = {col: tree for col, tree in
-                   encoder_state(restored.get("model_state", None) or {}).items()
+  src_enc_state = {col: tree for col, tree in encoder_state(source.model_state or {}).items()
                    if col in enc_state}  # e.g. batch_stats, not DiG's "ema" copies
   if enc_state and src_enc_state and not encoder_mismatches(src_enc_state, enc_state):
     for col, tree in jax.tree.map(put, src_enc_state, enc_state).items():
@@ -408,5 +304,44 @@ def load_pretrained(state, config):
   elif enc_state:
     logging.warning("init_from=%s: no matching encoder statistics (%s) in the checkpoint; "
                     "keeping the fresh ones", path, sorted(enc_state))
-  logging.info("init_from=%s: loaded %d encoder arrays", path, len(_flat(source)))
+  logging.info("init_from=%s: loaded %d encoder arrays", path, len(_flat(src)))
   return state.replace(params=new_params, model_state=model_state)
+
+
+# ----------------------------------------------------------------------------- export
+def example_batch(config, size: int = 2) -> dict:
+  """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
+  return {"image": jnp.zeros((size, config.image_height, config.image_width, 3), jnp.uint8),
+          "label": jnp.zeros((size, label_length(config)), jnp.int32)}
+
+
+def transformer_style(config) -> str:
+  """"nrtr" (default) or "dig" for the transformer decoder, "" for another decoder."""
+  if config.get("decoder") != "transformer":
+    return ""
+  return (config.get("transformer", None) or {}).get("style", "nrtr") or "nrtr"
+
+
+def export_networks(config) -> tuple[list, dict]:
+  """The recognizer beyond the encoder, for models/torch_mapping.py: ([(torch prefix,
+  [jax roots], style)], {torch key: fixed table}); the official DiG fine-tuned `RecModel`
+  layout for transformer.style="dig" (its decoder stores the sin-cos position table)."""
+  decoder = config.get("decoder")
+  specs, fixed = [], {}
+  if transformer_style(config) == "dig":
+    specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
+    t = config.transformer
+    fixed[torch_mapping.DIG_TABLE_KEY] = torch_mapping.dig_position_table(
+        int(t.get("n_position", 200)), int(t.d_model))[None]
+  if decoder == "transformer":
+    specs.append(("linear_norm.", ["params/decoder/linear_norm"], "transformer"))
+  specs.append(("decoder.", ["params/decoder"], decoder))
+  return specs, fixed
+
+
+def export_metadata(config) -> dict:
+  """Fields of the exported model JSON (export/cli.py) that rebuild the decoder and charset."""
+  cs = charset_from_config(config)
+  return dict(decoder=config.decoder, decoder_config=config.get(config.decoder, None) or {},
+              num_classes=cs.num_classes, charset=config.get("charset", "printable94"),
+              max_len=int(config.max_len), bos=cs.bos, eos=cs.eos, pad=cs.pad)

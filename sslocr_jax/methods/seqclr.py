@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslocr_jax.data import augment
-from sslocr_jax.methods import dig
+from sslocr_jax.methods import common
 from sslocr_jax.models import encoders
 from sslocr_jax.models import heads
 from sslocr_jax.models import resnet
@@ -37,7 +37,6 @@ from sslocr_jax.models import resnet
 MAPPINGS = ("all", "frame", "window")
 PROJECTIONS = ("none", "bilstm", "mlp")
 STAGES = ("cnn", "lstm")
-normalize = dig.normalize  # uint8 -> [-1, 1] (mean 0.5, std 0.5)
 
 
 # ----------------------------------------------------------------------------- views (host)
@@ -80,22 +79,16 @@ def networks(config) -> dict:
 
 def _apply(net, params, stats, x, train, rng=None):
   """Applies a network with or without BatchNorm -> (out, new stats or None)."""
-  variables = {"params": params}
-  if stats is not None:
-    variables["batch_stats"] = stats
   if isinstance(net, resnet.BiLSTM):
-    return net.apply(variables, x), stats
-  rngs = {"dropout": rng} if rng is not None else {}
-  if stats is None or not train:
-    return net.apply(variables, x, train=train, rngs=rngs), stats
-  out, upd = net.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
-  return out, upd.get("batch_stats", {})
+    return net.apply({"params": params}, x), stats
+  return common.apply(net, params, stats, x, train=train,
+                      rngs={"dropout": rng} if rng is not None else {})
 
 
 def init_variables(config, rng, batch) -> dict:
   nets = networks(config)
   k_enc, k_proj = jax.random.split(rng)
-  x = normalize(batch["image1"])
+  x = common.normalize(batch["image1"])
   v = nets["encoder"].init(k_enc, x, train=False)
   params, stats = {"encoder": v["params"]}, {"encoder": v.get("batch_stats", {})}
   if "projection" in nets:
@@ -107,6 +100,12 @@ def init_variables(config, rng, batch) -> dict:
     if "batch_stats" in pv:
       stats["projection"] = pv["batch_stats"]
   return {"params": params, "model_state": {"batch_stats": stats}}
+
+
+def example_batch(config, size: int = 2) -> dict:
+  """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
+  image = jnp.zeros((size, config.image_height, config.image_width, 3), jnp.uint8)
+  return {"image1": image, "image2": image}
 
 
 def phases(config):
@@ -170,7 +169,7 @@ def frames_of(nets, params, stats, images, config, train=True, rng=None):
   """
   stats = dict(stats)
   feats, stats["encoder"] = _apply(nets["encoder"], params["encoder"], stats["encoder"],
-                                   normalize(images), train, rng)
+                                   common.normalize(images), train, rng)
   frames = encoders.to_frames(feats, encoders.build(config)[1])
   if "projection" in nets:
     frames, new = _apply(nets["projection"], params["projection"], stats.get("projection"),
@@ -210,7 +209,7 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   if getattr(enc, "tps", False):
     variables = {"params": params["encoder"],
                  "batch_stats": model_state["batch_stats"]["encoder"]}
-    _, out = enc.apply(variables, normalize(image1), train=False, mutable=["intermediates"])
+    _, out = enc.apply(variables, common.normalize(image1), train=False, mutable=["intermediates"])
     rectified = out["intermediates"]["rectified"][0].astype(jnp.float32)
     panels.append((rectified + 1.0) / 2.0)
-  return {"seqclr_views": dig.image_grid(panels)}
+  return {"seqclr_views": common.image_grid(panels)}

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslocr_jax.data import augment
-from sslocr_jax.methods import dig
+from sslocr_jax.methods import common
 from sslocr_jax.models import encoders
 from sslocr_jax.models import siman_nets
 
@@ -76,11 +76,6 @@ def networks(config) -> dict:
   }
 
 
-def normalize(images):
-  """uint8 [B, H, W, 3] -> float32 in [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
 def feature_map(features, grid_h: int):
   """[B, N, D] row-major on a grid_h x (N / grid_h) grid -> [B, grid_h, N / grid_h, D]."""
   b, n, d = features.shape
@@ -91,7 +86,7 @@ def init_variables(config, rng, batch) -> dict:
   nets = networks(config)
   _, grid_h = encoders.build(config)
   k = jax.random.split(rng, 4)
-  x = normalize(batch["source"])
+  x = common.normalize(batch["source"])
   enc = nets["encoder"].init(k[0], x)  # boxed: the loop reads the logical axis names
   # Only the shapes of the features are needed (no forward pass to compile at init).
   feats = jnp.zeros(jax.eval_shape(nets["encoder"].apply, enc, x).shape, jnp.float32)
@@ -101,6 +96,12 @@ def init_variables(config, rng, batch) -> dict:
   params["discriminator"] = nets["discriminator"].init(k[3], x)["params"]
   model_state = {"batch_stats": {"encoder": enc["batch_stats"]}} if "batch_stats" in enc else {}
   return {"params": params, "model_state": model_state}
+
+
+def example_batch(config, size: int = 2) -> dict:
+  """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
+  image = jnp.zeros((size, config.image_height, config.image_width, 3), jnp.uint8)
+  return {"source": image, "augmented": image, "target": image}
 
 
 def phases(config):
@@ -113,16 +114,9 @@ def encode(params, model_state, images, config, *, train: bool, rng=None):
   """uint8 [B, H, W, 3] -> (features [B, N, D], new encoder batch_stats or None)."""
   encoder = encoder_from_config(config)
   stats = model_state.get("batch_stats", {}).get("encoder")
-  variables = {"params": params["encoder"]}
   rngs = {"dropout": rng} if (train and rng is not None) else {}
-  if stats is None:
-    return encoder.apply(variables, normalize(images), train=train, rngs=rngs), None
-  variables["batch_stats"] = stats
-  if not train:
-    return encoder.apply(variables, normalize(images), train=False), stats
-  feats, upd = encoder.apply(variables, normalize(images), train=True, rngs=rngs,
-                             mutable=["batch_stats"])
-  return feats, upd["batch_stats"]
+  return common.apply(encoder, params["encoder"], stats, common.normalize(images), train=train,
+                      rngs=rngs)
 
 
 def restore(params, model_state, source, augmented, config, *, train: bool, rng=None):
@@ -176,7 +170,7 @@ def adv_weight_at(step, config):
 
 def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   """SimAN losses of one phase on a global batch -> (loss, (metrics, new model_state))."""
-  target = normalize(batch["target"])
+  target = common.normalize(batch["target"])
   if phase == "generator":
     restored, _, stats = restore(params, model_state, batch["source"], batch["augmented"],
                                  config, train=True, rng=rng)
@@ -218,4 +212,4 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   restored, _, _ = restore(params, model_state, source, augmented, config, train=False)
   to01 = lambda x: x.astype(jnp.float32) / 255.0
   panels = [to01(source), to01(augmented), (restored + 1.0) / 2.0, to01(target)]
-  return {"siman_restoration": dig.image_grid(panels)}
+  return {"siman_restoration": common.image_grid(panels)}

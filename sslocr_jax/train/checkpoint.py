@@ -20,14 +20,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from sslocr_jax import errors
-from sslocr_jax.train import writers
+from sslocr_jax import paths
 
 
 class Checkpointer:
   """Saves and restores (train state, data iterator) at a step."""
 
   def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True):
-    self.directory: epath.Path = writers.workdir_path(directory)
+    self.directory: epath.Path = paths.workdir_path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
@@ -165,7 +165,7 @@ def restore_params(directory, step: int | None = None):
   data iterator item has no handler). Without `step`: the newest step that restores, with a
   warning naming each damaged newer step and why; UserError naming the folder when none does.
   """
-  directory = writers.workdir_path(directory)
+  directory = paths.workdir_path(directory)
   if (directory / "checkpoints").is_dir():
     directory = directory / "checkpoints"
   steps = [step] if step is not None else checkpoint_steps(directory)

@@ -4,7 +4,6 @@ Used by every method (pretraining and fine-tuning); it never branches on the met
 method module is looked up from `config.method` (`sslocr_jax.methods.<name>`).
 """
 
-import importlib
 import json
 import math
 import signal
@@ -14,12 +13,16 @@ from absl import logging
 import jax
 import numpy as np
 
-from sslocr_jax import errors
+from sslocr_jax import config_utils
+from sslocr_jax import paths
 from sslocr_jax.data import pipeline
 from sslocr_jax.data import sources
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import config_checks
+from sslocr_jax.train import evaluation
 from sslocr_jax.train import optim
+from sslocr_jax.train import registry
+from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
 from sslocr_jax.train import step as step_lib
@@ -28,14 +31,6 @@ from sslocr_jax.train import writers
 
 class NonFiniteLossError(RuntimeError):
   pass
-
-
-def get_method(config):
-  try:
-    return importlib.import_module(f"sslocr_jax.methods.{config.method}")
-  except ModuleNotFoundError as e:
-    raise errors.UserError(f"config.method={config.method!r} names no module sslocr_jax/methods/"
-                     f"{config.method}.py") from e
 
 
 class _Preemption:
@@ -82,7 +77,7 @@ def make_optimizers(config, method, phases, batch_spec) -> tuple[dict, dict]:
     optim_config = config.optim[phase] if phase in config.optim else config.optim
     optimizers[phase], schedules[phase] = optim.make_optimizer(
         optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
-        optim.schedule_steps(config), num_layers=int(config.get("model", {}).get("depth", 0) or 0))
+        config_utils.schedule_steps(config), num_layers=int(config.get("model", {}).get("depth", 0) or 0))
   return optimizers, schedules
 
 
@@ -100,7 +95,7 @@ def jit_train_step(method, config, optimizers, schedules, phases, shardings, bat
 
 def setup(config, workdir: str | None = None, mesh=None):
   """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
-  method = get_method(config)
+  method = registry.get_method(config)
   mesh = mesh or sharding_lib.make_mesh(config.mesh)
   config_checks.check_batch_divides(config, mesh.size, mesh.shape)
   rules = sharding_lib.logical_rules(config)
@@ -125,7 +120,7 @@ def train(config, workdir) -> dict:
   `workdir`: a local folder or a bucket URI (`gs://bucket/run`), str or `epath.Path`; every
   file goes through `etils.epath`. Returns the last logged metrics.
   """
-  workdir = writers.workdir_path(workdir)
+  workdir = paths.workdir_path(workdir)
   # Before anything in the workdir changes: values in range, and a rerun's config compatible
   # with the one its checkpoints were written with. config.json is (re)written only once the
   # state is initialised or restored.
@@ -155,8 +150,8 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
     state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
     writers.truncate_metrics(workdir, start)
     logging.info("Resuming from step %d", start)
-  elif hasattr(method, "load_pretrained"):  # a fresh run: e.g. fine-tuning's init_from
-    state = method.load_pretrained(state, config)
+  elif config.get("init_from", "") and hasattr(method, "load_pretrained"):  # a fresh run
+    state = resolve.load_pretrained(method, state, config)
   writers.write_config(config, workdir)
   writer = writers.MetricWriter(workdir)
   closers.append(writer)
@@ -172,8 +167,8 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
                                                        jax.random.PRNGKey(0), config),
                         out_shardings=sharding_lib.replicated(mesh))  # readable on every host
   evaluator, best = None, None
-  if hasattr(method, "make_evaluator") and config.get("eval_every", 0):
-    evaluator = method.make_evaluator(config, mesh)
+  if hasattr(method, "predict") and config.get("eval_every", 0):  # a recognizer: validate
+    evaluator = evaluation.make_evaluator(method, config, mesh)
     best = _BestCheckpoint(workdir, config.get("best_metric", ""))
     closers.append(best)
   log_every = max(int(config.get("log_every", 50)), 1)
@@ -254,7 +249,7 @@ class _BestCheckpoint:
 
   def __init__(self, workdir, metric: str):
     self.metric = metric
-    self.path = writers.workdir_path(workdir) / "best" / "best.json"
+    self.path = paths.workdir_path(workdir) / "best" / "best.json"
     self.checkpointer = ckpt_lib.Checkpointer(self.path.parent, max_to_keep=1, async_save=False)
     self.key = None
     if self.path.exists():
@@ -273,7 +268,7 @@ class _BestCheckpoint:
       self.checkpointer.manager.delete(step)
     self.checkpointer.save(step, state)
     if jax.process_index() == 0:
-      writers.write_text(self.path, json.dumps({"step": step, "metric": self.metric,
+      paths.write_text(self.path, json.dumps({"step": step, "metric": self.metric,
                                                 "value": key[0], "others": others}))
 
   def close(self) -> None:

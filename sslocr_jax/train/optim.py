@@ -18,15 +18,6 @@ import optax
 NO_DECAY_NAMES = ("mask_token", "q_bias", "v_bias", "pos_embed", "cls_token")
 
 
-def schedule_steps(config) -> int:
-  """Length of the lr / momentum schedules: `config.schedule_steps`, else `config.total_steps`.
-
-  Set it to stop a run early (a time-boxed job, a test of resume) without changing the
-  schedules: `total_steps=N, schedule_steps=2N`, then `total_steps=2N` resumes to the same run.
-  """
-  return int(config.get("schedule_steps", 0) or config.total_steps)
-
-
 def peak_lr(optim_config, global_batch: int) -> float:
   base = optim_config.get("lr_batch_base", 0) or 0
   return optim_config.base_lr * (global_batch / base if base else 1.0)

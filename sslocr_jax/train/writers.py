@@ -1,8 +1,7 @@
 """Metric and image writers for the workdir: metrics.jsonl, TensorBoard events, PNG grids.
 
-Only process 0 writes; on other processes every call is a no-op. Every file operation goes
-through `etils.epath` (as orbax does), so the workdir may be a local folder or a bucket URI
-(`gs://bucket/run`, with gcsfs or tensorflow installed for the `gs://` file system).
+Only process 0 writes; on other processes every call is a no-op. Paths and file writes go
+through sslocr_jax/paths.py, so the workdir may be a local folder or a bucket URI.
 """
 
 import io
@@ -15,25 +14,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-
-def workdir_path(path) -> epath.Path:
-  """`epath.Path` of a workdir or a file in it: a URI (gs://...) as is, a local path absolute."""
-  p = epath.Path(path)
-  return p if is_remote(p) else p.resolve()
-
-
-def is_remote(path) -> bool:
-  """True for a URI (gs://, s3://, ...), False for a local path."""
-  return "://" in os.fspath(path)
-
-
-def write_text(path, text: str, append: bool = False) -> None:
-  """Writes (or appends) `text` to `path`; on an object store (no appends) rewrites the file."""
-  path = epath.Path(path)
-  if append and is_remote(path):
-    text, append = (path.read_text() if path.exists() else "") + text, False
-  with path.open("a" if append else "w") as f:
-    f.write(text)
+from sslocr_jax import paths
 
 
 class MetricWriter:
@@ -45,7 +26,7 @@ class MetricWriter:
   """
 
   def __init__(self, workdir):
-    self.workdir = workdir_path(workdir)
+    self.workdir = paths.workdir_path(workdir)
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active:
@@ -62,7 +43,7 @@ class MetricWriter:
     if not self.active:
       return
     row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
-    write_text(self.workdir / "metrics.jsonl", json.dumps(row) + "\n", append=True)
+    paths.write_text(self.workdir / "metrics.jsonl", json.dumps(row) + "\n", append=True)
     if self._tb is not None:
       for k, v in row.items():
         if k != "step" and isinstance(v, (int, float)):
@@ -75,7 +56,7 @@ class MetricWriter:
       return []
     folder = self.workdir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    written = []
     for name, img in images.items():
       img = np.asarray(img)
       path = folder / f"{name}_{int(step):07d}.png"
@@ -84,10 +65,10 @@ class MetricWriter:
       path.write_bytes(buf.getvalue())
       if self._tb is not None:
         self._tb.add_image(name, img, step, dataformats="HWC")
-      paths.append(path)
+      written.append(path)
     if self._tb is not None:
       self._tb.flush()
-    return paths
+    return written
 
   def close(self) -> None:
     if self._tb is not None:
@@ -96,7 +77,7 @@ class MetricWriter:
 
 
 def _tensorboard_can_write(workdir: epath.Path) -> bool:
-  if not is_remote(workdir):
+  if not paths.is_remote(workdir):
     return True
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
   scheme = os.fspath(workdir).split("://", 1)[0]
@@ -107,22 +88,22 @@ def _tensorboard_can_write(workdir: epath.Path) -> bool:
 def write_config(config, workdir) -> None:
   """WORKDIR/config.json (the resolved config), on process 0."""
   if jax.process_index() == 0:
-    write_text(workdir_path(workdir) / "config.json",
+    paths.write_text(paths.workdir_path(workdir) / "config.json",
                config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def truncate_metrics(workdir, step: int) -> None:
   """Drops rows after `step` from metrics.jsonl (a resumed run rewrites them identically)."""
-  path = workdir_path(workdir) / "metrics.jsonl"
+  path = paths.workdir_path(workdir) / "metrics.jsonl"
   if jax.process_index() or not path.exists():
     return
   rows = [line + "\n" for line in path.read_text().splitlines()
           if line.strip() and json.loads(line)["step"] <= step]
-  write_text(path, "".join(rows))
+  paths.write_text(path, "".join(rows))
 
 
 def read_metrics(workdir) -> list[dict]:
-  text = (workdir_path(workdir) / "metrics.jsonl").read_text()
+  text = (paths.workdir_path(workdir) / "metrics.jsonl").read_text()
   return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -1,4 +1,5 @@
-"""Key / layout mapping between our JAX state trees and flat PyTorch state dicts (numpy only).
+"""Key / layout mapping between our JAX state trees and flat PyTorch state dicts (numpy only;
+`load_torch_state` reads `.pth` files with torch, imported when called).
 
 The JAX side is the state layout of a checkpoint, `{"params": ..., "model_state": ...}`
 (train/checkpoint.py `restore_params`); the PyTorch side is a flat `{name: np.ndarray}` with
@@ -53,12 +54,13 @@ BatchNorm `running_var`: PyTorch accumulates the unbiased batch variance, flax t
 one. The stored values are copied as they are (export / import are exact); only statistics
 accumulated by further training differ by the factor N / (N - 1).
 
-Public API:
-    plan = make_plan(abstract_state, config, include)   # list of Entry
-    flat = export_state(state, config, include="all")   # {torch name: np.ndarray}
-    state = import_state(flat, config, include="all")   # {"params", "model_state"} (numpy)
-    params = import_params(flat, config, include="all")
-`config` is the run's resolved config (ConfigDict or dict, as in the workdir's config.json).
+Which networks a method exports is declared by the method (`export_networks(config)`:
+[(torch prefix, [jax roots], style)] and fixed tables; docs/interfaces.md); the encoder's spec
+is `encoder_spec(config)`. train/torch_state.py binds these to the method of a config:
+
+    plan = make_plan(flat_shapes, specs, fixed)            # list of Entry
+    flat = export_state(state, specs, fixed)               # {torch name: np.ndarray}
+    state = import_state(flat, target, specs, fixed, include)  # {"params", "model_state"}
 """
 
 import dataclasses
@@ -289,22 +291,16 @@ def _network_entries(torch_prefix: str, roots: list, flat_shapes: dict, style: s
 
 
 # ----------------------------------------------------------------------------- plans
-def method_of(config) -> str:
-  return _get(config, "method", "recognition")
-
-
 def _encoder_style(config) -> str:
   model = _get(config, "model")
   name = _get(model, "name", "vit") if model is not None else "vit"
   return "resnet" if name == "resnet" else "vit"
 
 
-def transformer_style(config) -> str:
-  """"nrtr" (default) or "dig" for a recognition config with the transformer decoder."""
-  if method_of(config) != "recognition" or _get(config, "decoder") != "transformer":
-    return ""
-  t = _get(config, "transformer")
-  return (_get(t, "style", "nrtr") if t is not None else "nrtr") or "nrtr"
+def encoder_spec(config) -> tuple:
+  """(torch prefix, [jax roots], style) of the encoder every method has."""
+  return ("encoder.", ["params/encoder", "model_state/batch_stats/encoder"],
+          _encoder_style(config))
 
 
 def dig_position_table(n_position: int, dim: int) -> np.ndarray:
@@ -316,57 +312,22 @@ def dig_position_table(n_position: int, dim: int) -> np.ndarray:
   return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
 
 
-def _dig_table_entry(config) -> Entry:
-  t = _get(config, "transformer")
-  table = dig_position_table(int(_get(t, "n_position", 200)), int(_get(t, "d_model")))[None]
-  return Entry((DIG_TABLE_KEY,), (), lambda a: [table.copy()], lambda a: [], optional=True)
+def _fixed_entry(key: str, table: np.ndarray) -> Entry:
+  """A fixed array the PyTorch model stores (written on export, optional on import)."""
+  return Entry((key,), (), lambda a: [table.copy()], lambda a: [], optional=True)
 
 
-def network_specs(config, include: str = "all") -> list:
-  """[(torch prefix, [jax roots], style)] of the method of `config`."""
-  method = method_of(config)
-  enc = ("encoder.", ["params/encoder", "model_state/batch_stats/encoder"],
-         _encoder_style(config))
-  if include == "encoder":
-    return [enc]
-  if include != "all":
-    raise ValueError(f"include={include!r}; valid: encoder, all")
-  if method == "dig":
-    bs = "model_state/batch_stats/"
-    return [enc,
-            ("momentum_encoder.", ["model_state/ema/encoder"], "vit"),
-            ("pix_decoder.", ["params/mim_head"], "mim"),
-            ("pix_projector.", ["params/pix_projector", bs + "pix_projector"], "mlp"),
-            ("pix_projector_m.", ["model_state/ema/pix_projector", bs + "pix_projector_m"],
-             "mlp"),
-            ("encoder_projection_layer.", ["params/projector", bs + "projector"], "mlp"),
-            ("momentum_projection_layer.", ["model_state/ema/projector", bs + "projector_m"],
-             "mlp"),
-            ("predictor.", ["params/predictor", bs + "predictor"], "mlp")]
-  if method == "recognition":
-    decoder = _get(config, "decoder")
-    specs = [enc]
-    if transformer_style(config) == "dig":
-      specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
-    if decoder == "transformer":
-      specs.append(("linear_norm.", ["params/decoder/linear_norm"], "transformer"))
-    specs.append(("decoder.", ["params/decoder"], decoder))
-    return specs
-  raise ValueError(f"export of method {method!r} is not supported (dig, recognition); use "
-                   "include='encoder' for its encoder")
-
-
-def make_plan(flat_shapes: dict, config, include: str = "all") -> list:
-  """Entries mapping the JAX leaves `{"params/...": shape}` onto PyTorch keys."""
+def make_plan(flat_shapes: dict, specs: list, fixed: dict | None = None) -> list:
+  """Entries mapping the JAX leaves `{"params/...": shape}` onto the PyTorch keys of the
+  networks `specs` [(torch prefix, [jax roots], style)], plus the `fixed` {torch key: array}."""
   entries, taken = [], set()
-  for prefix, roots, style in network_specs(config, include):
+  for prefix, roots, style in specs:
     sub = {k: v for k, v in flat_shapes.items() if k not in taken}
     es = _network_entries(prefix, roots, sub, style)
     for e in es:
       taken.update(e.jax_keys)
     entries += es
-  if include == "all" and transformer_style(config) == "dig":
-    entries.append(_dig_table_entry(config))
+  entries += [_fixed_entry(k, np.asarray(v)) for k, v in (fixed or {}).items()]
   return entries
 
 
@@ -375,38 +336,18 @@ def _shapes(flat: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- export
-def export_state(state, config, include: str = "all") -> dict:
+def export_state(state, specs: list, fixed: dict | None = None) -> dict:
   """State tree `{"params", "model_state"}` -> flat `{torch name: np.ndarray}` (float32 as
   stored; `num_batches_tracked` int64)."""
   flat = {k: np.asarray(v) for k, v in flatten(state).items()}
   out = {}
-  for e in make_plan(_shapes(flat), config, include):
+  for e in make_plan(_shapes(flat), specs, fixed):
     for key, arr in zip(e.torch_keys, e.fwd([flat[k] for k in e.jax_keys])):
       out[key] = np.ascontiguousarray(arr)
   return out
 
 
 # ----------------------------------------------------------------------------- import
-def abstract_state(config) -> dict:
-  """{jax key: shape} of the method's `init_variables` (shapes only, nothing computed)."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  if isinstance(config, dict):
-    config = ml_collections.ConfigDict(config)
-  method = importlib.import_module(f"sslocr_jax.methods.{method_of(config)}")
-  h, w = int(config.image_height), int(config.image_width)
-  patch = int(config.model.get("patch_size", 4)) if config.model.get("name") == "vit" else 4
-  img = jnp.zeros((2, h, w, 3), jnp.uint8)
-  batch = {"image": img, "image1": img, "image2": img,
-           "mask": jnp.zeros((2, (h // patch) * (w // patch)), bool)}
-  tree = jax.eval_shape(lambda r: nn.unbox(method.init_variables(config, r, batch)),
-                        jax.random.key(0))
-  return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(tree).items()}
-
-
 def _ignored(key: str) -> bool:
   return key.endswith(IGNORED_SUFFIXES)
 
@@ -425,16 +366,17 @@ def _is_sincos(table) -> bool:
   return t.ndim == 2 and bool(np.allclose(t, sincos_1d(*t.shape), atol=1e-4))
 
 
-def import_state(flat: dict, config, include: str = "all", *, show: int = 50) -> dict:
+def import_state(flat: dict, target: dict, specs: list, fixed: dict | None = None,
+                 include: str = "all", *, what: str = "model", show: int = 50) -> dict:
   """Flat PyTorch state dict -> `{"params": ..., "model_state": ...}` numpy trees holding the
-  networks of `include` ("encoder": only `encoder.*`, other networks' keys are ignored).
+  networks `specs` of the model whose leaves are `target` {jax key: (shape, dtype)}
+  (include="encoder": `specs` is the encoder's, other networks' keys are ignored).
 
   Raises KeyMismatchError naming every missing key, unknown key and shape mismatch.
   """
-  target = abstract_state(config)
-  plan = make_plan({k: s for k, (s, _) in target.items()}, config, include)
+  plan = make_plan({k: s for k, (s, _) in target.items()}, specs, fixed)
   expected = {k for e in plan for k in e.torch_keys}
-  prefixes = tuple(p for p, _, _ in network_specs(config, include))
+  prefixes = tuple(p for p, _, _ in specs)
   missing = [k for e in plan if not e.optional for k in e.torch_keys if k not in flat]
   relevant = [k for k in flat if include == "all" or k.startswith(prefixes)]
   if include == "encoder":  # a fine-tuned DiG file as init_from: its final norm is not ours
@@ -468,19 +410,13 @@ def import_state(flat: dict, config, include: str = "all", *, show: int = 50) ->
       return [f"{title} ({len(items)}):"] + [f"  {x}" for x in items[:show]] + more
     lines = (block("missing keys", missing) + block("unknown keys", unknown) +
              block("shape mismatches", shapes))
-    method = method_of(config)
     raise KeyMismatchError(
-        f"state dict does not match the {method} model of the config (include={include!r}):\n"
+        f"state dict does not match the {what} (include={include!r}):\n"
         + "\n".join(lines), missing, unknown, shapes)
   tree = unflatten(out)
   tree.setdefault("params", {})
   tree.setdefault("model_state", {})
   return tree
-
-
-def import_params(flat: dict, config, include: str = "all") -> dict:
-  """Like `import_state`, the `params` tree only."""
-  return import_state(flat, config, include)["params"]
 
 
 # ----------------------------------------------------------------------------- files

@@ -1,0 +1,34 @@
+"""Helpers shared by the method modules: input normalisation, applying a network with optional
+BatchNorm statistics, and the image grids of `visualize`."""
+
+import jax.numpy as jnp
+
+
+def normalize(images):
+  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (mean 0.5, std 0.5; docs/interfaces.md)."""
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def apply(net, params, stats, x, *, train: bool, rngs=None, **kwargs):
+  """Applies a flax network with or without BatchNorm -> (out, new stats).
+
+  `stats` is the network's `batch_stats` tree, or None for a network without BatchNorm (then
+  None is returned). In training mode the statistics are updated (`mutable`); otherwise they
+  are returned unchanged.
+  """
+  variables = {"params": params}
+  if stats is not None:
+    variables["batch_stats"] = stats
+  rngs = rngs or {}
+  if stats is None or not train:
+    return net.apply(variables, x, train=train, rngs=rngs, **kwargs), stats
+  out, updates = net.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs)
+  return out, updates.get("batch_stats", {})
+
+
+def image_grid(panels, gap: int = 2):
+  """List of [N, H, W, 3] float images in [0, 1] -> one uint8 grid: N rows x len(panels) columns."""
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)
+  row = jnp.concatenate([pad(p) for p in panels], axis=2)  # [N, H+gap, cols*(W+gap), 3]
+  grid = row.reshape(-1, row.shape[2], 3)
+  return (jnp.clip(grid, 0, 1) * 255).round().astype(jnp.uint8)
