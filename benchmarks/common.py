@@ -1,6 +1,5 @@
-"""Shared benchmark helpers: config loading, timing, XLA cost analysis, peak FLOP/s, printing."""
+"""Shared benchmark helpers: timing, XLA cost analysis, peak FLOP/s, printing."""
 
-import importlib.util
 import json
 import os
 import time
@@ -17,17 +16,6 @@ PEAK_FLOPS = {
     ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
     ("TPU v5p", "bfloat16"): 459e12,
 }
-
-
-def load_config(spec: str):
-  """`configs/dig.py:size=tiny` -> ConfigDict (path relative to the repo root or absolute)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(ROOT, path)
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def random_batch(spec: dict, seed: int = 0) -> dict:

@@ -22,6 +22,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
 from sslocr_jax.train import registry  # noqa: E402
@@ -59,7 +60,7 @@ def grain_pipeline(config, make_views, seconds: float) -> float:
 def main(argv):
   del argv
   cv2.setNumThreads(1)
-  config = common.load_config(_CONFIG.value)
+  config = config_utils.load_config(_CONFIG.value)
   method = registry.get_method(config)
   with tempfile.TemporaryDirectory() as tmp:
     if _SOURCE.value == "lmdb":

@@ -29,6 +29,7 @@ from absl import flags  # noqa: E402
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import registry  # noqa: E402
@@ -81,7 +82,7 @@ def measure(config, mesh_config: dict) -> dict:
 
 def main(argv):
   del argv
-  config = common.load_config(_CONFIG.value)
+  config = config_utils.load_config(_CONFIG.value)
   config.batch_size = _BATCH.value
   config.data.num_workers = 0
   if _DTYPE.value:

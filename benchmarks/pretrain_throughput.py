@@ -18,6 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
@@ -33,7 +34,7 @@ random_batch = common.random_batch
 
 def main(argv):
   del argv
-  config = common.load_config(_CONFIG.value)
+  config = config_utils.load_config(_CONFIG.value)
   config.batch_size = _BATCH.value
   config.data.num_workers = 0
   if _DTYPE.value:

@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import augment  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
@@ -96,7 +97,7 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
 
 def main(argv):
   del argv
-  config = common.load_config(_CONFIG.value)
+  config = config_utils.load_config(_CONFIG.value)
   batch, train_batch = _BATCH.value, _TRAIN_BATCH.value
   images, labels = lines(max(batch, train_batch), config.image_height, config.image_width)
   rows = [bench_decoder(config, d, batch, train_batch, _ITERS.value, images, labels)

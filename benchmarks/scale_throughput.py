@@ -24,6 +24,7 @@ from absl import flags  # noqa: E402
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
@@ -90,7 +91,7 @@ def main(argv):
   rows, figures = [], {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                        "cpu_count": os.cpu_count(), "workers": _WORKERS.value, "methods": {}}
   for spec in _CONFIGS.value or default_configs():
-    config = common.load_config(spec)
+    config = config_utils.load_config(spec)
     config.data.num_workers = _WORKERS.value
     if _BATCH.value:
       config.batch_size = _BATCH.value

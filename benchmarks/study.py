@@ -28,7 +28,6 @@ section, written by a person, is kept.
 import datetime
 import glob
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -45,18 +44,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from sslocr_jax import config_utils
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = "study_done.json"
 READING_START, READING_END = "<!-- reading:start -->", "<!-- reading:end -->"
 READING_PLACEHOLDER = ("_To be written by a person after reading the tables and plots. The "
                        "driver states no conclusions; the comparisons above are arithmetic "
                        "only._")
-# Fields that make an encoder's parameters (models/vit.py, models/resnet.py).
-ENCODER_KEYS = {
-    "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size"),
-    "resnet": ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "num_fiducials",
-               "tps_channels"),
-}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (configs/study.py:V).",
                                           lock_config=True)
@@ -75,17 +70,6 @@ _PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Plots and grids (default: t
 # --- configs -----------------------------------------------------------------------------
 
 
-def load_config(spec: str):
-  """`configs/dig.py:cpu` -> the ConfigDict of get_config (path relative to the repo root)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isabs(path):
-    path = os.path.join(ROOT, path)
-  module_spec = importlib.util.spec_from_file_location("study_cfg", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def _parse_like(old, text: str):
   """`text` as the type of the field's current value (as config_flags does)."""
   if isinstance(old, bool):
@@ -100,7 +84,7 @@ def _parse_like(old, text: str):
 
 def resolve(spec: str, overrides) -> dict:
   """The config of `spec` with "field=value" overrides applied, as a plain dict."""
-  c = load_config(spec)
+  c = config_utils.load_config(spec)
   c.unlock()
   for item in overrides:
     key, _, text = item.partition("=")
@@ -120,7 +104,7 @@ def encoder_signature(config: dict, kind: str) -> dict:
   if model["name"] != kind:
     return {"name": model["name"]}
   sig = {k: (list(model[k]) if isinstance(model[k], (list, tuple)) else model[k])
-         for k in ENCODER_KEYS[kind]}
+         for k in config_utils.ENCODER_KEYS[kind]}
   if kind == "vit":
     sig.update(image_height=config["image_height"], image_width=config["image_width"])
   return sig

@@ -23,16 +23,9 @@ variant `dig_official` (ViT-Small, the release's `tf_decoder`: transformer.style
 they can be overridden for other sizes (`:dig_official,size=base`).
 """
 
-import importlib.util
 import os
 
-
-def _finetune():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py")
-  spec = importlib.util.spec_from_file_location("configs_finetune_for_evaluate", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sslocr_jax import config_utils as cu
 
 
 def _split_arg(arg):
@@ -43,7 +36,8 @@ def _split_arg(arg):
 
 def get_config(arg=None):
   arg, dig_official = _split_arg(arg)
-  c = _finetune().get_config(arg)
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py")
+  c = cu.load_config(f"{path}:{arg}" if arg else path)
   for key, default in (("style", "nrtr"), ("n_position", 200)):
     if key not in c.transformer:
       c.transformer[key] = default

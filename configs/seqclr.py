@@ -28,7 +28,7 @@ The encoder (`model.name = "resnet"`, models/resnet.py):
 The same `model` block in configs/finetune.py (with `model.name=resnet`) fine-tunes it.
 
 Every field can be overridden: `--config.instance_mapping=frame --config.total_steps=2000`.
-Learning rate: the paper gives none for pretraining in our notes (shared/design/seqclr.md);
+Learning rate: the paper gives none for pretraining in our notes (docs/seqclr.md);
 ours is AdamW, peak 1e-3 x batch/256, 2000 warm-up steps, cosine to 1e-5, gradient clipping 5
 (the clovaai recipe's clip).
 """
@@ -45,6 +45,7 @@ def get_config(arg=None):
   c.task = "pretrain"
   c.method = "seqclr"
   c.seed = 0
+  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.

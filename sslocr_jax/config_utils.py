@@ -5,9 +5,33 @@ A config file is one function `get_config(arg=None)`; `arg` is the text after `:
 style), parsed against defaults so a typo is an error, not a silent default.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from sslocr_jax import errors
+
+# The checkout holding sslocr_jax/ (and configs/): relative config paths fall back to it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`"configs/dig.py:smoke,size=tiny"` -> the ConfigDict of that file's `get_config(arg)`, as
+  `--config=` gives it. A relative path is taken from the current folder, else from the
+  repository root. The one config-file loader (main, configs/evaluate.py, tests, benchmarks,
+  the study)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(REPO_ROOT, path)
+  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  if module_spec is None:
+    raise errors.MissingPath(f"config file {path!r} does not exist (--config=FILE[:VARIANT])")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `"smoke,size=tiny"` against defaults; bare words are boolean flags set to True."""
@@ -95,3 +119,19 @@ def schedule_steps(config) -> int:
   schedules: `total_steps=N, schedule_steps=2N`, then `total_steps=2N` resumes to the same run.
   """
   return int(config.get("schedule_steps", 0) or config.total_steps)
+
+
+# Fields that make an encoder's parameters (models/vit.py, models/resnet.py).
+ENCODER_KEYS = {
+    "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size"),
+    "resnet": ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "num_fiducials",
+               "tps_channels"),
+}
+
+
+def describe_model(model) -> str:
+  """'name=vit, size=small, embed_dim=384, ...': the fields of a `config.model` block that
+  make its encoder's parameters (for messages about mismatched checkpoints)."""
+  model = model or {}
+  keys = ("name", "size") + ENCODER_KEYS.get(model.get("name", "vit"), ())
+  return ", ".join(f"{k}={model[k]}" for k in keys if k in model)

@@ -26,7 +26,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sslocr_jax import config_utils
 from sslocr_jax import errors
+
+
 class _ListParser(flags.ArgumentParser):
   """Command-line value of a list field: "a,b" or a Python literal "['a', 'b']".
 
@@ -56,7 +59,7 @@ config_flags.register_flag_parser_for_type(list, _ListParser())
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder, local or gs://bucket/run "
-                                "(default: ./runs/<time>).")
+                                "(default: runs/<method>-<time>).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (default: "
     "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs / SLURM / Open MPI).")
@@ -162,15 +165,10 @@ def _check_config_args(argv) -> None:
   for i, arg in enumerate(argv):
     if arg.startswith("--config=") or (arg == "--config" and i + 1 < len(argv)):
       spec = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
-      path, _, variant = spec.partition(":")
+      path = spec.partition(":")[0]
       if not os.path.isfile(path):
         raise errors.MissingPath(f"config file {path!r} does not exist (--config=FILE[:VARIANT])")
-      if os.path.exists(path):
-        import importlib.util  # pylint: disable=g-import-not-at-top
-        module_spec = importlib.util.spec_from_file_location("_config_check", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        check_overrides(argv, module.get_config(variant or None))
+      check_overrides(argv, config_utils.load_config(spec))
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out
 
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuning workdir.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per device batch (fixed; padded).")
+_BATCH = flags.DEFINE_integer("batch_size", 64,
+                              "Images per batch, global over the devices (fixed; padded).")
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
 
 

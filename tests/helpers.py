@@ -1,7 +1,8 @@
 """Shared test helpers: load a config file by path with a variant."""
 
-import importlib.util
 import os
+
+from sslocr_jax import config_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -9,10 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_config(name: str, arg: str | None = None):
   """`load_config("dig", "smoke")` == `--config=configs/dig.py:smoke`."""
   path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_utils.load_config(f"{path}:{arg}" if arg else path)
 
 
 def fill_like(tree, seed: int = 0):

@@ -35,3 +35,13 @@ def test_cli_unknown_field_lists_valid_fields(tmp_path):
   assert out.returncode != 0
   assert "unknown config field 'totl_steps'" in out.stderr
   assert "total_steps" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["dig", "seqclr", "siman", "finetune"])
+def test_every_training_config_accepts_the_launchers_flags(name):
+  """launch/gpu.sh, launch/tpu_vm.sh and docs/scaling.md pass these to any config."""
+  config = load_config(name)
+  assert config.distributed is False
+  assert config.dtype == "float32" and config.mesh.fsdp == 1
+  for field in ("batch_size", "grad_accum_steps", "total_steps"):
+    assert field in config, field

@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sslocr_jax import posembed  # noqa: E402
 from sslocr_jax.export import cli  # noqa: E402
 from sslocr_jax.export import torch_modules  # noqa: E402
 from sslocr_jax.methods import common  # noqa: E402
@@ -166,7 +167,7 @@ def test_missing_and_extra_keys_are_named():
   assert "encoder.blocks.0.attn.q_bias" in msg and "encoder.blocks.0.attn.k_bias" in msg
   assert "head.weight" in msg and e.value.missing == ["encoder.blocks.0.attn.q_bias"]
   # a stored fixed position table (some releases keep `pos_embed`) is accepted, a learned one not
-  table = torch_mapping.sincos_1d(256, config.model.embed_dim)[None].astype(np.float32)
+  table = posembed.sincos_1d(256, config.model.embed_dim)[None].astype(np.float32)
   torch_state.import_state({**flat, "encoder.pos_embed": table}, config)
   with pytest.raises(ValueError, match="encoder.pos_embed"):
     torch_state.import_state({**flat, "encoder.pos_embed": table + 0.1}, config)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslocr_jax import posembed
 from sslocr_jax.models import vit
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2)  # custom CPU size
@@ -79,7 +80,7 @@ def test_encoder_kwargs_overrides():
 
 def test_position_table_values():
   d = 16
-  table = vit.sincos_1d(256, d)
+  table = posembed.sincos_1d(256, d)
   assert table.shape == (256, d) and table.dtype == np.float32
   for pos, j in [(0, 0), (0, 1), (1, 0), (1, 1), (7, 4), (100, 5), (255, 14), (255, 15)]:
     angle = pos / 10000 ** (2 * (j // 2) / d)
@@ -101,7 +102,7 @@ def test_pos_embedding_added_and_row_major_tokens():
   model = vit.Encoder(embed_dim=16, depth=0, num_heads=2)
   x = jnp.zeros((1, 32, 128, 3))
   variables = _zero_patch_params(model, x)
-  pos = vit.sincos_1d(256, 16)
+  pos = posembed.sincos_1d(256, 16)
   np.testing.assert_allclose(model.apply(variables, x)[0], pos, atol=1e-6)
   # One lit patch at grid (row 2, col 5) -> token 2 * 32 + 5 = 69 (48 pixels of 1).
   x = x.at[0, 8:12, 20:24, :].set(1.0)
@@ -116,7 +117,7 @@ def test_mask_replaces_patch_before_pos_embedding():
   variables = _zero_patch_params(model, x)
   mask = jnp.zeros((1, 256), bool).at[0, 10].set(True)
   out = model.apply(variables, x, mask)[0]
-  np.testing.assert_allclose(out[10], 3.0 + vit.sincos_1d(256, 16)[10], atol=1e-6)
+  np.testing.assert_allclose(out[10], 3.0 + posembed.sincos_1d(256, 16)[10], atol=1e-6)
 
 
 def test_masking_semantics():
@@ -141,7 +142,7 @@ def _numpy_reference(params, images, num_heads):
   x = np.einsum("bchpwq,ocpq->bohw", patches, w) + p["patch_embed"]["proj"]["bias"][:, None, None]
   x = x.reshape(b, x.shape[1], -1).transpose(0, 2, 1)  # flatten(2).transpose(1, 2)
   n, d = x.shape[1:]
-  x = x + vit.sincos_1d(n, d).astype(np.float64)
+  x = x + posembed.sincos_1d(n, d).astype(np.float64)
 
   def ln(y, q):
     mu, var = y.mean(-1, keepdims=True), y.var(-1, keepdims=True)

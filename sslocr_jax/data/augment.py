@@ -8,9 +8,9 @@ A parameter given as a ``(lo, hi)`` pair is sampled uniformly per call; a scalar
 
 Chains (``image -> uint8 [height, width, 3]``):
 
-- ``dig_view2``: DiG's strongly augmented view 2 (docs: shared/design/dig.md), the official
+- ``dig_view2``: DiG's strongly augmented view 2 (github.com/ayumiymk/DiG), the official
   imgaug recipe re-implemented with OpenCV;
-- ``seqclr_view``: SeqCLR's view (shared/design/seqclr.md): no flips, no large rotations;
+- ``seqclr_view``: SeqCLR's view (docs/seqclr.md): no flips, no large rotations;
 - ``siman_style``: SimAN's style-only augmentation, geometry unchanged (pixel-aligned);
 - ``recognition_augment``: ABINet-kind recognition augmentation (geometry, deterioration, colour).
 

@@ -35,15 +35,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from sslocr_jax.models import torch_mapping  # numpy only
+from sslocr_jax import posembed  # numpy only
 
 
-def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
-  """[num_positions, dim]: sin(pos / 10000^(2(j//2)/dim)) on even j, cos on odd (float32)."""
-  pos = np.arange(num_positions, dtype=np.float64)[:, None]
-  j = np.arange(dim)[None, :]
-  angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
-  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
 
 
 # ----------------------------------------------------------------------------- ViT
@@ -112,7 +107,7 @@ class ViTEncoder(nn.Module):
     self.patch_embed = PatchEmbed(embed_dim, patch_size)
     self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
     n = (image_size[0] // patch_size) * (image_size[1] // patch_size)
-    self.register_buffer("pos_table", torch.from_numpy(sincos_1d(n, embed_dim))[None],
+    self.register_buffer("pos_table", torch.from_numpy(posembed.sincos_1d(n, embed_dim))[None],
                          persistent=False)
     self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
     self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
@@ -463,7 +458,7 @@ class TransformerDecoder(nn.Module):
     super().__init__()
     self.d_model = d_model
     self.trg_word_emb = nn.Embedding(num_classes + 1, d_model)
-    self.register_buffer("pos_table", torch.from_numpy(sincos_1d(max_positions, d_model)),
+    self.register_buffer("pos_table", torch.from_numpy(posembed.sincos_1d(max_positions, d_model)),
                          persistent=False)
     self.layer_stack = nn.ModuleList([DecoderLayer(d_model, num_heads, mlp_dim)
                                       for _ in range(num_layers)])
@@ -543,7 +538,7 @@ class DigPositionalEncoding(nn.Module):
   def __init__(self, d_model, n_position=200):
     super().__init__()
     self.register_buffer("position_table", torch.from_numpy(
-        torch_mapping.dig_position_table(n_position, d_model))[None])
+        posembed.dig_position_table(n_position, d_model))[None])
 
   def forward(self, x):
     return x + self.position_table[:, :x.shape[1]]

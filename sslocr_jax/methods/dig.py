@@ -1,7 +1,7 @@
 """DiG: discriminative (MoCo v3 on window instances) + generative (SimMIM) pretraining.
 
 Yang et al., "Reading and Writing: Discriminative and Generative Modeling for Self-Supervised
-Text Recognition", ACM MM 2022; settings of the official release (shared/design/dig.md).
+Text Recognition", ACM MM 2022; settings of the official release (github.com/ayumiymk/DiG).
 
 Views (host): image1 = the original line resized to 32x128, masked on the device by `mask`
 (70% of the 256 patches); image2 = a strongly augmented copy.

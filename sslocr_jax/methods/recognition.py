@@ -42,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslocr_jax import config_utils
 from sslocr_jax import errors
+from sslocr_jax import posembed
 from sslocr_jax.data import augment
 from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import sources
@@ -281,10 +283,7 @@ def load_pretrained(state, config, source):
   src, target = params["encoder"], nn.unbox(state.params["encoder"])
   problems = encoder_mismatches(src, target)
   if problems:
-    model = config.model
-    keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
-            if model.name == "resnet" else ("name", "size", "embed_dim", "depth", "num_heads"))
-    want = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
+    want = config_utils.describe_model(config.model)
     raise ValueError(
         f"config.init_from={path}: the checkpoint's encoder does not match config.model "
         f"({want}):\n" + "\n".join(problems) +
@@ -331,7 +330,7 @@ def export_networks(config) -> tuple[list, dict]:
   if transformer_style(config) == "dig":
     specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
     t = config.transformer
-    fixed[torch_mapping.DIG_TABLE_KEY] = torch_mapping.dig_position_table(
+    fixed[torch_mapping.DIG_TABLE_KEY] = posembed.dig_position_table(
         int(t.get("n_position", 200)), int(t.d_model))[None]
   if decoder == "transformer":
     specs.append(("linear_norm.", ["params/decoder/linear_norm"], "transformer"))

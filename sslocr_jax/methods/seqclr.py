@@ -1,6 +1,6 @@
 """SeqCLR: sequence-to-sequence contrastive pretraining (Aberdam et al., CVPR 2021).
 
-Spec: shared/design/seqclr.md. Instances are sub-sequences of the encoder's frame sequence, so
+Spec: docs/seqclr.md. Instances are sub-sequences of the encoder's frame sequence, so
 the representation stays sequential (what a CTC/attention decoder reads).
 
 Views (host): image1, image2 = two independent `augment.seqclr_view`s of the same line

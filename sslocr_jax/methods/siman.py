@@ -2,7 +2,7 @@
 
 Luo et al., "SimAN: Exploring Self-Supervised Representation Learning of Scene Text via
 Similarity-Aware Normalization", CVPR 2022. No official code: built from the paper's
-description (shared/design/siman.md); the choices the paper leaves open are config fields,
+description (docs/siman.md); the choices the paper leaves open are config fields,
 marked "ours" here and in docs/siman.md.
 
 Views (host): the line resized to 32 x 2W and cut into two adjacent 32 x W patches; one side

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslocr_jax import posembed
 from sslocr_jax.models import encoders
 
 DECODERS = ("ctc", "attention", "transformer")
@@ -187,12 +188,7 @@ class AttentionDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- transformer
-def sincos_table(num_positions: int, dim: int) -> np.ndarray:
-  """Sinusoidal positions [num_positions, dim] (sin on even, cos on odd channels)."""
-  pos = np.arange(num_positions, dtype=np.float64)[:, None]
-  j = np.arange(dim)[None, :]
-  angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
-  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
 
 
 def _split_heads(x, num_heads: int):
@@ -333,7 +329,7 @@ class TransformerDecoder(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def _embed(self, tokens, positions, train: bool):
-    table = jnp.asarray(sincos_table(self.max_positions, self.d_model), self.dtype)
+    table = jnp.asarray(posembed.sincos_1d(self.max_positions, self.d_model), self.dtype)
     x = self.trg_word_emb(tokens) * jnp.asarray(np.sqrt(self.d_model), self.dtype)
     return self.dropout(x + table[positions], deterministic=not train)
 
@@ -367,16 +363,6 @@ class TransformerDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- transformer (DiG)
-def dig_position_table(n_position: int, dim: int) -> np.ndarray:
-  """The official `PositionalEncoding.position_table` [n_position, dim], computed as there:
-  float32 angles pos * (1 / 10000^(2 (j // 2) / dim)), sin on even j, cos on odd j."""
-  j = np.arange(dim)
-  inv = (1.0 / np.power(10000.0, 2 * (j // 2) / dim)).astype(np.float32)
-  angle = np.arange(n_position, dtype=np.float32)[:, None] * inv[None, :]
-  angle = angle.astype(np.float64)
-  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
-
-
 class DigAttention(nn.Module):
   """Official DiG `MultiHeadAttention` (no residual, no norm): `fc(attn(linear_q(q), k, v))`,
   all four Linears without bias; dropout on the weights and after `fc`.
@@ -506,7 +492,7 @@ class DigTransformerDecoder(TransformerDecoder):
 
   def _embed(self, tokens, positions, train: bool):
     self._check_length(positions.shape[0])
-    table = jnp.asarray(dig_position_table(self.n_position, self.d_model), self.dtype)
+    table = jnp.asarray(posembed.dig_position_table(self.n_position, self.d_model), self.dtype)
     return self.dropout(self.trg_word_emb(tokens) + table[positions], deterministic=not train)
 
   def init_cache(self, memory, length: int):

@@ -3,7 +3,7 @@
 
 The JAX side is the state layout of a checkpoint, `{"params": ..., "model_state": ...}`
 (train/checkpoint.py `restore_params`); the PyTorch side is a flat `{name: np.ndarray}` with
-the official DiG names (shared/design/torch_export.md) and PyTorch layouts:
+the official DiG names (docs/export.md; github.com/ayumiymk/DiG) and PyTorch layouts:
 
     DiG pretraining (methods/dig.py)            PyTorch prefix
       params/encoder                            encoder.*                 (ViT, below)
@@ -71,6 +71,7 @@ from typing import Callable
 import numpy as np
 
 from sslocr_jax import errors
+from sslocr_jax import posembed
 
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 DIG_TABLE_KEY = "decoder.position_enc.position_table"
@@ -303,15 +304,6 @@ def encoder_spec(config) -> tuple:
           _encoder_style(config))
 
 
-def dig_position_table(n_position: int, dim: int) -> np.ndarray:
-  """The official DiG `position_enc.position_table` [n_position, dim] as the release computes
-  it (float32 angles pos * 1 / 10000^(2 (j // 2) / dim); sin on even j, cos on odd j)."""
-  j = np.arange(dim)
-  inv = (1.0 / np.power(10000.0, 2 * (j // 2) / dim)).astype(np.float32)
-  angle = (np.arange(n_position, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
-  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
-
-
 def _fixed_entry(key: str, table: np.ndarray) -> Entry:
   """A fixed array the PyTorch model stores (written on export, optional on import)."""
   return Entry((key,), (), lambda a: [table.copy()], lambda a: [], optional=True)
@@ -352,18 +344,10 @@ def _ignored(key: str) -> bool:
   return key.endswith(IGNORED_SUFFIXES)
 
 
-def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
-  """The fixed table of models/vit.py and decoders.py (sin on even, cos on odd channels)."""
-  pos = np.arange(num_positions, dtype=np.float64)[:, None]
-  j = np.arange(dim)[None, :]
-  angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
-  return np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-
-
 def _is_sincos(table) -> bool:
   t = np.asarray(table, np.float64)
   t = t.reshape(t.shape[-2:]) if t.ndim >= 2 else t
-  return t.ndim == 2 and bool(np.allclose(t, sincos_1d(*t.shape), atol=1e-4))
+  return t.ndim == 2 and bool(np.allclose(t, posembed.sincos_1d(*t.shape), atol=1e-4))
 
 
 def import_state(flat: dict, target: dict, specs: list, fixed: dict | None = None,

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslocr_jax import posembed
+
 # Official DiG sizes (depth 12, MLP ratio 4). "mu" is a micro model for CPU tests.
 SIZES = {
     "mu": dict(embed_dim=32, depth=1, num_heads=2),
@@ -52,19 +54,6 @@ def encoder_kwargs(size: str, **overrides) -> dict[str, Any]:
   if size not in SIZES:
     raise ValueError(f"Unknown ViT size {size!r}; known: {sorted(SIZES)}")
   return {**SIZES[size], **overrides}
-
-
-def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
-  """Fixed position table `[num_positions, dim]` float32 (DiG / attention-is-all-you-need).
-
-  angle(pos, j) = pos / 10000^(2 * (j // 2) / dim); sin on even j, cos on odd j
-  (interleaved). Computed in float64 like the official numpy code, then cast.
-  """
-  pos = np.arange(num_positions, dtype=np.float64)[:, None]
-  j = np.arange(dim)[None, :]
-  angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
-  table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-  return table.astype(np.float32)
 
 
 class DropPath(nn.Module):
@@ -221,7 +210,7 @@ class Encoder(nn.Module):
     if mask is not None:
       m = mask[..., None].astype(self.dtype)
       x = x * (1 - m) + mask_token.astype(self.dtype) * m
-    pos = sincos_1d(self.num_patches, self.embed_dim)
+    pos = posembed.sincos_1d(self.num_patches, self.embed_dim)
     x = x + jnp.asarray(pos, self.dtype)[None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 

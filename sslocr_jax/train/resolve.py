@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from sslocr_jax import config_utils
 from sslocr_jax import errors
 from sslocr_jax import paths
 from sslocr_jax.models import torch_mapping
@@ -73,11 +74,7 @@ def checkpoint_dir(workdir, use_best: bool = True) -> epath.Path:
 
 def describe(config, path) -> str:
   """'method=dig, model (name=vit, size=small, ...) [path]' of a run config."""
-  model = config.get("model", None) or {}
-  keys = (("name", "channels", "blocks", "lstm_hidden", "lstm_layers", "tps")
-          if model.get("name") == "resnet" else ("name", "size", "embed_dim", "depth",
-                                                 "num_heads"))
-  desc = ", ".join(f"{k}={model[k]}" for k in keys if k in model)
+  desc = config_utils.describe_model(config.get("model", None))
   return f"method={config.get('method', '?')}, model ({desc}) [{path}]"
 
 
