@@ -8,7 +8,9 @@ Fields:
   use_best          evaluate WORKDIR/best/ (the best validation step) when present;
   data.lmdb_root    folder searched for LMDBs (every folder with a data.mdb is one benchmark);
                     empty: the run's validation set (synthetic lines in held-out fonts);
-  batch_size        images per (fixed-size, padded) batch.
+  batch_size        images per (fixed-size, padded) batch;
+  eval_charset      scoring mode: lower36 (the standard protocol: lowercase, [0-9a-z]), cased62
+                    (case kept), printable94 (case and punctuation kept).
 The variant arguments and every other field are those of configs/finetune.py: they describe
 the model only for a checkpoint without config.json (e.g. `:encoder=resnet,decoder=ctc`).
 
@@ -49,5 +51,6 @@ def get_config(arg=None):
   c.checkpoint = ""
   c.use_best = True
   c.data.lmdb_root = ""
+  c.eval_charset = "lower36"
   c.batch_size = 16 if "smoke" in (arg or "") else 256
   return c

@@ -1,23 +1,40 @@
-r"""Recognize text images with a fine-tuned checkpoint.
+r"""Recognize text images with any recognizer the project can load.
 
-    python -m sslocr_jax.predict --checkpoint=<finetune workdir> IMAGE_OR_FOLDER...
+    python -m sslocr_jax.predict --checkpoint=C [--format=tsv|jsonl] [--batch_size=64] INPUT...
 
-prints one `path<TAB>text<TAB>confidence` line per image (folders are searched recursively for
-.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp/.gif, in sorted order). Images are resized to the model's
-32x128 and recognized in fixed-size batches on the device(s) (the last batch is padded, so
-the model compiles once). An unreadable image is reported on stderr, not printed, and makes the
-exit status 1. The model (encoder, decoder, charset) comes from the workdir's config.json; the
-weights from WORKDIR/best/ (the best validation step) unless `--nouse_best` or there is none,
-then from the latest checkpoint in WORKDIR/checkpoints/.
+C is any of (train/resolve.py):
+  a fine-tuning workdir          config.json + best/ (best validation step, unless
+                                 `--nouse_best`) or the latest step of checkpoints/;
+  its checkpoints/ folder, or one step folder (`.../checkpoints/500`): config.json above it;
+  an exported model              `FILE.safetensors` (or `.pth`) with its `FILE.json`
+                                 (`python -m sslocr_jax.export`), or a folder holding one;
+  an official DiG `.pth`         with the model named by `--model_config`, e.g.
+                                 `--model_config=configs/evaluate.py:dig_official`.
+`--model_config` only describes a checkpoint that carries no config of its own.
+
+INPUT: image files, folders (searched recursively for .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp/
+.gif, in sorted order), glob patterns (quoted: `'crops/**/*.png'`), or `-` for a list of paths
+(one per line) on stdin. Prints one `path<TAB>text<TAB>confidence` line per image (`--format=
+jsonl`: `{"path", "text", "confidence"}`), in input order; a progress bar goes to stderr when
+there are more images than a screenful and stderr is a terminal. Images are decoded on host
+threads (data/images.py: RGBA composited onto white or black, 16-bit scaled, palette expanded, huge
+files refused before decoding), resized to the model's 32x128 and recognized in fixed-size
+device batches (the last one padded, so the model compiles once) while the next batch decodes.
+An image that cannot be decoded (empty, not an image, truncated, too large, missing) is
+reported on stderr with its path and the reason, and skipped. Exit status: 0 when every image
+was recognized, 1 when some were skipped, 2 for a usage error (no checkpoint, no inputs).
 
 In Python:
 
-    rec = Recognizer.from_checkpoint("runs/finetune-cpu")
+    rec = Recognizer.from_checkpoint("runs/finetune-cpu")   # any C above (config= for a .pth)
     rec([image_uint8_hwc, ...])  ->  [("text", 0.97), ...]
 """
 
+import concurrent.futures
+import glob
 import json
 import os
+import shutil
 import sys
 
 from absl import app
@@ -25,12 +42,13 @@ from absl import flags
 from absl import logging
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
 import numpy as np
 
 from sslocr_jax import errors
 from sslocr_jax import paths
 from sslocr_jax.data import augment
-from sslocr_jax.data import images
+from sslocr_jax.data import images as images_lib
 from sslocr_jax.methods import recognition
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import evaluation
@@ -88,9 +106,9 @@ class Recognizer:
   def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256,
                       config=None):
     """Loads anything train/resolve.py resolves: a fine-tuning workdir (config.json + best/ or
-    checkpoints/) or step folder, an exported state dict with its model JSON, or a PyTorch
-    state dict (`.pth` / `.pt` / `.safetensors`: e.g. an official DiG fine-tuned file) with
-    the model described by `config`."""
+    checkpoints/), its checkpoints/ or one step folder, an exported state dict with its model
+    JSON (file or folder), or a PyTorch state dict (`.pth` / `.pt` / `.safetensors`: e.g. an
+    official DiG fine-tuned file) with the model described by `config`."""
     ckpt = resolve.resolve(workdir, config, use_best=use_best)
     origin = ckpt.origin
     if not resolve.is_torch_file(ckpt.path):
@@ -109,79 +127,134 @@ class Recognizer:
     return texts, confs
 
   def __call__(self, images) -> list[tuple[str, float]]:
-    """Images of any size (uint8 [H, W] or [H, W, 3] RGB) -> [(text, confidence)]."""
+    """Images of any size (uint8 / uint16 [H, W], [H, W, 1|3|4] RGB[A]) -> [(text, confidence)].
+    Alpha is composited (data/images.to_rgb)."""
     h, w = self.config.image_height, self.config.image_width
     if not len(images):
       return []
-    batch = np.stack([augment.resize(augment.to_rgb_uint8(np.asarray(im)), h, w)
-                      for im in images])
+    batch = np.stack([augment.resize(images_lib.to_rgb(np.asarray(im)), h, w) for im in images])
     return list(zip(*self.recognize(batch)))
 
 
-def find_images(paths) -> list[str]:
-  """Files given, plus image files under the folders given (recursive, sorted)."""
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
+def expand_inputs(inputs, stdin=None) -> tuple[list[str], list[tuple[str, str]]]:
+  """INPUT arguments -> (image files in order, [(input, reason)] for those that name nothing).
+
+  Folders are searched recursively (sorted); a pattern with * ? [ is a glob (** recursive);
+  `-` reads one path per line from `stdin` (files, folders or globs again).
+  """
+  files, missing = [], []
+  for p in inputs:
+    if p == "-":
+      lines = [ln.strip() for ln in (stdin or sys.stdin).read().splitlines()]
+      more, miss = expand_inputs([ln for ln in lines if ln and ln != "-"])
+      files += more
+      missing += miss
+    elif os.path.isdir(p):
       found = []
-      for root, _, files in os.walk(p):
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)]
-      out += sorted(found)
+      for root, _, names in os.walk(p):
+        found += [os.path.join(root, f) for f in names if f.lower().endswith(IMAGE_EXTS)]
+      files += sorted(found)
     elif os.path.exists(p):
-      out.append(p)
+      files.append(p)
+    elif glob.has_magic(p):
+      found = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+      files += found
+      if not found:
+        missing.append((p, "no file matches the pattern"))
     else:
-      raise errors.MissingPath(f"{p!r} does not exist")
-  return out
+      missing.append((p, "no such file or folder"))
+  return files, missing
 
 
-def read_image(path: str) -> np.ndarray | None:
-  """uint8 [H, W, 3] RGB (transparency composited: data/images.py), or None after a warning on
-  stderr naming the file and why it cannot be decoded."""
+def _load(path: str, height: int, width: int):
+  """(uint8 [height, width, 3], None) or (None, reason): runs on a host thread."""
   try:
-    return images.read(path)
-  except images.DecodeError as e:
-    print(f"warning: cannot decode image {path}: {e}", file=sys.stderr)
-    return None
+    return augment.resize(images_lib.read(path), height, width), None
+  except (images_lib.DecodeError, OSError) as e:
+    return None, str(e) if isinstance(e, images_lib.DecodeError) else e.strerror or str(e)
 
 
-def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out=None) -> int:
-  """Prints `path<TAB>text<TAB>confidence` per image; returns the number of unreadable files."""
-  out = out or sys.stdout
-  files = find_images(paths)
+def _write(out, fmt: str, path: str, text: str, conf: float) -> None:
+  if fmt == "jsonl":
+    out.write(json.dumps({"path": path, "text": text, "confidence": round(conf, 4)},
+                         ensure_ascii=False) + "\n")
+  else:
+    out.write(f"{path}\t{text}\t{conf:.4f}\n")
+
+
+def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out=None,
+        fmt: str = "tsv", config=None, stdin=None) -> int:
+  """Prints one line per image (`fmt` tsv or jsonl); returns the number of skipped inputs."""
+  files, missing = expand_inputs(paths, stdin)
+  for p, reason in missing:
+    print(f"warning: {p}: {reason}, skipped", file=sys.stderr)
   if not files:
     raise errors.MissingPath(f"no images found in {list(paths)}")
-  rec = Recognizer.from_checkpoint(checkpoint, use_best=use_best, batch_size=batch_size)
+  rec = Recognizer.from_checkpoint(checkpoint, use_best=use_best, batch_size=batch_size,
+                                   config=config)
   print(f"loaded {rec.origin}", file=sys.stderr, flush=True)
-  bad = 0
-  for i in range(0, len(files), rec.batch_size):
-    chunk, images = [], []
-    for f in files[i:i + rec.batch_size]:
-      image = read_image(f)
-      if image is None:
-        bad += 1
-        continue
-      chunk.append(f)
-      images.append(image)
-    for f, (text, conf) in zip(chunk, rec(images)):
-      print(f"{f}\t{text}\t{conf:.4f}", file=out, flush=True)
+  bad = len(missing) + recognize_files(rec, files, out, fmt)
   if bad:
-    print(f"{bad} of {len(files)} images could not be decoded", file=sys.stderr)
+    print(f"{bad} of {len(files) + len(missing)} inputs could not be recognized",
+          file=sys.stderr)
   return bad
 
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuning workdir.")
-_BATCH = flags.DEFINE_integer("batch_size", 64,
-                              "Images per batch, global over the devices (fixed; padded).")
+def recognize_files(rec: Recognizer, files, out=None, fmt: str = "tsv") -> int:
+  """Writes one line per readable file to `out` (in order); returns the number skipped.
+
+  Files are decoded and resized on host threads, one batch ahead of the device.
+  """
+  out = out or sys.stdout
+  h, w = rec.config.image_height, rec.config.image_width
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  screenful = shutil.get_terminal_size().lines
+  bar = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False,
+             disable=None if len(files) > screenful else True)
+  bad = 0
+  chunks = [files[i:i + rec.batch_size] for i in range(0, len(files), rec.batch_size)]
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+    submit = lambda chunk: [pool.submit(_load, f, h, w) for f in chunk]
+    pending = submit(chunks[0]) if chunks else []
+    for k, chunk in enumerate(chunks):
+      loaded = [f.result() for f in pending]
+      pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []  # decodes during the batch
+      good = [(f, im) for f, (im, _) in zip(chunk, loaded) if im is not None]
+      for f, (_, reason) in zip(chunk, loaded):
+        if reason is not None:
+          bad += 1
+          print(f"warning: cannot decode image {f}: {reason}, skipped", file=sys.stderr)
+      if good:
+        texts, confs = rec.recognize(np.stack([im for _, im in good]))
+        for (f, _), text, conf in zip(good, texts, confs):
+          _write(out, fmt, f, text, conf)
+        out.flush()
+      bar.update(len(chunk))
+  bar.close()
+  return bad
+
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Fine-tuning workdir, its checkpoints/ or step folder, an exported "
+    ".safetensors (+ .json) file or folder, or a .pth with --model_config.")
+_MODEL_CONFIG = config_flags.DEFINE_config_file(
+    "model_config", None, "The model of a checkpoint that carries no config, e.g. "
+    "configs/evaluate.py:dig_official for an official DiG fine-tuned .pth.")
+_FORMAT = flags.DEFINE_enum("format", "tsv", ["tsv", "jsonl"],
+                            "tsv: path<TAB>text<TAB>confidence; jsonl: {path, text, confidence}.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per device batch, all devices together "
+                              "(fixed; the last one padded).")
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
 
 
 def main(argv):
   if not _CHECKPOINT.value:
-    raise app.UsageError("--checkpoint=<finetune workdir> is required")
+    raise app.UsageError("--checkpoint=C is required (a workdir, step folder, exported file)")
   if len(argv) < 2:
-    raise app.UsageError("give at least one image file or folder")
+    raise app.UsageError("give at least one image file, folder, glob or - (paths on stdin)")
   with errors.exit_on_user_error(errors.VERBOSE.value):
-    bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value)
+    bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value,
+              fmt=_FORMAT.value, config=_MODEL_CONFIG.value)
   return 1 if bad else 0
 
 

@@ -32,12 +32,29 @@ OOV_POLICIES = ("drop", "unk")
 REASONS = ("empty", "too_long", "out_of_charset")
 UNK_STR = "\ufffd"  # what decode() writes for UNK
 
-_METRIC_DROP = re.compile(r"[^0-9a-z]")
+# Scoring modes (`eval_charset`), as parseq's and mmocr's: what is compared after filtering
+# both prediction and label. lower36 is the standard 6-benchmark protocol.
+EVAL_CHARSETS = {
+    "lower36": "lowercase, keep only [0-9a-z]",
+    "cased62": "case kept, keep only [0-9a-zA-Z]",
+    "printable94": "case and punctuation kept: the 94 printable ASCII characters (no spaces)",
+}
+_METRIC_DROP = {
+    "lower36": re.compile(r"[^0-9a-z]"),
+    "cased62": re.compile(r"[^0-9a-zA-Z]"),
+    "printable94": re.compile("[^" + re.escape(PRINTABLE94) + "]"),
+}
 
 
-def filter_label_for_metric(s):
-  """The standard STR evaluation filter: lowercase, keep only [0-9a-z]."""
-  return _METRIC_DROP.sub("", s.lower())
+def filter_label_for_metric(s, eval_charset="lower36"):
+  """The STR evaluation filter of a scoring mode (EVAL_CHARSETS); by default the standard
+  one: lowercase, keep only [0-9a-z]. Characters outside the mode's set are dropped, not
+  mapped ("café" -> "caf"; parseq maps accents to ASCII first, strhub/data/dataset.py)."""
+  if eval_charset not in _METRIC_DROP:
+    raise ValueError(f"eval_charset={eval_charset!r}; valid: {', '.join(EVAL_CHARSETS)}")
+  if eval_charset == "lower36":
+    s = s.lower()
+  return _METRIC_DROP[eval_charset].sub("", s)
 
 
 class Charset:

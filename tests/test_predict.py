@@ -1,0 +1,141 @@
+"""predict: every checkpoint kind (workdir, checkpoints/ and step folders, exported
+.safetensors + .json file and folder, a .pth with --model_config), every bad image kind, inputs
+as folders / globs / stdin, tsv and jsonl output, exit codes."""
+
+import io
+import json
+import os
+import sys
+
+from absl.testing import flagsaver
+import cv2
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from sslocr_jax import predict
+from sslocr_jax.export import cli as export_cli
+from sslocr_jax.methods import recognition
+from sslocr_jax.train import checkpoint as ckpt_lib
+from sslocr_jax.train import resolve
+from tests.helpers import fill_like, load_config
+from tests.test_create_lmdb import bad_image_files
+
+ARG = "smoke,decoder=ctc"
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+  """{kind: (checkpoint path, fallback config or None)} of one set of smoke CTC weights."""
+  root = tmp_path_factory.mktemp("kinds")
+  config = load_config("finetune", ARG)
+  batch = {"image": np.zeros((2, 32, 128, 3), np.uint8)}
+  abstract = jax.eval_shape(lambda r: nn.unbox(recognition.init_variables(config, r, batch)),
+                            jax.random.key(0))
+  state = {**fill_like(abstract, seed=1), "step": np.int64(7)}  # no init compile
+  workdir = root / "ft"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), async_save=False)
+  checkpointer.save(7, state)
+  checkpointer.close()
+  export_cli.export_checkpoint(str(workdir), str(root / "export" / "model.safetensors"))
+  export_cli.export_checkpoint(str(workdir), str(root / "official.pth"), fmt="pt")
+  os.remove(root / "official.json")  # an official release has no model JSON
+  return {"workdir": (str(workdir), None),
+          "checkpoints folder": (str(workdir / "checkpoints"), None),
+          "step folder": (str(workdir / "checkpoints" / "7"), None),
+          "exported file": (str(root / "export" / "model.safetensors"), None),
+          "exported folder": (str(root / "export"), None),
+          "official .pth + config": (str(root / "official.pth"), config)}
+
+
+def test_resolve_every_checkpoint_kind(kinds):
+  ref = resolve.resolve(*kinds["workdir"])
+  assert ref.step == 7 and ref.config.decoder == "ctc"
+  flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v)
+                       for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  want = flat(ref.params)
+  for kind, (path, config) in kinds.items():
+    r = resolve.resolve(path, config)
+    got = flat(r.params)
+    assert sorted(got) == sorted(want), kind
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=f"{kind}: {k}")
+    assert (r.config.model.embed_dim, r.config.charset, r.config.max_len) == (
+        32, "printable94", 25), kind
+  with pytest.raises(ValueError, match="config"):
+    resolve.resolve(kinds["official .pth + config"][0])
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    resolve.resolve(kinds["workdir"][0] + "-typo")
+
+
+def test_predict_every_bad_image_kind_and_inputs(kinds, tmp_path, capsys):
+  folder = tmp_path / "in"
+  (folder / "sub").mkdir(parents=True)
+  files = bad_image_files()
+  for name, (data, _) in files.items():
+    (folder / "sub" / name).write_bytes(data)
+  wide = np.random.default_rng(0).integers(0, 255, (20, 3000, 3), np.uint8)
+  cv2.imwrite(str(folder / "wide.png"), wide)
+  cv2.imwrite(str(folder / "tall.png"), wide.transpose(1, 0, 2).copy())
+  (folder / "notes.txt").write_text("not an image extension: not searched")
+  rec = predict.Recognizer.from_checkpoint(kinds["exported folder"][0], batch_size=4)
+  out = io.StringIO()
+  stdin = io.StringIO(f"{folder / 'sub' / 'rgb.png'}\n\n{folder / 'nope.png'}\n")
+  bad = predict.run(kinds["exported folder"][0], [str(folder), str(folder / "sub" / "g*.png"),
+                                                   "-"], batch_size=4, out=out, fmt="jsonl",
+                    stdin=stdin)
+  err = capsys.readouterr().err
+  rows = [json.loads(ln) for ln in out.getvalue().splitlines()]
+  names = [os.path.relpath(r["path"], folder) for r in rows]
+  good = sorted(f"sub/{n}" for n, (_, want) in files.items() if not isinstance(want, str))
+  # Folder (sorted, recursive), then the glob's gray*.png, then stdin's path; input order kept.
+  assert names == good + ["tall.png", "wide.png", "sub/gray.png", "sub/gray16.png",
+                          "sub/rgb.png"]
+  assert bad == 5
+  for n, (_, want) in files.items():
+    if isinstance(want, str):
+      line = next(ln for ln in err.splitlines()
+                  if f"warning: cannot decode image {folder / 'sub' / n}: " in ln)
+      assert want in line and line.endswith(", skipped"), line
+  assert f"warning: {folder / 'nope.png'}: no such file or folder, skipped" in err
+  assert "5 of 16 inputs could not be recognized" in err
+  # Each decodable kind is read as its correctly decoded RGB array (RGBA on white, 16-bit
+  # scaled, palette expanded): the same text and confidence as recognizing that array.
+  by_name = {n: r for n, r in zip(names, rows)}
+  for n, (_, want) in files.items():
+    if not isinstance(want, str):
+      (text, conf), = rec([want])
+      assert by_name[f"sub/{n}"]["text"] == text, n
+      assert by_name[f"sub/{n}"]["confidence"] == pytest.approx(conf, abs=2e-4), n
+
+
+def test_cli_exit_codes_tsv_and_stdin(kinds, tmp_path, monkeypatch, capsys):
+  """predict.main as `app.run` calls it (its return value or SystemExit is the exit status); in
+  process:
+  a subprocess would spend seconds importing jax and compiling again."""
+  good = tmp_path / "a.png"
+  cv2.imwrite(str(good), bad_image_files()["rgb.png"][1])
+  (tmp_path / "b.png").write_bytes(b"")
+  pth, config = kinds["official .pth + config"]
+  monkeypatch.setattr(sys, "stdin", io.StringIO(f"{good}\n{tmp_path / 'b.png'}\n"))
+  with flagsaver.flagsaver(checkpoint=pth, model_config=config, batch_size=8):
+    assert predict.main(["predict", "-"]) == 1
+  out, err = capsys.readouterr()
+  path, text, conf = out.strip().split("\t")
+  assert path == str(good) and 0 <= float(conf) <= 1
+  assert f"warning: cannot decode image {tmp_path / 'b.png'}: empty image (0 bytes), skipped" in err
+  assert f"loaded step 7 from {pth}" not in err and f"loaded {pth}" in err
+  with flagsaver.flagsaver(checkpoint=kinds["exported file"][0]):
+    assert predict.main(["predict", str(good)]) == 0
+  assert capsys.readouterr().out.split("\t")[:2] == [path, text]  # same weights, same text
+  with flagsaver.flagsaver(checkpoint=pth), pytest.raises(SystemExit) as e:  # no --model_config
+    predict.main(["predict", str(good)])
+  assert e.value.code == 2 and "dig_official" in capsys.readouterr().err
+  with flagsaver.flagsaver(checkpoint=kinds["workdir"][0]), pytest.raises(SystemExit) as e:
+    predict.main(["predict", str(tmp_path / "*.jpg")])
+  err = capsys.readouterr().err
+  assert e.value.code == 2
+  assert "no file matches the pattern" in err and "error: no images found" in err
