@@ -114,6 +114,7 @@ class _Oracle:
 
   def __init__(self, preds, config):
     self.preds, self.step, self.batch_size, self.config = preds, 0, 4, config
+    self.origin = "oracle"
     self.params = self.model_state = None
     self.charset = charset_lib.Charset.named(config.charset)
     ids = [list(self.charset.encode(p, 25)) for p in preds]
