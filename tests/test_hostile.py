@@ -137,8 +137,8 @@ def test_evaluation_counts_bad_records_per_benchmark(workdir, tmp_path, capsys):
   config = load_config("evaluate", FINETUNE)
   config.checkpoint, config.data.lmdb_root = wd, str(root)
   results = benchmarks.run(config, str(tmp_path / "out"))
-  assert [(k, r["samples"], r.get("skipped")) for k, r in results.items()] == [
-      ("clean", 2, 0), ("mixed", 3, 5), ("average", 5, None)]
+  assert [(k, r["samples"], r.get("skipped")) for k, r in results.items()
+          if k != "eval_charset"] == [("clean", 2, 0), ("mixed", 3, 5), ("average", 5, None)]
   out = capsys.readouterr().out
   assert (f"checkpoint {wd}: step 2 from {wd}/checkpoints (the newest that restores; no best/ "
           "checkpoint), decoder ctc") in out
