@@ -127,7 +127,7 @@ def test_cli_exit_codes_tsv_and_stdin(kinds, tmp_path, monkeypatch, capsys):
   path, text, conf = out.strip().split("\t")
   assert path == str(good) and 0 <= float(conf) <= 1
   assert f"warning: cannot decode image {tmp_path / 'b.png'}: empty image (0 bytes), skipped" in err
-  assert f"loaded step 7 from {pth}" not in err and f"loaded {pth}" in err
+  assert "loaded method=recognition, model (name=vit" in err and f"[{pth}]" in err
   with flagsaver.flagsaver(checkpoint=kinds["exported file"][0]):
     assert predict.main(["predict", str(good)]) == 0
   assert capsys.readouterr().out.split("\t")[:2] == [path, text]  # same weights, same text
