@@ -133,7 +133,8 @@ def test_cli_exit_codes_tsv_and_stdin(kinds, tmp_path, monkeypatch, capsys):
   assert capsys.readouterr().out.split("\t")[:2] == [path, text]  # same weights, same text
   with flagsaver.flagsaver(checkpoint=pth), pytest.raises(SystemExit) as e:  # no --model_config
     predict.main(["predict", str(good)])
-  assert e.value.code == 2 and "dig_official" in capsys.readouterr().err
+  assert e.value.code == 2 and "--model_config=configs/evaluate.py:dig_official" in (
+      capsys.readouterr().err)
   with flagsaver.flagsaver(checkpoint=kinds["workdir"][0]), pytest.raises(SystemExit) as e:
     predict.main(["predict", str(tmp_path / "*.jpg")])
   err = capsys.readouterr().err

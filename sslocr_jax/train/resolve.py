@@ -115,7 +115,9 @@ def _resolve_torch(path: epath.Path, config, include: str) -> Checkpoint:
     raise errors.UserError(
         f"{path}: a PyTorch state dict does not say which model it holds: evaluate it "
         "with `python -m sslocr_jax.main --config=configs/evaluate.py:dig_official "
-        f"--config.checkpoint={path}` (an official DiG fine-tuned file), or in Python "
+        f"--config.checkpoint={path}` (an official DiG fine-tuned file), read images with "
+        f"`python -m sslocr_jax.predict --checkpoint={path} "
+        "--model_config=configs/evaluate.py:dig_official`, or in Python "
         "Recognizer.from_checkpoint(path, config=...)")
   flat = torch_mapping.load_torch_state(str(path))
   if include == "auto":  # the whole model when the file holds more than an encoder
