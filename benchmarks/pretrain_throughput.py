@@ -1,5 +1,9 @@
 r"""Pretraining train-step throughput: images/s, FLOPs per image (XLA cost analysis), MFU.
 
+GFLOPs/image are XLA's compiled cost (all ops, whole step: one device's program times the
+device count); `model_gflops_per_image` is the analytic matmul count (benchmarks/common.py)
+that MFU uses, against the per-device peak of `config.dtype` (TF32 for float32 on GPUs).
+
     python benchmarks/pretrain_throughput.py --config=configs/dig.py:size=tiny --batch=32
 
 A sample is one original line with its views (for DiG: masked view + augmented view). Batches
@@ -56,15 +60,17 @@ def main(argv):
 
   rows = [{"what": "train step", "batch": config.batch_size, "sec/step": sec,
            "images/s": images_per_sec,
-           "GFLOPs/image": (step_flops or 0) / config.batch_size / 1e9}]
+           "GFLOPs/image": (step_flops or 0) * jax.device_count() / config.batch_size / 1e9}]
+  model_flops = common.model_flops_per_sample(config, config.batch_size)
   figures = {"images_per_sec": images_per_sec,
-             "gflops_per_image": (step_flops / config.batch_size / 1e9) if step_flops else None,
+             "gflops_per_image": (step_flops * jax.device_count() / config.batch_size / 1e9
+                                  if step_flops else None),
+             "model_gflops_per_image": model_flops / 1e9 if model_flops else None,
              "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
              "dtype": config.dtype, "config": _CONFIG.value}
-  peak = common.peak_flops(config.dtype)
-  if peak and step_flops:
-    figures["mfu"] = step_flops / sec / peak
-    rows[0]["MFU"] = figures["mfu"]
+  mfu = common.step_mfu(config, images_per_sec, step_flops)
+  if mfu is not None:
+    figures["mfu"] = rows[0]["MFU"] = mfu
 
   encoder_images = next((k for k in ("image1", "image") if k in batch), None)
   if hasattr(s["method"], "encoder_from_config") and encoder_images:
@@ -75,11 +81,15 @@ def main(argv):
     if stats:  # BatchNorm encoders (ResNet) run in eval mode on their running statistics
       params["batch_stats"] = stats
     images = batch[encoder_images]
+    fwd_flops = common.compiled_flops(fwd, params, images)  # XLA's count, all ops
     jax.block_until_ready(fwd(params, images))
     sec_f = common.time_calls(lambda: jax.block_until_ready(fwd(params, images)), _STEPS.value)
+    fwd_gflops = (fwd_flops or 0) * jax.device_count() / config.batch_size / 1e9
     rows.append({"what": "encoder forward", "batch": config.batch_size, "sec/step": sec_f,
-                 "images/s": config.batch_size / sec_f, "GFLOPs/image": 0.0})
+                 "images/s": config.batch_size / sec_f, "GFLOPs/image": fwd_gflops})
     figures["encoder_forward_images_per_sec"] = config.batch_size / sec_f
+    figures["encoder_forward_gflops_per_image"] = fwd_gflops
+    figures["encoder_forward_model_gflops_per_image"] = common.encoder_forward_flops(config) / 1e9
     if "MFU" in rows[0]:
       rows[1]["MFU"] = float("nan")
   common.print_table(rows, figures)

@@ -101,18 +101,18 @@ def main(argv):
     host = host_rate(config, s["method"].make_views, _SECONDS.value)
     device, flops = device_rate(s, config, _STEPS.value)
     e2e = end_to_end_rate(s, config, _STEPS.value)
-    peak = common.peak_flops(config.dtype)
-    mfu = flops * device / config.batch_size / peak if flops and peak else None
+    mfu = common.step_mfu(config, device, flops)
     rows.append({"config": spec, "batch": config.batch_size, "dtype": config.dtype,
                  "host samples/s": host, "device images/s": device,
                  "end-to-end images/s": e2e, "host/device": host / device,
-                 "GFLOPs/image": (flops or 0) / config.batch_size / 1e9,
+                 "GFLOPs/image": (flops or 0) * jax.device_count() / config.batch_size / 1e9,
                  "MFU": mfu if mfu is not None else float("nan")})
     figures["methods"][spec] = {
         "batch": config.batch_size, "dtype": config.dtype, "host_samples_per_sec": host,
         "device_images_per_sec": device, "end_to_end_images_per_sec": e2e,
         "host_over_device": host / device, "pipeline_bottleneck": host < device,
-        "gflops_per_image": flops / config.batch_size / 1e9 if flops else None, "mfu": mfu}
+        "gflops_per_image": (flops * jax.device_count() / config.batch_size / 1e9
+                             if flops else None), "mfu": mfu}
   common.print_table(rows, figures)
 
 

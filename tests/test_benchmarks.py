@@ -1,0 +1,100 @@
+"""Benchmark accounting (benchmarks/common.py) and the PyTorch baseline (benchmarks/dig_torch.py).
+
+MFU must be the model's FLOPs over the peak of every device that ran them, with the peak of
+the dtype actually used; XLA's cost analysis is one device's program. Checked with the 8 fake
+CPU devices of conftest.py, no accelerator needed.
+"""
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from benchmarks import common
+from tests.helpers import load_config
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def test_peak_is_per_device_and_fp32_is_tf32_on_gpus():
+  assert common.peak_flops("bfloat16", H100) == 989e12
+  assert common.peak_flops("float32", H100) == 494.7e12  # TF32 tensor cores, not 67e12
+  assert common.peak_flops("float32", "NVIDIA A100-SXM4-40GB") == 156e12
+  assert common.peak_flops("float32", "cpu") is None
+  assert common.peak_flops("bfloat16", "TPU v5 lite") == 197e12
+
+
+def test_dig_small_step_flops_closed_form():
+  config = load_config("dig")  # paper recipe: ViT-Small, batch 1024
+  d, n = 384, 256
+  block = 2 * n * (3 * d * d + d * d + 8 * d * d) + 4 * n * n * d
+  patch = 2 * n * 48 * d
+  encoder = 2 * (3 * 12 * block + 2 * patch) + 2 * (12 * block + patch)
+  heads = (4 * 2 * n * (d * 512 + 512 * 512 + 512 * d)            # pix projector, + momentum
+           + 4 * 2 * 8 * (d * 4096 + 4096 * 4096 + 4096 * 256)     # projector, + momentum
+           + 3 * 2 * 8 * (256 * 4096 * 2)                          # predictor
+           + 3 * 2 * n * (d * 192 + 192 * 192 + 192 * 48))         # MIM head, view 1
+  contrast = 8 * 4096 * 4096 * 256 // 1024
+  got = common.dig_step_flops(config, 1024)
+  assert got == encoder + heads + contrast
+  assert 99e9 < got < 101e9  # ~100 GFLOP per sample
+  assert common.encoder_forward_flops(config) == 12 * block + patch
+
+
+def test_mfu_uses_model_flops_and_all_devices_peak():
+  config = load_config("dig")
+  config.batch_size, config.dtype = 1024, "bfloat16"
+  per_sample = common.dig_step_flops(config, 1024)
+  want = per_sample * 5000.0 / (8 * 989e12)
+  got = common.step_mfu(config, 5000.0, compiled_per_device=1.0, num_devices=8,
+                        device_kind=H100)
+  np.testing.assert_allclose(got, want, rtol=1e-12)  # compiled FLOPs unused when a formula exists
+  assert common.step_mfu(config, 5000.0, num_devices=8, device_kind="cpu") is None
+  config.method = "seqclr"  # no formula: compiled per-device FLOPs x devices
+  np.testing.assert_allclose(
+      common.step_mfu(config, 5000.0, compiled_per_device=2e12, num_devices=8, device_kind=H100),
+      2e12 * 8 / 1024 * 5000.0 / (8 * 989e12), rtol=1e-12)
+
+
+def test_compiled_flops_are_one_devices_share_on_fake_devices():
+  devices = jax.devices()[:8]
+  assert len(devices) == 8
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  x = jax.device_put(np.ones((64, 32), np.float32), NamedSharding(mesh, P("data")))
+  w = jax.device_put(np.ones((32, 16), np.float32), NamedSharding(mesh, P()))
+  f = jax.jit(lambda x, w: x @ w)
+  per_device = common.compiled_flops(f, x, w)
+  assert per_device == 2 * 64 * 32 * 16 / 8  # the batch is split: each device does 1/8
+
+
+def test_torch_baseline_has_official_layout_and_flops():
+  torch = pytest.importorskip("torch")
+  from benchmarks import dig_torch  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  config = load_config("dig", "smoke")
+  torch.manual_seed(0)
+  model = dig_torch.DiG.from_config(config)
+  flat = {k: v.numpy() for k, v in model.state_dict().items()}
+  # The official checkpoint layout: every key and shape that export/mapping.py reads from a
+  # release .pth, no more, no less (import_state raises on a missing or unknown key).
+  imported = mapping.import_state(flat, config, "all")
+  batch = {"image1": np.zeros((2, 32, 128, 3), np.uint8), "mask": np.zeros((2, 256), bool)}
+  ours = jax.eval_shape(lambda: dig.init_variables(config, jax.random.PRNGKey(0), batch))
+  trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+  assert trainable == state_lib.count_params(ours["params"])
+  assert state_lib.count_params(imported["params"]) == trainable
+  # FLOPs per step by torch's counter = the analytic count with the release's 2-view MIM head.
+  assert dig_torch.step_flops(model, 4) == 4 * common.dig_step_flops(config, 4, mim_views=2)
+  # One real step runs and changes the online weights only.
+  before = {k: v.clone() for k, v in model.state_dict().items()}
+  loss = dig_torch.make_step(model, lr=1e-3)(*dig_torch.example_inputs(4))
+  assert np.isfinite(loss)
+  after = model.state_dict()
+  assert not torch.equal(before["encoder.blocks.0.mlp.fc1.weight"],
+                         after["encoder.blocks.0.mlp.fc1.weight"])
+  # momentum copy moved by (1 - m) toward the online weights of before the update
+  torch.testing.assert_close(after["momentum_encoder.blocks.0.mlp.fc1.weight"],
+                             before["momentum_encoder.blocks.0.mlp.fc1.weight"])
