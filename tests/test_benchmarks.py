@@ -74,6 +74,15 @@ def test_torch_baseline_has_official_layout_and_flops():
   from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
   from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # a tiny model: thread start-up and spinning would dominate
+  try:
+    _check_torch_baseline(torch, dig_torch, mapping, dig, state_lib)
+  finally:
+    torch.set_num_threads(threads)
+
+
+def _check_torch_baseline(torch, dig_torch, mapping, dig, state_lib):
   config = load_config("dig", "smoke")
   torch.manual_seed(0)
   model = dig_torch.DiG.from_config(config)

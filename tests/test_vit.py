@@ -218,3 +218,14 @@ def test_bfloat16_compute_float32_params():
   out32 = vit.Encoder(**SMALL).apply(variables, x, jnp.zeros((2, 256), bool).at[:, :50].set(True))
   assert out16.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.1, rtol=0.05)
+
+
+def test_attention_dropout_path_matches_fused_path():
+  # train=True with attention dropout takes the explicit einsum/softmax path; at a rate that
+  # drops nothing (for this rng) it must equal jax.nn.dot_product_attention's path.
+  x = _images(1)
+  variables = _init(vit.Encoder(embed_dim=16, depth=1, num_heads=2), x)
+  fused = vit.Encoder(embed_dim=16, depth=1, num_heads=2).apply(variables, x, train=True)
+  explicit = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=1e-9).apply(
+      variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+  np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=2e-6, rtol=1e-6)
