@@ -28,6 +28,7 @@ from absl import flags  # noqa: E402
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from benchmarks import profile_step  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
@@ -62,7 +63,7 @@ def peak_memory_bytes() -> int | None:
 def main(argv):
   del argv
   spec = "configs/dig.py:smoke" if _TINY.value else _CONFIG.value
-  config = common.load_config(spec)
+  config = config_utils.load_config(spec)
   per_device = 4 if _TINY.value else _PER_DEVICE.value
   config.batch_size = per_device * jax.device_count()
   config.dtype = _DTYPE.value

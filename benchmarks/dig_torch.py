@@ -15,7 +15,7 @@ smoothing 0 (the release's default) is plain cross-entropy. fp32 on the CPU (the
 groups (no decay on 1-D params and biases; momentum networks are not optimised).
 
 `state_dict()` has exactly the keys and shapes of an official DiG checkpoint's "model"
-(checked by tests/test_benchmarks.py through export/mapping.py, which imports official files).
+(checked by tests/test_benchmarks.py through train/torch_state.py, which imports official files).
 """
 
 import math

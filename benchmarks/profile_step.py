@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 
 # (group, regex on "<op_name> <opcode>"); the first match wins.
 GROUPS = [
@@ -122,7 +123,7 @@ def main():
   flags.DEFINE_string("dtype", None, "compute dtype override")
   f = flags.FLAGS
   f(sys.argv)
-  config = common.load_config(f.config)
+  config = config_utils.load_config(f.config)
   config.batch_size, config.data.num_workers = f.batch, 0
   if f.dtype:
     config.dtype = f.dtype

@@ -55,10 +55,10 @@ def torch_predictor(config, state):
   except ImportError:
     return None
   from sslocr_jax.export import cli  # pylint: disable=g-import-not-at-top
-  from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
   from sslocr_jax.export import torch_modules  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
-  flat = mapping.export_state({"params": state.params, "model_state": state.model_state}, config)
+  flat = torch_state.export_state({"params": state.params, "model_state": state.model_state}, config)
   model = torch_modules.build(cli.model_json(config)).eval()
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()}, strict=True)
 

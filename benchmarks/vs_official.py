@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
@@ -57,7 +58,7 @@ def torch_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 
 def ours(spec: str, batch_size: int):
   """(step(), forward(), XLA GFLOPs per sample, config) for our jitted DiG step."""
-  config = common.load_config(spec)
+  config = config_utils.load_config(spec)
   config.batch_size, config.data.num_workers = batch_size, 0
   s = loop.setup(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
   data = pipeline.batch_spec(config, s["method"].make_views)

@@ -71,25 +71,25 @@ def test_compiled_flops_are_one_devices_share_on_fake_devices():
 def test_torch_baseline_has_official_layout_and_flops():
   torch = pytest.importorskip("torch")
   from benchmarks import dig_torch  # pylint: disable=g-import-not-at-top
-  from sslocr_jax.export import mapping  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
   from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # a tiny model: thread start-up and spinning would dominate
   try:
-    _check_torch_baseline(torch, dig_torch, mapping, dig, state_lib)
+    _check_torch_baseline(torch, dig_torch, torch_state, dig, state_lib)
   finally:
     torch.set_num_threads(threads)
 
 
-def _check_torch_baseline(torch, dig_torch, mapping, dig, state_lib):
+def _check_torch_baseline(torch, dig_torch, torch_state, dig, state_lib):
   config = load_config("dig", "smoke")
   torch.manual_seed(0)
   model = dig_torch.DiG.from_config(config)
   flat = {k: v.numpy() for k, v in model.state_dict().items()}
-  # The official checkpoint layout: every key and shape that export/mapping.py reads from a
+  # The official checkpoint layout: every key and shape that train/torch_state.py reads from a
   # release .pth, no more, no less (import_state raises on a missing or unknown key).
-  imported = mapping.import_state(flat, config, "all")
+  imported = torch_state.import_state(flat, config, "all")
   batch = {"image1": np.zeros((2, 32, 128, 3), np.uint8), "mask": np.zeros((2, 256), bool)}
   ours = jax.eval_shape(lambda: dig.init_variables(config, jax.random.PRNGKey(0), batch))
   trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
