@@ -1,12 +1,14 @@
 r"""Export a checkpoint to a PyTorch state dict (+ model JSON); `python -m sslocr_jax.export`.
 
     python -m sslocr_jax.export --checkpoint=runs/dig-cpu --output=dig.safetensors \
-        [--format=safetensors|pt] [--include=encoder|all]
+        [--format=safetensors|pt|onnx] [--include=encoder|all]
 
 `--checkpoint` is a workdir, its `checkpoints` folder or one step folder (`.../checkpoints/
 500`); the run's `config.json` is found in or above it (train/resolve.py). Writes `FILE` and
 `FILE` with the suffix `.json`: the model config `torch_modules.build` reads. `pt` writes
-`torch.save({"model": state_dict})` like the official DiG release (needs torch).
+`torch.save({"model": state_dict})` like the official DiG release (needs torch). `onnx`
+writes `FILE.onnx` (uint8 images in, ids + confidence out; export/onnx_export.py) and, beside
+it, the same weights as `FILE.safetensors` (needs torch and onnx).
 """
 
 import argparse
@@ -81,10 +83,16 @@ def export_checkpoint(checkpoint: str, output: str, fmt: str = "safetensors",
   config = ckpt.config
   flat = torch_state.export_state({"params": ckpt.params, "model_state": ckpt.model_state},
                                   config, include)
-  write(flat, output, fmt)
+  meta = model_json(config, include)
+  if fmt == "onnx":
+    from sslocr_jax.export import onnx_export  # pylint: disable=g-import-not-at-top
+    write(flat, os.path.splitext(output)[0] + ".safetensors")  # checks the folder too
+    onnx_export.to_onnx(flat, meta, output)
+  else:
+    write(flat, output, fmt)
   try:
     with open(json_path(output), "w") as f:
-      json.dump(model_json(config, include), f, indent=2)
+      json.dump(meta, f, indent=2)
   except OSError as e:
     raise errors.UserError(f"cannot write {json_path(output)}: {e.strerror or e}") from None
   return flat
@@ -94,18 +102,22 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m sslocr_jax.export", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="workdir, checkpoints folder or step folder")
-  p.add_argument("--output", required=True, help="FILE.safetensors or FILE.pth")
-  p.add_argument("--format", default=None, choices=("safetensors", "pt"),
-                 help="default: from the suffix of --output (safetensors unless .pt/.pth)")
+  p.add_argument("--output", required=True, help="FILE.safetensors, FILE.pth or FILE.onnx")
+  p.add_argument("--format", default=None, choices=("safetensors", "pt", "onnx"),
+                 help="default: from the suffix of --output (safetensors unless .pt/.pth/.onnx)")
   p.add_argument("--include", default="all", choices=("encoder", "all"))
   p.add_argument("--verbose", action="store_true",
                  help="show the traceback of a user error (bad path), not only its message")
   a = p.parse_args(argv)
-  fmt = a.format or ("pt" if a.output.endswith((".pt", ".pth")) else "safetensors")
+  fmt = a.format or {".pt": "pt", ".pth": "pt", ".onnx": "onnx"}.get(
+      os.path.splitext(a.output)[1], "safetensors")
+  if fmt == "onnx" and not a.output.endswith(".onnx"):
+    a.output = os.path.splitext(a.output)[0] + ".onnx"
   with errors.exit_on_user_error(a.verbose):
     flat = export_checkpoint(a.checkpoint, a.output, fmt, a.include)
   n = sum(int(np.size(v)) for v in flat.values())
-  print(f"wrote {a.output} ({len(flat)} tensors, {n / 1e6:.2f}M values) and "
+  also = f", {os.path.splitext(a.output)[0]}.safetensors" if fmt == "onnx" else ""
+  print(f"wrote {a.output} ({len(flat)} tensors, {n / 1e6:.2f}M values){also} and "
         f"{json_path(a.output)}")
 
 

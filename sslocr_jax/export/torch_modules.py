@@ -65,7 +65,7 @@ class Attention(nn.Module):
     b, n, d = x.shape
     bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
     qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
     return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
 
@@ -406,6 +406,7 @@ class MultiHeadAttention(nn.Module):
   def __init__(self, d_model, num_heads):
     super().__init__()
     self.num_heads = num_heads
+    self.sqrt_head_dim = math.sqrt(d_model // num_heads)  # a constant when traced
     self.w_qs = nn.Linear(d_model, d_model, bias=False)
     self.w_ks = nn.Linear(d_model, d_model, bias=False)
     self.w_vs = nn.Linear(d_model, d_model, bias=False)
@@ -419,7 +420,7 @@ class MultiHeadAttention(nn.Module):
     y = self.layer_norm(x)
     src = y if kv_input is None else kv_input
     q, k, v = self._split(self.w_qs(y)), self._split(self.w_ks(src)), self._split(self.w_vs(src))
-    logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    logits = (q @ k.transpose(-2, -1)) / self.sqrt_head_dim
     if mask is not None:
       logits = logits.masked_fill(~mask, -1e9)
     out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
@@ -568,9 +569,37 @@ class DigTFDecoder(nn.Module):
     return self.classifier(self.layer_norm(x))
 
 
+def ctc_collapse(logits, *, blank: int, eos: int, pad: int, length: int):
+  """Best-path CTC decoding with tensor ops only (ONNX-exportable; no Python loop over the
+  batch): argmax per frame, merge repeats, drop blanks and EOS frames, then EOS and PAD.
+
+  The math of `models/decoders.py ctc_greedy`: logits [B, T, C] -> (ids int64 [B, length],
+  confidence [B] = the probability of the best path). Text longer than `length - 1` is cut.
+  """
+  probs = logits.float().softmax(-1)
+  top, best = probs.max(-1)  # [B, T]
+  conf = top.log().sum(-1).exp()
+  prev = torch.cat([torch.full_like(best[:, :1], blank), best[:, :-1]], 1)
+  keep = (best != blank) & (best != eos) & (best != prev)
+  # Each kept frame goes to its rank among the kept ones; the others (and ranks past the end)
+  # to a spare column `length` that is dropped, as `mode="drop"` does in JAX.
+  pos = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(best, length))
+  spare = torch.full_like(best[:, :1], pad).repeat(1, length + 1)
+  ids = spare.scatter(1, pos.clamp(max=length), best)
+  n = keep.long().sum(1, keepdim=True).clamp(max=length)
+  ids = ids.scatter(1, n, torch.full_like(n, eos))
+  return ids[:, :length], conf
+
+
 class Recognizer(nn.Module):
   """encoder + decoder. `forward(images) -> (ids [B, L], logits)`: greedy decoding, ids in
-  the charset layout (characters, EOS, then PAD), like `recognition.predict`."""
+  the charset layout (characters, EOS, then PAD), like `recognition.predict`.
+
+  `decode(images) -> (ids, confidence, logits)` also gives `recognition.predict`'s
+  confidence. Decoding always runs `max_len + 1` steps (no early exit) and CTC collapses
+  with tensor ops, so the module traces to a fixed graph (`python -m sslocr_jax.export
+  --format=onnx`).
+  """
 
   def __init__(self, encoder, decoder_name, decoder, *, max_len, bos, eos, pad,
                linear_norm=None):
@@ -592,43 +621,56 @@ class Recognizer(nn.Module):
       return self.decoder(features)
     return self.decoder(self._memory(features), inputs)
 
-  def forward(self, images):
+  def decode(self, images):
+    """images [B, 3, H, W] in [-1, 1] -> (ids int64 [B, max_len + 1], confidence [B],
+    logits [B, T or max_len + 1, C])."""
     features = self.encoder(images)
-    b = features.shape[0]
-    ids = torch.full((b, self.length), self.pad, dtype=torch.long, device=features.device)
     if self.decoder_name == "ctc":
       logits = self.decoder(features)
-      best = logits.argmax(-1)
-      for i in range(b):
-        out, prev = [], self.pad
-        for t in best[i].tolist():
-          if t not in (self.pad, self.eos) and t != prev:
-            out.append(t)
-          prev = t
-        out = out[:self.length]
-        ids[i, :len(out)] = torch.tensor(out, dtype=torch.long)
-        if len(out) < self.length:
-          ids[i, len(out)] = self.eos
-      return ids, logits
+      ids, conf = ctc_collapse(logits, blank=self.pad, eos=self.eos, pad=self.pad,
+                               length=self.length)
+      return ids, conf, logits
     memory = self._memory(features)
-    tokens = torch.full((b, 1), self.bos, dtype=torch.long, device=features.device)
-    done = torch.zeros(b, dtype=torch.bool, device=features.device)
+    tokens = torch.full_like(memory[:, :1, 0], self.bos, dtype=torch.long)  # [B, 1]
+    done = torch.zeros_like(tokens[:, 0], dtype=torch.bool)
+    logp = torch.zeros_like(memory[:, 0, 0], dtype=torch.float32)
     state = self.decoder.prepare(memory) if self.decoder_name == "attention" else None
-    steps = []
-    for pos in range(self.length):
+    steps, ids = [], []
+    # Fixed length: after its EOS a row keeps decoding but emits PAD and adds nothing to its
+    # confidence, as `greedy_decode`'s while_loop (which may stop earlier; same ids).
+    for _ in range(self.length):
       if self.decoder_name == "attention":
         step_logits = self.decoder.step(state, tokens)
       else:
         step_logits = self.decoder(memory, tokens)[:, -1]
       steps.append(step_logits)
-      nxt = step_logits.argmax(-1)
+      top, nxt = step_logits.float().log_softmax(-1).max(-1)
       nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
-      ids[:, pos] = nxt
+      logp = logp + torch.where(done, torch.zeros_like(top), top)
+      ids.append(nxt)
       done = done | (nxt == self.eos)
       tokens = torch.cat([tokens, nxt[:, None]], 1)
-      if bool(done.all()):
-        break
-    return ids, torch.stack(steps, 1)
+    return torch.stack(ids, 1), logp.exp(), torch.stack(steps, 1)
+
+  def forward(self, images):
+    ids, _, logits = self.decode(images)
+    return ids, logits
+
+
+class UInt8Images(nn.Module):
+  """The deployment graph's front: uint8 RGB images [B, H, W, 3] (already at the model's
+  size) -> `Recognizer`: (ids [B, L], confidence [B]); an encoder: features [B, N, D]."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.model = model
+
+  def forward(self, images):
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if isinstance(self.model, Recognizer):
+      ids, conf, _ = self.model.decode(x)
+      return ids, conf
+    return self.model(x)
 
 
 # ----------------------------------------------------------------------------- build

@@ -343,4 +343,5 @@ def export_metadata(config) -> dict:
   cs = charset_from_config(config)
   return dict(decoder=config.decoder, decoder_config=config.get(config.decoder, None) or {},
               num_classes=cs.num_classes, charset=config.get("charset", "printable94"),
-              max_len=int(config.max_len), bos=cs.bos, eos=cs.eos, pad=cs.pad)
+              max_len=int(config.max_len), bos=cs.bos, eos=cs.eos, pad=cs.pad,
+              chars=cs.chars)  # decoding ids without this package (docs/export.md)
