@@ -175,3 +175,13 @@ def print_table(rows: list[dict], figures: dict) -> None:
 
 def _fmt(v) -> str:
   return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def synthetic_lines(n: int, h: int, w: int):
+  """n synthetic lines (seed 123) resized to h x w (uint8 [n, h, w, 3]) and their labels."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.data import sources  # pylint: disable=g-import-not-at-top
+  src = sources.SyntheticSource(n, seed=123)
+  recs = [src[i] for i in range(n)]
+  return np.stack([augment.resize(r["image"], h, w) for r in recs]), [r["label"] for r in recs]

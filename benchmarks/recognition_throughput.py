@@ -32,8 +32,6 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sslocr_jax import config_utils  # noqa: E402
-from sslocr_jax.data import augment  # noqa: E402
-from sslocr_jax.data import sources  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.train import evaluation  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
@@ -67,13 +65,6 @@ def torch_predictor(config, state):
     with torch.no_grad():
       return model(x)
   return predict
-
-
-def lines(n: int, h: int, w: int):
-  """n synthetic lines resized to h x w (uint8 [n, h, w, 3]) and their labels."""
-  src = sources.SyntheticSource(n, seed=123)
-  recs = [src[i] for i in range(n)]
-  return np.stack([augment.resize(r["image"], h, w) for r in recs]), [r["label"] for r in recs]
 
 
 def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int, images, labels):
@@ -137,7 +128,8 @@ def main(argv):
   del argv
   config = config_utils.load_config(_CONFIG.value)
   batch, train_batch = _BATCH.value, _TRAIN_BATCH.value
-  images, labels = lines(max(batch, train_batch), config.image_height, config.image_width)
+  images, labels = common.synthetic_lines(max(batch, train_batch), config.image_height,
+                                           config.image_width)
   rows = [bench_decoder(config, d, batch, train_batch, _ITERS.value, images, labels)
           for d in _DECODERS.value]
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
