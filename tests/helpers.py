@@ -31,3 +31,23 @@ def fill_like(tree, seed: int = 0):
       return jnp.zeros(leaf.shape, leaf.dtype)
     return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
   return jax.tree_util.tree_map_with_path(value, tree)
+
+
+def random_state(config, seed: int = 0) -> dict:
+  """A state shaped like the method's `init_variables` with random numpy values (BN variances
+  positive), from `torch_state.abstract_state` (shapes only: nothing is compiled)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.models import torch_mapping  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, (shape, _) in torch_state.abstract_state(config).items():
+    if k.endswith("/var"):
+      out[k] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    elif k.endswith("/scale"):
+      out[k] = (1 + 0.2 * rng.normal(size=shape)).astype(np.float32)
+    elif k.endswith("/kernel"):  # unit-variance activations: well-conditioned comparisons
+      out[k] = (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+    else:
+      out[k] = (0.2 * rng.normal(size=shape)).astype(np.float32)
+  return {"params": {}, "model_state": {}, **torch_mapping.unflatten(out)}

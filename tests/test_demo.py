@@ -18,10 +18,9 @@ import jax  # noqa: E402
 from sslocr_jax import demo as demo_lib  # noqa: E402
 from sslocr_jax import predict  # noqa: E402
 from sslocr_jax.methods import dig  # noqa: E402
-from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from tests.helpers import load_config  # noqa: E402
-from tests.test_export import _random_state  # noqa: E402
+from tests.helpers import random_state  # noqa: E402
 
 
 def _save(workdir, config, state):
@@ -44,9 +43,9 @@ def _write_rgb(path, image):
 
 def test_demo_over_http(tmp_path):
   dig_config = load_config("dig", "smoke")
-  dig_state = _random_state(dig_config, dig)
+  dig_state = random_state(dig_config)
   ft_config = load_config("finetune", "smoke,decoder=ctc")
-  ft_state = _random_state(ft_config, recognition)
+  ft_state = random_state(ft_config)
   ft_config.init_from = str(tmp_path / "dig")  # the reconstruction view comes from here
   _save(tmp_path / "dig", dig_config, dig_state)
   _save(tmp_path / "ft", ft_config, ft_state)

@@ -22,6 +22,7 @@ from sslocr_jax.models import torch_mapping  # noqa: E402
 from sslocr_jax.train import resolve  # noqa: E402
 from sslocr_jax.train import torch_state  # noqa: E402
 from tests.helpers import load_config  # noqa: E402
+from tests.helpers import random_state  # noqa: E402
 
 TOL = 1e-4
 MAX_DIFFS = {}
@@ -29,20 +30,8 @@ STRINGS = {}  # name -> measured max |JAX - PyTorch| (printed by the last test)
 
 
 def _random_state(config, method, seed=0):
-  """A state shaped like `method.init_variables` with random values (BN variances positive)."""
-  del method  # the config's method; shapes from torch_state.abstract_state (nothing computed)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for k, (shape, _) in torch_state.abstract_state(config).items():
-    if k.endswith("/var"):
-      out[k] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    elif k.endswith("/scale"):
-      out[k] = (1 + 0.2 * rng.normal(size=shape)).astype(np.float32)
-    elif k.endswith("/kernel"):  # unit-variance activations: well-conditioned comparisons
-      out[k] = (rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
-    else:
-      out[k] = (0.2 * rng.normal(size=shape)).astype(np.float32)
-  return {"params": {}, "model_state": {}, **torch_mapping.unflatten(out)}
+  del method  # the config's method
+  return random_state(config, seed)
 
 
 def _images(config, b=3, seed=1):

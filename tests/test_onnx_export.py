@@ -25,8 +25,7 @@ from sslocr_jax.export import onnx_export  # noqa: E402
 from sslocr_jax.export import torch_modules  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.models import decoders  # noqa: E402
-from tests.helpers import ROOT, load_config  # noqa: E402
-from tests.test_export import _random_state  # noqa: E402
+from tests.helpers import ROOT, load_config, random_state  # noqa: E402
 
 MAX_LEN = 8  # 9 greedy steps: a small graph; the random models below fill it on some rows
 
@@ -42,7 +41,7 @@ def _block_images(n, seed=0):
 def _model(decoder):
   config = load_config("finetune", f"smoke,decoder={decoder}")
   config.max_len = MAX_LEN
-  state = _random_state(config, recognition)
+  state = random_state(config)
   return config, state, mapping.export_state(state, config), cli.model_json(config)
 
 
