@@ -12,8 +12,8 @@ synthetic lines at the model's 32 x 128 go through:
   onnxruntime  the `--format=onnx` graph (uint8 images in), CPUExecutionProvider.
 Each backend's output is decoded to text with the charset, and the texts of the three are
 checked to be equal. Per backend: images/s (best of the timed passes over all images, the
-compiling first pass excluded), and the CPU cores the process used during those passes
-(process CPU time / wall time). The load average before the run is printed: on a shared
+compiling first pass excluded), the CPU cores the process used during those passes
+(process CPU time / wall time) and images per CPU-second (less sensitive to other load). The load average before the run is printed: on a shared
 machine, compare rows of one run, not runs. Greedy autoregressive decoders: the exported
 graphs run all max_len + 1 steps, JAX's while_loop stops when a batch is done (a trained
 model stops early; fresh weights rarely emit EOS).
@@ -47,16 +47,17 @@ _IMAGES = flags.DEFINE_integer("images", 512, "images per timed pass")
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "timed passes per backend until this long")
 
 
-def timed_passes(fn, seconds: float) -> tuple[float, float, int]:
-  """(best seconds per pass, CPU cores used, passes): `fn()` once to warm up, then
-  repeatedly for at least 2 passes and `seconds`."""
+def timed_passes(fn, seconds: float) -> tuple[float, float, float, int]:
+  """(best seconds per pass, CPU cores used, CPU seconds per pass, passes): `fn()` once to
+  warm up, then repeatedly for at least 2 passes and `seconds`."""
   fn()
   best, passes, wall0, cpu0 = float("inf"), 0, time.perf_counter(), time.process_time()
   while passes < 2 or time.perf_counter() - wall0 < seconds:
     t = time.perf_counter()
     fn()
     best, passes = min(best, time.perf_counter() - t), passes + 1
-  return best, (time.process_time() - cpu0) / (time.perf_counter() - wall0), passes
+  cpu = time.process_time() - cpu0
+  return best, cpu / (time.perf_counter() - wall0), cpu / passes, passes
 
 
 def load_model(config_spec: str, checkpoint: str, decoder: str, batch: int):
@@ -122,9 +123,9 @@ def main(argv):
 
   rows = []
   for name, fn in runs.items():
-    best, cores, passes = timed_passes(fn, _SECONDS.value)
+    best, cores, cpu_per_pass, passes = timed_passes(fn, _SECONDS.value)
     rows.append({"backend": name, "img_s": n / best, "batch": b, "cpu_cores_used": cores,
-                 "passes": passes})
+                 "img_per_cpu_s": n / cpu_per_pass, "passes": passes})
   same = texts["jax"] == texts["pytorch"] == texts["onnxruntime"]
   model_desc = (f"{_WORKDIR.value or _CONFIG.value}: encoder {config.model.name} "
                 f"{config.model.get('size', '')}, decoder {config.decoder}")
@@ -135,7 +136,8 @@ def main(argv):
   figures = {"model": model_desc, "batch": b, "images": n, "cpus": os.cpu_count(),
              "loadavg_1m_before": round(load[0], 2), "same_texts": same,
              **{f"{r['backend']}_img_s": round(r["img_s"], 1) for r in rows},
-             **{f"{r['backend']}_cpu_cores": round(r["cpu_cores_used"], 2) for r in rows}}
+             **{f"{r['backend']}_cpu_cores": round(r["cpu_cores_used"], 2) for r in rows},
+             **{f"{r['backend']}_img_per_cpu_s": round(r["img_per_cpu_s"], 1) for r in rows}}
   common.print_table(rows, figures)
   if not same:
     raise SystemExit("the backends' texts differ")
