@@ -147,7 +147,8 @@ def build(recognizer=None, view=None, example=None):
                           visible=view.mask_ratio is not None)
         seed = gr.Number(value=0, precision=0, label="mask seed")
       grid = gr.Image(label="original | masked | reconstruction | augmented view",
-                      value=first_grid, type="numpy", format="png", interactive=False)
+                      value=first_grid, type="numpy", format="png", interactive=False,
+                      height=150)
       run.click(reconstruct, [image, ratio, seed], grid, api_name="reconstruct")
       image.upload(reconstruct, [image, ratio, seed], grid, api_name=False)
     if recognizer is not None:
