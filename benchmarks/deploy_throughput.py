@@ -33,10 +33,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax import predict  # noqa: E402
 from sslocr_jax.export import cli  # noqa: E402
-from sslocr_jax.export import mapping  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
+from sslocr_jax.train import torch_state  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "configs/finetune.py:cpu", "config[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", "", "fine-tuning workdir (default: fresh "
@@ -65,7 +66,7 @@ def load_model(config_spec: str, checkpoint: str, decoder: str, batch: int):
   if checkpoint:
     rec = predict.Recognizer.from_checkpoint(checkpoint, batch_size=batch)
     return rec.config, jax.device_get(rec.params), jax.device_get(rec.model_state)
-  config = common.load_config(config_spec)
+  config = config_utils.load_config(config_spec)
   if decoder:
     config.decoder = decoder
   x = {"image": np.zeros((2, config.image_height, config.image_width, 3), np.uint8)}
@@ -86,7 +87,7 @@ def main(argv):
   images, _ = common.synthetic_lines(n, config.image_height, config.image_width)
   cs = recognition.charset_from_config(config)
   state = jax.tree.map(np.asarray, {"params": params, "model_state": model_state})
-  flat, meta = mapping.export_state(state, config), cli.model_json(config)
+  flat, meta = torch_state.export_state(state, config), cli.model_json(config)
 
   rec = predict.Recognizer(config, params, model_state, batch_size=b)
   texts, runs = {}, {}

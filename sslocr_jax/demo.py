@@ -3,8 +3,9 @@ r"""A small web demo: upload or paste a word image, read the text and its confid
     python -m sslocr_jax.demo --checkpoint=runs/ft-cpu [--pretrained=runs/dig-cpu] \
         [--host=127.0.0.1] [--port=7860] [--batch_size=16]
 
-`--checkpoint` is any checkpoint the project loads (a fine-tuning workdir or step folder;
-a pretraining workdir shows only its view). With a DiG pretraining checkpoint (given as
+`--checkpoint` is any checkpoint the project loads (train/resolve.py: a fine-tuning workdir
+or step folder, an exported `.safetensors` with its `.json`; a pretraining workdir shows only
+its view). With a DiG pretraining checkpoint (given as
 `--checkpoint`, as `--pretrained`, or found as the fine-tuning run's `init_from`), the page
 also shows the masked-reconstruction view of the image: original | masked (the mask-ratio
 slider) | SimMIM reconstruction | augmented view, the grid `dig.visualize` writes during
@@ -18,7 +19,6 @@ Endpoints (for `gradio_client`, or any HTTP client):
 """
 
 import argparse
-import importlib
 import os
 
 from absl import logging
@@ -28,7 +28,8 @@ import numpy as np
 from sslocr_jax import predict
 from sslocr_jax.data import augment
 from sslocr_jax.data import sources
-from sslocr_jax.export import cli as export_cli
+from sslocr_jax.train import registry
+from sslocr_jax.train import resolve
 
 
 class PretrainView:
@@ -40,7 +41,7 @@ class PretrainView:
 
   def __init__(self, config, params, model_state):
     self.config, self.params, self.model_state = config, params, model_state
-    self.method = importlib.import_module(f"sslocr_jax.methods.{config.method}")
+    self.method = registry.get_method(config)
     if not hasattr(self.method, "visualize"):
       raise ValueError(f"method {config.method!r} has no visualize()")
     self._visualize = jax.jit(
@@ -64,11 +65,11 @@ class PretrainView:
 
 
 def load(path: str):
-  """(config, params, model_state) of a checkpoint."""
-  config, _ = export_cli.find_config(path)
-  state = export_cli.restore_state(path)
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(config), state["params"], state["model_state"]
+  """(config, params, model_state) of any checkpoint the project loads (train/resolve.py)."""
+  ckpt = resolve.resolve(path)
+  if ckpt.config is None:
+    raise ValueError(f"{path}: no config describes this model (an official .pth needs one)")
+  return ckpt.config, ckpt.params, ckpt.model_state
 
 
 def load_models(checkpoint: str, pretrained: str = "", batch_size: int = 16):

@@ -20,11 +20,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from sslocr_jax.export import cli  # noqa: E402
-from sslocr_jax.export import mapping  # noqa: E402
 from sslocr_jax.export import onnx_export  # noqa: E402
 from sslocr_jax.export import torch_modules  # noqa: E402
 from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.models import decoders  # noqa: E402
+from sslocr_jax.train import torch_state  # noqa: E402
 from tests.helpers import ROOT, load_config, random_state  # noqa: E402
 
 MAX_LEN = 8  # 9 greedy steps: a small graph; the random models below fill it on some rows
@@ -42,7 +42,7 @@ def _model(decoder):
   config = load_config("finetune", f"smoke,decoder={decoder}")
   config.max_len = MAX_LEN
   state = random_state(config)
-  return config, state, mapping.export_state(state, config), cli.model_json(config)
+  return config, state, torch_state.export_state(state, config), cli.model_json(config)
 
 
 def _jax_predict(config, state, images):
@@ -94,7 +94,7 @@ def test_onnx_graph_gives_jax_words_and_confidence(tmp_path, decoder):
   if decoder == "ctc":  # the encoder-only graph: features
     enc_path = str(tmp_path / "encoder.onnx")
     enc_meta = cli.model_json(config, "encoder")
-    onnx_export.to_onnx(mapping.export_state(state, config, "encoder"), enc_meta, enc_path)
+    onnx_export.to_onnx(torch_state.export_state(state, config, "encoder"), enc_meta, enc_path)
     (feats,) = ort.InferenceSession(enc_path, providers=["CPUExecutionProvider"]).run(
         None, {"images": images})
     ref, _ = jax.jit(lambda p, s, x: recognition.encode(p, s, x, config, train=False))(
