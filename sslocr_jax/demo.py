@@ -27,6 +27,7 @@ import numpy as np
 
 from sslocr_jax import predict
 from sslocr_jax.data import augment
+from sslocr_jax.data import images as images_lib
 from sslocr_jax.data import sources
 from sslocr_jax.train import registry
 from sslocr_jax.train import resolve
@@ -110,15 +111,14 @@ def build(recognizer=None, view=None, example=None):
     return text, round(float(conf), 4)
 
   def recognize_files(files):
-    rows, images, names = [], [], []
+    rows, images, names = [], [], []  # unreadable files first
     for f in files or []:
       path = f if isinstance(f, str) else getattr(f, "name", str(f))
-      image = predict.read_image(path)
-      if image is None:
-        rows.append([os.path.basename(path), "(unreadable image)", None])
-      else:
+      try:
+        images.append(images_lib.read(path))
         names.append(os.path.basename(path))
-        images.append(image)
+      except (images_lib.DecodeError, OSError) as e:  # as the predict command reports them
+        rows.append([os.path.basename(path), f"(unreadable image: {e})", None])
     rows += [[n, t, round(float(c), 4)] for n, (t, c) in zip(names, recognizer(images))]
     return rows
 
