@@ -2,7 +2,9 @@ r"""DiG pretraining: SimMIM reconstruction + MoCo-v3 contrast on window instance
 
 Variants (`--config=configs/dig.py:VARIANT`, comma-separated, big_vision style):
   (none)      the paper recipe for accelerators: ViT-Small, global batch 1024,
-              lr 1.5e-4 x batch/256, 5000 warm-up steps, cosine to 1e-5, 10 epochs;
+              lr 1.5e-4 x batch/256, warm-up 3% of the run (the release: 5000 of ~154k steps,
+              README `--warmup_steps 5000`; a fixed 5000 would be 26% of our 19.5k), cosine to
+              1e-5, 10 epochs;
   size=S      encoder size: tiny | small | base (with any variant);
   cpu         README quick-start: a 4-block ViT of width 128 on the synthetic lines,
               a few minutes on a 2-core CPU, with reconstruction grids;
@@ -47,7 +49,15 @@ def get_config(arg=None):
   # DiG objective (names as in the paper / official release).
   c.mask_ratio = 0.7           # fraction of the 256 patches masked in view 1
   c.num_windows = 4            # patch-wise instance mapping: 8x32 tokens -> 1 x num_windows
+                               # (adaptive average pooling: any value 1..32)
   c.temperature = 0.2          # InfoNCE temperature; the loss is scaled by 2T
+  # Branches (ablation arms as the release builds them, modeling_pretrain_moco_mim_ori.py):
+  #   both          MIM + contrast (DiG);
+  #   contrastive   `use_pixel_target=False`: MoCo v3 on the original and the augmented view,
+  #                 no mask on view 1, no pix projector, no MIM head;
+  #   mim           `use_moco_target=False`: SimMIM on view 1 only, no contrastive networks.
+  # (mim_weight=0 / contrastive_weight=0 with branches=both are the older, handicapped arms.)
+  c.branches = "both"
   c.mim_weight = 1.0
   c.contrastive_weight = 0.1
   c.momentum = 0.99            # key-encoder momentum at step 0, cosine schedule to 1.0
@@ -58,8 +68,8 @@ def get_config(arg=None):
   c.pred_hidden_dim = 4096
 
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=5000, end_lr=1e-5,
-      weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0))
+      name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=0, warmup_fraction=0.03,
+      end_lr=1e-5, weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0))
 
   cu.add_run_fields(c, checkpoint_every=1000)
 

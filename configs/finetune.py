@@ -1,10 +1,16 @@
 r"""Text recognition: fine-tuning, decoder evaluation (frozen encoder) or training from scratch.
 
 Variants (`--config=configs/finetune.py:VARIANT`, comma-separated, big_vision style):
-  (none)        the DiG recipe for accelerators: ViT-Small, transformer decoder (6 pre-norm
-                layers, d_model 512, 8 heads), AdamW lr 8e-4 at batch 512 (scaled linearly
-                with the batch), layer-wise lr decay 0.75, weight decay 0.05, drop path 0.1,
-                warm-up + cosine, ABINet-kind augmentation, 10 epochs of the labeled set;
+  (none)        the DiG recipe for accelerators (ayumiymk/DiG README fine-tuning command,
+                run_class_finetuning.py): ViT-Small with its final LayerNorm, the official
+                transformer decoder (`transformer.style="dig"`: TFDecoder, d_model 512, 6 layers,
+                8 heads, inner size 256, dropout 0.1), AdamW lr 1e-4 per 256 samples (linear
+                scaling: 2e-4 at our batch 512; 8e-4 at the release's 8 x 256), warm-up 1 epoch
+                of 10 (`optim.warmup_fraction=0.1`), layer-wise lr decay 0.75, weight decay
+                0.05, dropout / attention dropout / drop path 0.1 (no dropout on the position
+                embedding), the release's ABINet augmentation (`augment_recipe="dig"`), loss
+                summed over a word's tokens and averaged over words (`loss_norm="word"`,
+                SeqCrossEntropyLoss), 10 epochs of the labeled set;
   size=S        ViT size: tiny | small | base;
   decoder=D     ctc | attention | transformer (default: transformer; attention for resnet);
   encoder=E     vit | resnet (the CNN + BiLSTM of SeqCLR/SimAN, models/resnet.py);
@@ -28,6 +34,22 @@ Protocol fields:
   val_data         validation source (default: synthetic lines in held-out fonts; or lmdb);
                    eval_every / best_metric keep the best checkpoint in WORKDIR/best/.
 
+Recipe fields (the release's value first; the older value of this project still reachable):
+  transformer.style   dig (TFDecoder, default) | nrtr (our NRTR-style decoder, sqrt(d) scaled
+                      embeddings, no encoder LayerNorm);
+  ctc.head            dig (default: encoder LayerNorm -> Linear(D, 512) -> LayerNorm -> GELU ->
+                      Linear, models/model_builder.py CTCRecModel) | linear (one Linear);
+  augment_recipe      dig (dataset/dataset_lmdb.py + transforms.py of the release, data/augment.py
+                      `dig_recognition_augment`) | mild (the older, milder chain);
+  loss_norm           word (sum over a word's tokens, mean over words) | token (mean over tokens);
+  model.pos_dropout   False (the release's encoder has no dropout after the position table) |
+                      True (dropout_rate there too, the older behaviour);
+  optim.warmup_fraction / optim.warmup_steps   warm-up as a share of the run / in steps (a
+                      step count wins when > 0; train/optim.py);
+  decoder_bilstm_layers  BiLSTM layers trained with the decoder, on the encoder's frames: for a
+                      CNN-only SeqCLR encoder (`seqclr_encoder_stage=cnn`, `model.lstm_layers=0`),
+                      as in SeqCLR where the BiLSTM then belongs to the decoder (0 = none).
+
 Every field can be overridden: `--config.decoder=ctc --config.init_from=runs/dig-cpu`.
 """
 
@@ -48,8 +70,10 @@ def model_block(size: str, encoder: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name=encoder,
       # ViT (models/vit.py)
+      # DiG fine-tuning: --drop 0.1 --attn_drop_rate 0.1 --drop_path 0.1 (README); no dropout
+      # on the position table (modeling_pretrain_vit.py PretrainVisionTransformerEncoder).
       size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4, drop_path_rate=0.1,
-      dropout_rate=0.0, attn_dropout_rate=0.0, remat=False,
+      dropout_rate=0.1, attn_dropout_rate=0.1, pos_dropout=False, remat=False,
       # CNN + BiLSTM (models/resnet.py)
       channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2, tps=True,
       num_fiducials=20, tps_channels=512))
@@ -76,7 +100,10 @@ def get_config(arg=None):
   c.oov = "drop"
   c.max_len = 25
   c.augment = True
+  c.augment_recipe = "dig"  # dig (the release's ABINet chain) | mild (data/augment.py)
   c.label_smoothing = 0.0
+  c.loss_norm = "word"  # word: loss/seqCrossEntropyLoss.py (sum over tokens / words) | token
+  c.decoder_bilstm_layers = 0
 
   # Data: synthetic lines (labels known) unless data.source says lmdb / tfds.
   c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
@@ -92,13 +119,19 @@ def get_config(arg=None):
   c.model = model_block(a.size, a.encoder)
   # Decoder sizes (models/decoders.py); only the one named by `decoder` is built.
   c.attention = ml_collections.ConfigDict(dict(hidden_dim=512, attention_dim=512))
+  # The official TFDecoder (models/decoder.py: n_layers 6, d_model 512, n_head 8, d_inner 256,
+  # dropout 0.1, n_position 200); style "nrtr" is the older NRTR-style decoder (mlp_dim 2048).
   c.transformer = ml_collections.ConfigDict(dict(
-      d_model=512, num_layers=6, num_heads=8, mlp_dim=2048, dropout_rate=0.1,
-      style="nrtr", n_position=200))  # style dig: the official DiG TFDecoder (docs/export.md)
+      d_model=512, num_layers=6, num_heads=8, mlp_dim=256, dropout_rate=0.1,
+      style="dig", n_position=200))
+  c.ctc = ml_collections.ConfigDict(dict(head="dig", hidden_dim=512))  # CTCRecModel's head
 
+  # run_class_finetuning.py: args.lr * total_batch / 256 with --lr 1e-4, --warmup_epochs 1 of
+  # --epochs 10, min_lr 1e-6, --layer_decay 0.75 (default), --weight_decay 0.05.
   c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=8e-4, lr_batch_base=512, warmup_steps=2000, end_lr=1e-6,
-      weight_decay=0.05, b1=0.9, b2=0.999, grad_clip=0.0, layer_decay=0.75))
+      name="adamw", base_lr=1e-4, lr_batch_base=256, warmup_steps=0,
+      warmup_fraction=1.0 / epochs, end_lr=1e-6, weight_decay=0.05, b1=0.9, b2=0.999,
+      grad_clip=0.0, layer_decay=0.75))
 
   c.eval_every = 2000
   c.eval_batch_size = 512
@@ -108,7 +141,7 @@ def get_config(arg=None):
 
   if a.cpu:
     c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4,  # = dig.py:cpu
-                   drop_path_rate=0.0)
+                   drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
     c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1,
                    tps=False, tps_channels=64)  # = seqclr.py:cpu, siman.py:cpu
     c.attention.update(hidden_dim=128, attention_dim=128)
@@ -132,11 +165,12 @@ def get_config(arg=None):
     c.checkpoint_every = 500
   if a.smoke:
     c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2,  # = dig.py:smoke
-                   drop_path_rate=0.0)
+                   drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
     c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
                    tps=False, tps_channels=32)  # = seqclr.py:smoke
     c.attention.update(hidden_dim=32, attention_dim=32)
     c.transformer.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64, dropout_rate=0.0)
+    c.ctc.hidden_dim = 32
     c.data = cu.synthetic_data(num_samples=512, num_workers=0)
     c.data.fraction, c.data.fraction_seed = 1.0, 1234
     c.val_data.num_samples = 32

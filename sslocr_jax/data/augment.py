@@ -12,7 +12,8 @@ Chains (``image -> uint8 [height, width, 3]``):
   imgaug recipe re-implemented with OpenCV;
 - ``seqclr_view``: SeqCLR's view (docs/seqclr.md): no flips, no large rotations;
 - ``siman_style``: SimAN's style-only augmentation, geometry unchanged (pixel-aligned);
-- ``recognition_augment``: ABINet-kind recognition augmentation (geometry, deterioration, colour).
+- ``recognition_augment``: a milder ABINet-kind recognition augmentation (this project's own);
+- ``dig_recognition_augment``: the DiG release's recognition augmentation (ABINet's ops).
 
 Speed: the chains first shrink an input that is larger than ``work_scale * (height, width)``
 per axis (anti-aliased, see ``shrink_to``; aspect not kept, as the final resize does not keep
@@ -70,6 +71,7 @@ __all__ = [
     "seqclr_view",
     "siman_style",
     "recognition_augment",
+    "dig_recognition_augment",
 ]
 
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -587,4 +589,158 @@ def recognition_augment(
         for i in rng.permutation(len(_DETERIORATION_OPS)):
             image = _DETERIORATION_OPS[i](image, rng)
     image = color_jitter(image, rng, 0.5, 0.5, 0.5, 0.1, p=0.5)
+    return np.ascontiguousarray(resize(image, height, width))
+
+
+# --------------------------------------------------------------------------- DiG fine-tuning
+# The release's recognition augmentation (ayumiymk/DiG dataset/dataset_lmdb.py `use_abi_aug`,
+# ops in transforms.py, ABINet's): CVGeometry(degrees=45, translate=(0, 0), scale=(0.5, 2),
+# shear=(45, 15), distortion=0.5, p=0.5), CVDeterioration(var=20, degrees=6, factor=4, p=0.25),
+# CVColorJitter(0.5, 0.5, 0.5, 0.1, p=0.25). Ported to numpy/OpenCV with every draw from the
+# per-sample ``rng``. One deliberate difference: the release draws the geometry kind and the
+# deterioration strengths (noise variance, blur length and angle, rescale factor, op order) once,
+# when the transform is built (ABINet's quirk: fixed per data-loader worker); here every image
+# draws its own, which is what the recipe's ranges describe.
+_INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
+
+
+def sample_sym(rng: np.random.Generator, magnitude: float, size=None):
+    """transforms.py ``sample_sym``: ``(Beta(4, 4) - 0.5) * 2 * magnitude``, in (-m, m)."""
+    return (rng.beta(4, 4, size) - 0.5) * 2 * magnitude
+
+
+def sample_asym(rng: np.random.Generator, magnitude: float, size=None):
+    """transforms.py ``sample_asym``: ``Beta(1, 4) * magnitude``, in [0, m), mostly small."""
+    return rng.beta(1, 4, size) * magnitude
+
+
+def _interp(rng: np.random.Generator) -> int:
+    return _INTERPOLATIONS[int(rng.integers(len(_INTERPOLATIONS)))]
+
+
+def _bbox_size(points: np.ndarray) -> tuple[int, int, int, int]:
+    """(min_x, min_y, max_x, max_y) of ``cv2.boxPoints(cv2.minAreaRect(points))`` as ints."""
+    box = cv2.boxPoints(cv2.minAreaRect(points.astype(np.float32))).astype(np.int64)
+    return int(box[:, 0].min()), int(box[:, 1].min()), int(box[:, 0].max()), int(box[:, 1].max())
+
+
+def abinet_rotate(image: np.ndarray, rng: np.random.Generator, degrees: float = 45.0) -> np.ndarray:
+    """CVRandomRotation: angle ``sample_sym(degrees)``, the canvas grown to hold the whole
+    rotated image, border replicated, random interpolation."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), float(sample_sym(rng, degrees)), 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    dst_w, dst_h = max(1, int(h * sin + w * cos)), max(1, int(h * cos + w * sin))
+    m[0, 2] += (dst_w - w) / 2
+    m[1, 2] += (dst_h - h) / 2
+    return cv2.warpAffine(image, m, (dst_w, dst_h), flags=_interp(rng), borderMode=cv2.BORDER_REPLICATE)
+
+
+def abinet_affine(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    degrees: float = 45.0,
+    scale: tuple[float, float] = (0.5, 2.0),
+    shear: tuple[float, float] = (45.0, 15.0),
+) -> np.ndarray:
+    """CVRandomAffine (no translation): rotation ``sample_sym(degrees)``, scale ``U(scale)``, shears
+    ``sample_sym(shear[0])`` (x), ``sample_sym(shear[1])`` (y); torchvision's inverse RSS matrix,
+    the canvas set to the bounding box of the warped corners."""
+    h, w = image.shape[:2]
+    rot = np.deg2rad(float(sample_sym(rng, degrees)))
+    sc = float(rng.uniform(scale[0], scale[1]))
+    sx, sy = np.deg2rad(float(sample_sym(rng, shear[0]))), np.deg2rad(float(sample_sym(rng, shear[1])))
+    a = np.cos(rot - sy) / np.cos(sy)
+    b = -np.cos(rot - sy) * np.tan(sx) / np.cos(sy) - np.sin(rot)
+    c = np.sin(rot - sy) / np.cos(sy)
+    d = -np.sin(rot - sy) * np.tan(sx) / np.cos(sy) + np.cos(rot)
+    m = np.array([[d, -b, 0.0], [-c, a, 0.0]]) / sc
+    cx, cy = w / 2, h / 2
+    m[0, 2] = m[0, 0] * -cx + m[0, 1] * -cy + cx
+    m[1, 2] = m[1, 0] * -cx + m[1, 1] * -cy + cy
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64)
+    ends = (corners @ m.T).astype(np.int64)
+    x0, y0, x1, y1 = _bbox_size(ends)
+    dst_w, dst_h = max(1, x1 - x0), max(1, y1 - y0)
+    m[0, 2] += (dst_w - w) / 2
+    m[1, 2] += (dst_h - h) / 2
+    return cv2.warpAffine(image, m, (dst_w, dst_h), flags=_interp(rng), borderMode=cv2.BORDER_REPLICATE)
+
+
+def abinet_perspective(image: np.ndarray, rng: np.random.Generator, distortion: float = 0.5) -> np.ndarray:
+    """CVRandomPerspective: each corner moves inwards by ``sample_asym(distortion * side / 2)``
+    pixels; the result is cropped to the warped quadrilateral's bounding box."""
+    h, w = image.shape[:2]
+    oh = sample_asym(rng, distortion * h / 2, 4).astype(np.int64)
+    ow = sample_asym(rng, distortion * w / 2, 4).astype(np.int64)
+    start = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    end = np.array(
+        [[ow[0], oh[0]], [w - 1 - ow[1], oh[1]], [w - 1 - ow[2], h - 1 - oh[2]], [ow[3], h - 1 - oh[3]]], np.float32
+    )
+    m = cv2.getPerspectiveTransform(start, end)
+    x0, y0, x1, y1 = _bbox_size(end)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    out = cv2.warpPerspective(image, m, (max(x1, 1), max(y1, 1)), flags=_interp(rng), borderMode=cv2.BORDER_REPLICATE)
+    out = out[y0:, x0:]
+    return out if out.size else image
+
+
+def abinet_rescale(
+    image: np.ndarray, rng: np.random.Generator, factor: float = 4, base_size: tuple[int, int] = (128, 512)
+) -> np.ndarray:
+    """CVRescale: resize to ``base_size`` (h, w), ``round(U(0, factor))`` pyrDowns, resize back."""
+    k = int(round(rng.uniform(0, factor)))
+    if k == 0:
+        return image
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (base_size[1], base_size[0]), interpolation=_interp(rng))
+    for _ in range(k):
+        small = cv2.pyrDown(small)
+    return cv2.resize(small, (w, h), interpolation=_interp(rng))
+
+
+def abinet_noise(image: np.ndarray, rng: np.random.Generator, var: float = 20) -> np.ndarray:
+    """CVGaussianNoise: variance ``max(int(sample_asym(var)), 1)`` (std = its square root)."""
+    v = max(int(sample_asym(rng, var)), 1)
+    noise = rng.normal(0.0, v**0.5, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def abinet_motion_blur(image: np.ndarray, rng: np.random.Generator, degrees: float = 6, angle: float = 90) -> np.ndarray:
+    """CVMotionBlur: a line kernel of length ``max(int(sample_asym(degrees)), 1)`` rotated by
+    ``U(-angle, angle)``, divided by its length."""
+    k = max(int(sample_asym(rng, degrees)), 1)
+    m = cv2.getRotationMatrix2D((k // 2, k // 2), float(rng.uniform(-angle, angle)), 1)
+    kernel = np.zeros((k, k))
+    kernel[k // 2, :] = 1
+    kernel = cv2.warpAffine(kernel, m, (k, k)) / k
+    return np.clip(cv2.filter2D(image, -1, kernel), 0, 255).astype(np.uint8)
+
+
+def dig_recognition_augment(
+    image: np.ndarray, rng: np.random.Generator, height: int = 32, width: int = 128, work_scale: float = 1.0
+) -> np.ndarray:
+    """The release's fine-tuning augmentation -> uint8 ``[height, width, 3]``:
+
+    - geometry (p=0.5): one of rotation (up to 45 degrees), affine (rotation 45, scale 0.5..2,
+      shear (45, 15)) or perspective (distortion 0.5), each 1/3;
+    - deterioration (p=0.25): Gaussian noise (variance up to 20), motion blur (length up to 6)
+      and rescale (0..4 pyramid levels from 128x512), in a random order;
+    - colour jitter (p=0.25): brightness, contrast, saturation 0.5, hue 0.1;
+    then resize (bicubic).
+    """
+    image = _prepare(image, height, width, work_scale)
+    if rng.random() < 0.5:
+        kind = rng.random()
+        if kind < 0.33:
+            image = abinet_rotate(image, rng)
+        elif kind < 0.66:
+            image = abinet_affine(image, rng)
+        else:
+            image = abinet_perspective(image, rng)
+    if rng.random() < 0.25:
+        ops = (abinet_noise, abinet_motion_blur, abinet_rescale)
+        for i in rng.permutation(3):
+            image = ops[i](image, rng)
+    image = color_jitter(image, rng, 0.5, 0.5, 0.5, 0.1, p=0.25)
     return np.ascontiguousarray(resize(image, height, width))

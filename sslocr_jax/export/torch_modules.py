@@ -349,12 +349,23 @@ def to_frames(features, grid_h):
 
 
 class CtcDecoder(nn.Module):
-  def __init__(self, in_dim, num_classes, grid_h=1):
+  """head "linear": one Linear; "dig": LayerNorm on the tokens, mean over the height, then
+  Linear -> LayerNorm -> GELU -> Linear (models/decoders.py CtcDecoder)."""
+
+  def __init__(self, in_dim, num_classes, grid_h=1, head="linear", hidden_dim=512):
     super().__init__()
-    self.grid_h = grid_h
-    self.classifier = nn.Linear(in_dim, num_classes)
+    self.grid_h, self.head = grid_h, head
+    if head == "dig":
+      self.encoder_norm = nn.LayerNorm(in_dim, eps=1e-6)
+      self.ctc_classifier = nn.Sequential(
+          nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim, eps=1e-6), nn.GELU(),
+          nn.Linear(hidden_dim, num_classes))
+    else:
+      self.classifier = nn.Linear(in_dim, num_classes)
 
   def forward(self, features):
+    if self.head == "dig":
+      return self.ctc_classifier(to_frames(self.encoder_norm(features), self.grid_h))
     return self.classifier(to_frames(features, self.grid_h))
 
 
@@ -717,7 +728,7 @@ def build(cfg):
     dc = cfg.get("decoder_config", {})
     linear_norm = None
     if name == "ctc":
-      decoder = CtcDecoder(d, c, grid_h)
+      decoder = CtcDecoder(d, c, grid_h, dc.get("head", "linear"), int(dc.get("hidden_dim", 512)))
     elif name == "attention":
       decoder = AttentionDecoder(d, c, int(dc["hidden_dim"]), int(dc["attention_dim"]), grid_h)
     elif name == "transformer" and _dig_style(cfg):

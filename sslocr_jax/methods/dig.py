@@ -23,7 +23,11 @@ Both views share each encoder / projector call. They are interleaved (`pair`: [B
 so each device keeps its own examples under a batch-sharded mesh (no all-to-all); each
 BatchNorm / contrastive computation sees the same set of rows, only their order differs.
 
-Networks (params): encoder, mim_head, pix_projector, projector, predictor.
+Ablation arms (`config.branches`, as the release builds them): "both" (DiG); "contrastive"
+(`use_pixel_target=False`: view 1 unmasked, no pix projector, no MIM head: MoCo v3 on the two
+views); "mim" (`use_moco_target=False`: SimMIM alone, no contrastive or momentum networks).
+
+Networks (params): encoder, mim_head, pix_projector, projector, predictor (those of the branches).
 model_state: "ema" (momentum copies of encoder, pix_projector, projector) and "batch_stats".
 """
 
@@ -42,6 +46,27 @@ from sslocr_jax.models import torch_mapping
 PATCH = 4
 MOMENTUM_NETS = ("encoder", "pix_projector", "projector")
 BN_NETS = ("pix_projector", "projector", "predictor")
+BRANCHES = ("both", "contrastive", "mim")  # config.branches
+
+
+def branches(config) -> tuple[bool, bool]:
+  """(mim, contrastive): which branches `config.branches` builds (default "both").
+
+  contrastive = the release's `use_pixel_target=False` (no mask on view 1, no pix projector,
+  no MIM head); mim = `use_moco_target=False` (no projector, predictor or momentum networks).
+  """
+  b = config.get("branches", "both")
+  if b not in BRANCHES:
+    raise ValueError(f"config.branches={b!r} is unknown; valid: {', '.join(BRANCHES)}")
+  return b != "contrastive", b != "mim"
+
+
+def momentum_nets(config) -> tuple[str, ...]:
+  """The networks with a momentum (EMA) copy under `config.branches`."""
+  mim, contrast = branches(config)
+  if not contrast:
+    return ()
+  return MOMENTUM_NETS if mim else ("encoder", "projector")
 
 
 # ----------------------------------------------------------------------------- views (host)
@@ -64,15 +89,20 @@ def encoder_from_config(config):
 
 
 def networks(config) -> dict:
+  """The networks of `config.branches`: encoder [, mim_head] [, pix_projector (both only)]
+  [, projector, predictor]."""
   d = config.model.embed_dim
-  return {
-      "encoder": encoder_from_config(config),
-      "mim_head": heads.MimHead(embed_dim=d, hidden=config.mim_hidden_dim,
-                                patch_pixels=PATCH * PATCH * 3),
-      "pix_projector": heads.pix_projector(d, config.pix_hidden_dim),
-      "projector": heads.projector(config.proj_hidden_dim, config.proj_dim),
-      "predictor": heads.predictor(config.pred_hidden_dim, config.proj_dim),
-  }
+  mim, contrast = branches(config)
+  nets = {"encoder": encoder_from_config(config)}
+  if mim:
+    nets["mim_head"] = heads.MimHead(embed_dim=d, hidden=config.mim_hidden_dim,
+                                     patch_pixels=PATCH * PATCH * 3)
+  if mim and contrast:
+    nets["pix_projector"] = heads.pix_projector(d, config.pix_hidden_dim)
+  if contrast:
+    nets["projector"] = heads.projector(config.proj_hidden_dim, config.proj_dim)
+    nets["predictor"] = heads.predictor(config.pred_hidden_dim, config.proj_dim)
+  return nets
 
 
 def patchify(images):
@@ -92,31 +122,40 @@ def unpatchify(patches, h: int, w: int):
 def windows(tokens, grid_h: int, num_windows: int):
   """Patch-wise instance mapping: [B, N, D] -> [B * num_windows, D].
 
-  The grid_h x (N / grid_h) token grid is average-pooled to 1 x num_windows windows.
+  The grid_h x (N / grid_h) token grid is average-pooled to 1 x num_windows windows, as the
+  release's `F.adaptive_avg_pool2d(x, (1, num_windows))` (modeling_pretrain_moco_mim_ori.py):
+  any num_windows from 1 to the grid width; windows overlap when it does not divide the width.
   """
   b, n, d = tokens.shape
   grid_w = n // grid_h
-  x = tokens.reshape(b, grid_h, num_windows, grid_w // num_windows, d)
-  return x.astype(jnp.float32).mean(axis=(1, 3)).reshape(b * num_windows, d)
+  if not 1 <= num_windows <= grid_w:
+    raise ValueError(f"num_windows={num_windows} must be in 1..{grid_w} (the token grid's width)")
+  frames = encoders.to_frames(tokens.astype(jnp.float32), grid_h)  # [B, grid_w, D]
+  m = jnp.asarray(encoders.adaptive_pool_matrix(grid_w, num_windows))
+  return jnp.einsum("wt,btd->bwd", m, frames).reshape(b * num_windows, d)
 
 
 def init_variables(config, rng, batch) -> dict:
   nets = networks(config)
-  ks = jax.random.split(rng, len(nets))
+  ks = jax.random.split(rng, 5)
   x = common.normalize(batch["image1"])
   tokens = nets["encoder"].init(ks[0], x, batch["mask"])["params"]
   feats = jnp.zeros((x.shape[0] * config.num_windows, config.model.embed_dim))
   params = {"encoder": tokens}
-  params["mim_head"] = nets["mim_head"].init(ks[1], jnp.zeros((2, 4, config.model.embed_dim)))[
-      "params"]
+  if "mim_head" in nets:
+    params["mim_head"] = nets["mim_head"].init(
+        ks[1], jnp.zeros((2, 4, config.model.embed_dim)))["params"]
   batch_stats = {}
   for i, (name, inp) in enumerate([("pix_projector", feats), ("projector", feats),
                                    ("predictor", jnp.zeros((feats.shape[0], config.proj_dim)))]):
+    if name not in nets:
+      continue
     v = nets[name].init(ks[2 + i], inp, train=False)
     params[name] = v["params"]
     batch_stats[name] = v["batch_stats"]
-  ema = {name: params[name] for name in MOMENTUM_NETS}
-  batch_stats.update({f"{name}_m": batch_stats[name] for name in ("pix_projector", "projector")})
+  ema = {name: params[name] for name in momentum_nets(config)}
+  batch_stats.update({f"{name}_m": batch_stats[name] for name in ("pix_projector", "projector")
+                      if name in ema})
   return {"params": params, "model_state": {"ema": ema, "batch_stats": batch_stats}}
 
 
@@ -145,8 +184,7 @@ def load_pretrained(state, config, source):
 
 
 def phases(config):
-  del config
-  return [("main", ["encoder", "mim_head", "pix_projector", "projector", "predictor"])]
+  return [("main", list(networks(config)))]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -206,9 +244,11 @@ def _instances(tokens1, tokens2, config):
 
 
 def _query_branch(nets, params, stats, tokens1, tokens2, config):
-  """q1, q2 [B*W, proj_dim]: pix_projector (view 1) -> windows -> projector -> predictor."""
-  p1, stats["pix_projector"] = _pix_project(nets["pix_projector"], params["pix_projector"],
-                                            stats["pix_projector"], tokens1)
+  """q1, q2 [B*W, proj_dim]: [pix_projector (view 1)] -> windows -> projector -> predictor."""
+  p1 = tokens1
+  if "pix_projector" in nets:
+    p1, stats["pix_projector"] = _pix_project(nets["pix_projector"], params["pix_projector"],
+                                              stats["pix_projector"], tokens1)
   z, stats["projector"] = _bn_apply(nets["projector"], params["projector"], stats["projector"],
                                     _instances(p1, tokens2, config))
   q, stats["predictor"] = _bn_apply(nets["predictor"], params["predictor"], stats["predictor"], z)
@@ -218,8 +258,10 @@ def _query_branch(nets, params, stats, tokens1, tokens2, config):
 
 def _key_branch(nets, ema, stats, tokens1, tokens2, config):
   """k1, k2 [B*W, proj_dim] from the momentum networks (BN statistics of their own)."""
-  p1, stats["pix_projector_m"] = _pix_project(nets["pix_projector"], ema["pix_projector"],
-                                              stats["pix_projector_m"], tokens1)
+  p1 = tokens1
+  if "pix_projector" in nets:
+    p1, stats["pix_projector_m"] = _pix_project(nets["pix_projector"], ema["pix_projector"],
+                                                stats["pix_projector_m"], tokens1)
   k, stats["projector_m"] = _bn_apply(nets["projector"], ema["projector"], stats["projector_m"],
                                       _instances(p1, tokens2, config))
   k1, k2 = unpair(k)
@@ -230,9 +272,11 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   """DiG loss on a global batch -> (loss, (metrics, new model_state))."""
   del phase
   nets = networks(config)
+  mim, contrast = branches(config)
   stats = dict(model_state["batch_stats"])
   ema = model_state["ema"]
-  mask = batch["mask"]
+  # The contrastive-only arm sees view 1 unmasked (the release's use_pixel_target=False).
+  mask = batch["mask"] if mim else jnp.zeros_like(batch["mask"])
   # Both views through the encoder in one call (view 2 unmasked), as in the release.
   x = common.normalize(pair(batch["image1"], batch["image2"]))
   both_mask = pair(mask, jnp.zeros_like(mask))
@@ -241,11 +285,11 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
                                       rngs={"dropout": rng}))
   metrics = {"momentum": momentum_at(step, config)}
   loss = 0.0
-  if config.mim_weight:
+  if mim and config.mim_weight:
     pred = nets["mim_head"].apply({"params": params["mim_head"]}, tokens1)
     metrics["mim_loss"] = mim_loss(pred, patchify(batch["image1"]), mask)
     loss += config.mim_weight * metrics["mim_loss"]
-  if config.contrastive_weight:
+  if contrast and config.contrastive_weight:
     q1, q2, stats = _query_branch(nets, params, stats, tokens1, tokens2, config)
     # Key branch: momentum encoder / pix_projector / projector, no gradients.
     m_tokens1, m_tokens2 = unpair(enc.apply({"params": ema["encoder"]}, x, both_mask,
@@ -262,7 +306,7 @@ def after_update(params, model_state, step, config):
   """Momentum (EMA) update of the key networks: ema = m * ema + (1 - m) * params."""
   m = momentum_at(step, config)
   ema = {name: jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, model_state["ema"][name],
-                            params[name]) for name in MOMENTUM_NETS}
+                            params[name]) for name in momentum_nets(config)}
   return {**model_state, "ema": ema}
 
 
@@ -303,6 +347,9 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   del model_state, rng
   h, w = config.image_height, config.image_width
   image1, image2, mask = (batch[k][:num_images] for k in ("image1", "image2", "mask"))
+  if "mim_head" not in params:  # the contrastive-only arm: the two views
+    return {"dig_views": image_grid([image1.astype(jnp.float32) / 255,
+                                     image2.astype(jnp.float32) / 255])}
   tokens = encoder_from_config(config).apply({"params": params["encoder"]}, common.normalize(image1),
                                              mask, train=False)
   pred = networks(config)["mim_head"].apply({"params": params["mim_head"]}, tokens)

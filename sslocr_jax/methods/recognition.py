@@ -15,8 +15,8 @@ with L = max_len + 1 and C = charset.num_classes (data/charset.py). Protocols (c
                         a fresh run); a mismatch is an error naming every differing key;
   data.fraction         a deterministic labeled subset (data/pipeline.py).
 
-Views (host): `image` uint8 [32, 128, 3] (ABINet-kind `recognition_augment`, or a plain resize
-with `augment=False`) and `label` int32 [L] (ids, EOS, PAD...). A label that is empty, longer
+Views (host): `image` uint8 [32, 128, 3] (`augment_recipe`: "dig", the release's ABINet chain, or
+"mild", ours; a plain resize with `augment=False`) and `label` int32 [L] (ids, EOS, PAD...). A label that is empty, longer
 than `max_len`, or (oov="drop") has characters outside the charset is dropped: `make_views`
 returns None (the pipeline skips it), logs a warning naming the record (LMDB folder and record
 number) and counts it in `DROPPED` (per process; reason -> count) and in the bad-record
@@ -53,6 +53,9 @@ from sslocr_jax.models import decoders
 from sslocr_jax.models import encoders
 from sslocr_jax.models import torch_mapping
 
+# config.augment_recipe -> chain: dig = the release's (dataset_lmdb.py `use_abi_aug`); mild = ours.
+AUGMENT_RECIPES = {"dig": augment.dig_recognition_augment, "mild": augment.recognition_augment}
+LOSS_NORMS = ("word", "token")  # config.loss_norm
 DROPPED = collections.Counter()  # reason -> number of training labels dropped (this process)
 _WARN_FIRST = 20  # full warnings per reason; afterwards one every 1000 drops
 
@@ -103,8 +106,8 @@ def make_views(record, rng: np.random.Generator, config) -> dict | None:
     _drop(record, label, reason)
     return None
   h, w = config.image_height, config.image_width
-  image = (augment.recognition_augment(record["image"], rng, h, w) if config.get("augment", True)
-           else augment.resize(record["image"], h, w))
+  image = (AUGMENT_RECIPES[config.get("augment_recipe", "mild")](record["image"], rng, h, w)
+           if config.get("augment", True) else augment.resize(record["image"], h, w))
   return {"image": image, "label": cs.encode(label, config.max_len)}
 
 
@@ -188,6 +191,21 @@ def sequence_accuracy(ids, labels, pad: int):
   return 100.0 * jnp.mean(ok.astype(jnp.float32))
 
 
+def sequence_loss(token_losses, mask, norm: str):
+  """token_losses, mask float32 [B, L] -> scalar.
+
+  word:  sum over each word's tokens, mean over the words (the release's SeqCrossEntropyLoss,
+         loss/seqCrossEntropyLoss.py: sample_normalize; a longer word weighs more);
+  token: mean over all the batch's tokens (this project's older default).
+  """
+  if norm not in LOSS_NORMS:
+    raise ValueError(f"config.loss_norm={norm!r} is unknown; valid: {', '.join(LOSS_NORMS)}")
+  total = jnp.sum(token_losses * mask)
+  if norm == "word":
+    return total / token_losses.shape[0]
+  return total / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   """Recognition loss on a global batch -> (loss, (metrics, new model_state))."""
   del step, phase
@@ -198,11 +216,12 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
                                rng=enc_rng)
   labels = batch["label"]
   dec_vars = {"params": params["decoder"]}
+  word_norm = config.get("loss_norm", "token") == "word"
   if config.decoder == "ctc":
     logits = decoder.apply(dec_vars, features, train=True)
     nll = decoders.ctc_loss(logits, labels, blank=cs.pad, eos=cs.eos, pad=cs.pad)
     lengths = jnp.sum((labels != cs.eos) & (labels != cs.pad), axis=1)
-    loss = jnp.mean(nll / jnp.maximum(lengths, 1))  # PyTorch CTCLoss(reduction="mean")
+    loss = jnp.mean(nll if word_norm else nll / jnp.maximum(lengths, 1))  # token: PyTorch's
     ids, _ = decoders.ctc_greedy(logits, blank=cs.pad, eos=cs.eos, pad=cs.pad,
                                  length=labels.shape[1])
   else:
@@ -211,8 +230,8 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
     smoothing = float(config.get("label_smoothing", 0.0))
     targets = optax.smooth_labels(jax.nn.one_hot(labels, cs.num_classes), smoothing)
     ce = optax.softmax_cross_entropy(logits, targets)
-    mask = (labels != cs.pad).astype(jnp.float32)
-    loss = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = (labels != cs.pad).astype(jnp.float32)  # characters and the EOS
+    loss = sequence_loss(ce, mask, config.get("loss_norm", "token"))
     ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # teacher-forced
   metrics_ = {"train_accuracy": sequence_accuracy(ids, labels, cs.pad)}
   new_state = dict(model_state)

@@ -113,15 +113,7 @@ def phases(config):
 
 
 # ----------------------------------------------------------------------------- instances
-def adaptive_pool_matrix(length: int, num_windows: int) -> np.ndarray:
-  """`[num_windows, length]` averaging weights of PyTorch `adaptive_avg_pool1d`: window i
-  averages frames floor(i*T/w) .. ceil((i+1)*T/w) - 1 (windows overlap when w does not
-  divide T)."""
-  m = np.zeros((num_windows, length), np.float32)
-  for i in range(num_windows):
-    start, end = (i * length) // num_windows, -((-(i + 1) * length) // num_windows)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
+adaptive_pool_matrix = encoders.adaptive_pool_matrix  # [W, T] weights (models/encoders.py)
 
 
 def instance_mapping(frames, mapping: str, num_windows: int = 5):

@@ -44,6 +44,7 @@ from sslocr_jax.models import encoders
 
 DECODERS = ("ctc", "attention", "transformer")
 STYLES = ("nrtr", "dig")  # config.transformer.style
+CTC_HEADS = ("dig", "linear")  # config.ctc.head
 
 _dense_init = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
@@ -67,20 +68,40 @@ def _layer_norm(dtype, name=None, eps=1e-6):
 
 # ----------------------------------------------------------------------------- CTC
 class CtcDecoder(nn.Module):
-  """Features averaged over the grid height -> T frames -> linear to the C classes.
+  """Features averaged over the grid height -> T frames -> a head to the C classes.
 
-  `features [B, N, D]` -> logits `[B, N / grid_h, C]` (float32).
+  `features [B, N, D]` -> logits `[B, N / grid_h, C]` (float32). Heads (`config.ctc.head`):
+    dig     the release's CTC head (ayumiymk/DiG models/model_builder.py `CTCRecModel`): the
+            fine-tuned ViT's final LayerNorm (`encoder_norm`, eps 1e-6) on the tokens, the
+            mean over the height, then `ctc_classifier` = Linear(D, hidden_dim=512) ->
+            LayerNorm(eps 1e-6) -> GELU (exact) -> Linear(hidden_dim, C);
+    linear  one Linear(D, C) on the raw tokens averaged over the height (`classifier`).
   """
   num_classes: int
   grid_h: int = 1
+  head: str = "linear"
+  hidden_dim: int = 512
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features, *, train: bool = False):
     del train
-    frames = encoders.to_frames(features, self.grid_h)
-    logits = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype,
-                    name="classifier")(frames)
+    if self.head == "linear":
+      frames = encoders.to_frames(features, self.grid_h)
+      logits = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype,
+                      name="classifier")(frames)
+      return logits.astype(jnp.float32)
+    if self.head != "dig":
+      raise ValueError(f"config.ctc.head={self.head!r} is unknown; valid: {', '.join(CTC_HEADS)}")
+    x = _layer_norm(self.dtype, "encoder_norm")(features.astype(self.dtype))
+    frames = encoders.to_frames(x, self.grid_h)
+    logits = nn.Sequential([
+        _dense(self.hidden_dim, ("embed", "mlp"), dtype=self.dtype),
+        nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                     scale_init=_p(_ones, "mlp"), bias_init=_p(_zeros, "mlp")),
+        lambda y: nn.gelu(y, approximate=False),
+        _dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype),
+    ], name="ctc_classifier")(frames)  # params layers_{0,1,3}: PyTorch ctc_classifier.{0,1,3}
     return logits.astype(jnp.float32)
 
 
@@ -550,7 +571,9 @@ def from_config(config, num_classes: int, grid_h: int):
   name = config.decoder
   dtype = jnp.dtype(config.get("dtype", "float32"))
   if name == "ctc":
-    return CtcDecoder(num_classes, grid_h=grid_h, dtype=dtype)
+    ctc = config.get("ctc", None) or {}
+    return CtcDecoder(num_classes, grid_h=grid_h, head=ctc.get("head", "linear"),
+                      hidden_dim=ctc.get("hidden_dim", 512), dtype=dtype)
   if name == "attention":
     a = config.attention
     return AttentionDecoder(num_classes, hidden_dim=a.hidden_dim,

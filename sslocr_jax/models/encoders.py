@@ -10,6 +10,7 @@ Decoders and pretext heads use `grid_h` to get a left-to-right sequence (`to_fra
 import importlib
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def build(config):
@@ -24,6 +25,7 @@ def build(config):
                           drop_path_rate=m.get("drop_path_rate", 0.0),
                           dropout_rate=m.get("dropout_rate", 0.0),
                           attn_dropout_rate=m.get("attn_dropout_rate", 0.0),
+                          pos_dropout=m.get("pos_dropout", False),
                           dtype=dtype, remat=m.get("remat", False))
     return encoder, config.image_height // m.get("patch_size", 4)
   if m.name == "resnet":
@@ -36,3 +38,14 @@ def to_frames(features, grid_h: int):
   """[B, grid_h * W, D] -> [B, W, D]: average over the height of the grid (CTC time steps)."""
   b, n, d = features.shape
   return features.reshape(b, grid_h, n // grid_h, d).mean(axis=1)
+
+
+def adaptive_pool_matrix(length: int, num_windows: int) -> np.ndarray:
+  """`[num_windows, length]` averaging weights of PyTorch `adaptive_avg_pool1d`: window i
+  averages frames floor(i*T/w) .. ceil((i+1)*T/w) - 1 (windows overlap when w does not
+  divide T)."""
+  m = np.zeros((num_windows, length), np.float32)
+  for i in range(num_windows):
+    start, end = (i * length) // num_windows, -((-(i + 1) * length) // num_windows)
+    m[i, start:end] = 1.0 / (end - start)
+  return m

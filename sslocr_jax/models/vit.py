@@ -181,8 +181,11 @@ class Encoder(nn.Module):
     patch_size, image_size: 4 and (32, 128) -> 8x32 = 256 tokens.
     drop_path_rate: stochastic depth, linear 0 -> rate over the blocks (0 in DiG
       pretraining, 0.1 in fine-tuning).
-    dropout_rate, attn_dropout_rate: DiG fine-tuning's `--drop` (after the position
-      embedding, attention proj and MLP) and `--attn_drop_rate`; 0 in pretraining.
+    dropout_rate, attn_dropout_rate: DiG fine-tuning's `--drop` (after the attention proj
+      and the MLP) and `--attn_drop_rate`; 0 in pretraining.
+    pos_dropout: also apply `dropout_rate` after the position table. False as in the release
+      (modeling_pretrain_vit.py `PretrainVisionTransformerEncoder`, the encoder DiG
+      fine-tunes, has no `pos_drop`); True is this project's older behaviour.
     dtype: compute dtype; params stay float32, softmax and LayerNorm stats float32.
     remat: rematerialize each block (`nn.remat`) to save activation memory.
   """
@@ -195,6 +198,7 @@ class Encoder(nn.Module):
   drop_path_rate: float = 0.0
   dropout_rate: float = 0.0
   attn_dropout_rate: float = 0.0
+  pos_dropout: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -218,7 +222,8 @@ class Encoder(nn.Module):
       x = x * (1 - m) + mask_token.astype(self.dtype) * m
     pos = posembed.sincos_1d(self.num_patches, self.embed_dim)
     x = x + jnp.asarray(pos, self.dtype)[None]
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    if self.pos_dropout:
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth else []

@@ -2,11 +2,14 @@
 
 One optimizer per training phase (`method.phases`); each is built from a config block:
 
-    optim = dict(name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=5000,
-                 end_lr=1e-5, weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0,
-                 layer_decay=1.0)
+    optim = dict(name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=0,
+                 warmup_fraction=0.03, end_lr=1e-5, weight_decay=0.1, b1=0.9, b2=0.999,
+                 grad_clip=0.0, layer_decay=1.0)
 
 The peak learning rate is `base_lr * global_batch / lr_batch_base` (linear scaling rule).
+The warm-up is `warmup_steps` when > 0, else `warmup_fraction` of the schedule (so that a
+short run warms up for the same share of its length as a long one: DiG's release states it in
+epochs, `--warmup_epochs 1` of 10 when fine-tuning, or 5000 of ~154k steps when pretraining).
 """
 
 import re
@@ -23,10 +26,18 @@ def peak_lr(optim_config, global_batch: int) -> float:
   return optim_config.base_lr * (global_batch / base if base else 1.0)
 
 
+def warmup_steps(optim_config, total_steps: int) -> int:
+  """`warmup_steps` if > 0, else round(`warmup_fraction` * total_steps) (0 if neither)."""
+  steps = int(optim_config.get("warmup_steps", 0) or 0)
+  if steps > 0:
+    return steps
+  return int(round(float(optim_config.get("warmup_fraction", 0.0) or 0.0) * total_steps))
+
+
 def schedule(optim_config, global_batch: int, total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to the peak, then cosine down to `end_lr` at `total_steps`."""
   peak = peak_lr(optim_config, global_batch)
-  warmup = min(int(optim_config.get("warmup_steps", 0)), max(total_steps - 1, 0))
+  warmup = min(warmup_steps(optim_config, total_steps), max(total_steps - 1, 0))
   end = float(optim_config.get("end_lr", 0.0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
