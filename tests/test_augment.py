@@ -24,6 +24,7 @@ SIZED_CHAINS = {
     "dig_view2": A.dig_view2,
     "seqclr_view": A.seqclr_view,
     "recognition_augment": A.recognition_augment,
+    "dig_recognition_augment": A.dig_recognition_augment,
 }
 ALL_CHAINS = {**SIZED_CHAINS, "siman_style": A.siman_style}
 
@@ -187,3 +188,37 @@ def test_shrink_to_is_close_to_area_resize():
     small = _text_like(20, 60)
     assert A.shrink_to(small, 32, 128) is small
     assert A.shrink_to(_text_like(64, 60), 32, 128).shape == (32, 60, 3)
+
+
+def test_release_samplers_stay_in_their_ranges():
+    """transforms.py: sample_sym in (-m, m) centred on 0; sample_asym in [0, m), mean m/5."""
+    sym, asym = A.sample_sym(_rng(0), 45.0, 20000), A.sample_asym(_rng(1), 20.0, 20000)
+    assert np.all(np.abs(sym) < 45.0) and abs(sym.mean()) < 0.5
+    assert np.all((asym >= 0) & (asym < 20.0)) and abs(asym.mean() - 4.0) < 0.2
+
+
+def test_release_ops_keep_the_text_and_follow_their_ranges():
+    img = _text_like(32, 128)
+    for seed in range(20):
+        # rotation / affine grow the canvas to the whole warped line (never crop the text).
+        rot = A.abinet_rotate(img, _rng(seed))
+        assert rot.shape[0] >= 31 and rot.shape[1] >= 0.7 * 128 and rot.dtype == np.uint8
+        aff = A.abinet_affine(img, _rng(seed))
+        assert min(aff.shape[:2]) >= 1 and aff.dtype == np.uint8
+        # perspective crops at most `distortion * side / 2` from a side.
+        per = A.abinet_perspective(img, _rng(seed))
+        assert per.shape[0] >= 32 - 8 and per.shape[1] >= 128 - 32
+        for op in (A.abinet_noise, A.abinet_motion_blur, A.abinet_rescale):
+            assert op(img, _rng(seed)).shape == img.shape
+    # noise variance <= 20: the std of the difference stays under sqrt(20).
+    diff = A.abinet_noise(img, _rng(3)).astype(np.float32) - img
+    assert diff.std() < 20**0.5
+
+
+def test_release_augmentation_probabilities():
+    """Geometry p=0.5, deterioration p=0.25, colour p=0.25: an image is left as the plain
+    resize with probability 0.5 * 0.75 * 0.75 = 0.28 (a few ops can be no-ops too)."""
+    img = _text_like(32, 128)
+    plain = A.resize(img, 32, 128)
+    same = np.mean([np.array_equal(A.dig_recognition_augment(img, _rng(s)), plain) for s in range(400)])
+    assert 0.22 < same < 0.40, same

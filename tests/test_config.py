@@ -12,7 +12,7 @@ from tests.helpers import ROOT, load_config
 def test_variants():
   default = load_config("dig")
   assert default.model.embed_dim == 384 and default.batch_size == 1024
-  assert default.optim.warmup_steps == 5000 and default.optim.end_lr == 1e-5
+  assert default.optim.warmup_fraction == 0.03 and default.optim.end_lr == 1e-5
   assert load_config("dig", "size=tiny").model.embed_dim == 192
   assert load_config("dig", "size=base").model.num_heads == 8
   cpu = load_config("dig", "cpu")
@@ -45,3 +45,22 @@ def test_every_training_config_accepts_the_launchers_flags(name):
   assert config.dtype == "float32" and config.mesh.fsdp == 1
   for field in ("batch_size", "grad_accum_steps", "total_steps"):
     assert field in config, field
+
+
+def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
+  """DiG's release states warm-ups in epochs (fine-tuning: 1 of 10) or as 5000 of ~154k steps;
+  a fixed step count would be a quarter of a short run."""
+  from sslocr_jax.train import optim  # pylint: disable=g-import-not-at-top
+  ft = load_config("finetune")
+  assert ft.optim.base_lr == 1e-4 and ft.optim.lr_batch_base == 256
+  assert optim.peak_lr(ft.optim, 2048) == pytest.approx(8e-4)  # the release's 8 x 256
+  assert optim.warmup_steps(ft.optim, ft.total_steps) == round(ft.total_steps / 10)
+  assert optim.warmup_steps(load_config("dig").optim, 19531) == 586
+  assert optim.warmup_steps(load_config("dig", "cpu").optim, 200) == 20  # steps win
+  sched = optim.schedule(ft.optim, 256, 1000)
+  assert float(sched(0)) == 0.0 and float(sched(100)) == pytest.approx(1e-4)
+  assert float(sched(50)) == pytest.approx(0.5e-4)
+  assert (ft.transformer.style, ft.transformer.mlp_dim, ft.ctc.head) == ("dig", 256, "dig")
+  assert (ft.model.dropout_rate, ft.model.attn_dropout_rate, ft.model.drop_path_rate) == (
+      0.1, 0.1, 0.1)
+  assert not ft.model.pos_dropout and ft.loss_norm == "word" and ft.augment_recipe == "dig"

@@ -1,5 +1,7 @@
 """Decoders: CTC against hand-computed values; causality and greedy decoding of the others."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,34 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
   np.testing.assert_array_equal(ids, [[A, A, B_, EOS, PAD], [EOS, PAD, PAD, PAD, PAD]])
   p_max = 1.0 / (1.0 + 3.0 * np.exp(-10.0))
   np.testing.assert_allclose(conf, [p_max ** 8] * 2, rtol=1e-5)
+
+
+def test_official_ctc_head_shapes_and_formula():
+  """head="dig" (DiG's CTCRecModel): LN(tokens) -> mean over height -> Linear(D, 512) -> LN ->
+  GELU -> Linear(512, C), checked against a numpy reference."""
+  dec = decoders.CtcDecoder(5, grid_h=2, head="dig", hidden_dim=16)
+  feats = jax.random.normal(jax.random.PRNGKey(0), (3, 2 * 6, 8))
+  params = nn.unbox(dec.init(jax.random.PRNGKey(1), feats))["params"]
+  shapes = jax.tree.map(lambda a: a.shape, params)
+  assert shapes == {"encoder_norm": {"scale": (8,), "bias": (8,)},
+                    "ctc_classifier": {"layers_0": {"kernel": (8, 16), "bias": (16,)},
+                                       "layers_1": {"scale": (16,), "bias": (16,)},
+                                       "layers_3": {"kernel": (16, 5), "bias": (5,)}}}
+  params = jax.tree.map(lambda a: np.random.default_rng(a.size).normal(size=a.shape), params)
+  out = dec.apply({"params": params}, feats)
+  assert out.shape == (3, 6, 5) and out.dtype == jnp.float32
+
+  def ln(x, p):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+  x = ln(np.asarray(feats, np.float64), params["encoder_norm"]).reshape(3, 2, 6, 8).mean(1)
+  c = params["ctc_classifier"]
+  h = ln(x @ c["layers_0"]["kernel"] + c["layers_0"]["bias"], c["layers_1"])
+  h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+  np.testing.assert_allclose(out, h @ c["layers_3"]["kernel"] + c["layers_3"]["bias"],
+                             rtol=2e-4, atol=2e-4)
+  linear = decoders.CtcDecoder(5, grid_h=2, head="linear")
+  assert set(linear.init(jax.random.PRNGKey(1), feats)["params"]) == {"classifier"}
 
 
 def _decoder(name):

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 
 from sslocr_jax.methods import dig
+from tests.helpers import fill_like
 from tests.helpers import load_config
 
 
@@ -130,3 +131,56 @@ def test_paired_views_give_the_concatenated_losses(monkeypatch):
   concatenated = run()
   for a, b in zip(jax.tree.leaves(paired), jax.tree.leaves(concatenated)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_windows_any_count_is_adaptive_pooling():
+  """num_windows need not divide the 32-column grid: windows are PyTorch's adaptive average
+  pooling (overlapping when needed), here 5 and 7 windows of a 2 x 32 grid."""
+  tokens = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2 * 32, 3)), jnp.float32)
+  cols = np.asarray(tokens).reshape(2, 2, 32, 3).mean(axis=1)  # [B, 32, D]
+  for w in (5, 7, 32, 1):
+    out = np.asarray(dig.windows(tokens, grid_h=2, num_windows=w)).reshape(2, w, 3)
+    for i in range(w):
+      lo, hi = (i * 32) // w, -((-(i + 1) * 32) // w)
+      np.testing.assert_allclose(out[:, i], cols[:, lo:hi].mean(axis=1), rtol=1e-5, atol=1e-6)
+  with np.testing.assert_raises(ValueError):
+    dig.windows(tokens, grid_h=2, num_windows=33)
+
+
+def _arm_batch(mask_seed):
+  rng = np.random.default_rng(0)
+  return {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+          "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+          "mask": jnp.asarray(np.stack([np.random.default_rng(mask_seed + i).permutation(256)
+                                        < 179 for i in range(4)]))}
+
+
+def test_contrastive_and_mim_arms_are_the_release_ones():
+  """branches=contrastive (use_pixel_target=False): no MIM head, no pix projector, and view 1 is
+  not masked (the loss does not depend on the mask); branches=mim: no contrastive networks."""
+  import flax.linen as nn
+  config = load_config("dig", "smoke")
+  config.branches = "contrastive"
+  variables = fill_like(nn.unbox(jax.eval_shape(
+      lambda r: dig.init_variables(config, r, _arm_batch(0)), jax.random.PRNGKey(0))))
+  assert set(variables["params"]) == {"encoder", "projector", "predictor"}
+  assert set(variables["model_state"]["ema"]) == {"encoder", "projector"}
+  assert set(variables["model_state"]["batch_stats"]) == {"projector", "predictor", "projector_m"}
+  assert dig.phases(config) == [("main", ["encoder", "projector", "predictor"])]
+
+  @jax.jit
+  def loss(batch):
+    return dig.loss_fn(variables["params"], variables["model_state"], batch,
+                       jax.random.PRNGKey(1), step=0, phase="main", config=config)[0]
+  l0, l1 = float(loss(_arm_batch(0))), float(loss(_arm_batch(100)))
+  assert np.isfinite(l0) and l0 == l1  # another mask, the same loss: no mask is applied
+  no_mask = dict(_arm_batch(0), mask=jnp.zeros((4, 256), bool))
+  assert float(loss(no_mask)) == l0
+  ema = dig.after_update(variables["params"], variables["model_state"], 0, config)["ema"]
+  assert set(ema) == {"encoder", "projector"}
+
+  config.branches = "mim"
+  params = jax.eval_shape(lambda r: dig.init_variables(config, r, _arm_batch(0)),
+                          jax.random.PRNGKey(0))
+  assert set(params["params"]) == {"encoder", "mim_head"}
+  assert params["model_state"]["ema"] == {} and params["model_state"]["batch_stats"] == {}

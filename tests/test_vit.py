@@ -196,6 +196,20 @@ def test_drop_path():
   np.testing.assert_array_equal(trained, model.apply(variables, x, train=True, rngs=rngs))
 
 
+def test_no_dropout_on_the_position_table_unless_asked():
+  """The release's fine-tuned encoder has no `pos_drop`: with depth 0 the output is patch
+  embedding + table, untouched by dropout in training unless `pos_dropout=True`."""
+  x = _images()
+  kw = dict(embed_dim=32, depth=0, num_heads=2, dropout_rate=0.5)
+  model = vit.Encoder(**kw)
+  variables = _init(model, x)
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+  ref = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(model.apply(variables, x, train=True, rngs=rngs), ref)
+  dropped = vit.Encoder(**kw, pos_dropout=True).apply(variables, x, train=True, rngs=rngs)
+  assert 0.3 < float(jnp.mean(dropped == 0)) < 0.7
+
+
 def test_remat_same_tree_and_output():
   x, kw = _images(1), dict(SMALL, depth=1)
   variables = _init(vit.Encoder(**kw), x)

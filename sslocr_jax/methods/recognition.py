@@ -51,6 +51,7 @@ from sslocr_jax.data import sources
 from sslocr_jax.methods import common
 from sslocr_jax.models import decoders
 from sslocr_jax.models import encoders
+from sslocr_jax.models import resnet
 from sslocr_jax.models import torch_mapping
 
 # config.augment_recipe -> chain: dig = the release's (dataset_lmdb.py `use_abi_aug`); mild = ours.
@@ -119,9 +120,32 @@ def eval_views(record, rng, config) -> dict:
 
 
 # ----------------------------------------------------------------------------- networks
-def networks(config):
-  """(encoder module, grid_h, decoder module) of the config."""
+def encoder_module(config):
+  """(encoder module, grid_h): `config.model`'s encoder; with `decoder_bilstm_layers` > 0 its
+  BiLSTM (if any) moves to the decoder side, so a ResNet is built without it."""
   encoder, grid_h = encoders.build(config)
+  if config.get("decoder_bilstm_layers", 0) and hasattr(encoder, "lstm_layers"):
+    encoder = encoder.clone(lstm_layers=0)
+  return encoder, grid_h
+
+
+def sequence_module(config):
+  """The decoder-side BiLSTM stack (`decoder_bilstm_layers` > 0, width `model.lstm_hidden`) or
+  None: frames [B, T, D] -> [B, T, lstm_hidden], trained with the decoder (also when the
+  encoder is frozen)."""
+  layers = int(config.get("decoder_bilstm_layers", 0) or 0)
+  if not layers:
+    return None
+  return resnet.BiLSTMStack(int(config.model.get("lstm_hidden", 256)), layers,
+                            dtype=jnp.dtype(config.get("dtype", "float32")))
+
+
+def networks(config):
+  """(encoder module, grid_h, decoder module) of the config; grid_h is that of the features
+  the decoder reads (1 after a decoder-side BiLSTM)."""
+  encoder, grid_h = encoder_module(config)
+  if sequence_module(config) is not None:
+    grid_h = 1
   decoder = decoders.from_config(config, charset_from_config(config).num_classes, grid_h)
   return encoder, grid_h, decoder
 
@@ -132,7 +156,8 @@ def decoder_inputs(labels, bos: int):
 
 
 def init_variables(config, rng, batch) -> dict:
-  encoder, _, decoder = networks(config)
+  encoder, _ = encoder_module(config)
+  _, _, decoder = networks(config)
   k_enc, k_dec = jax.random.split(rng)
   x = common.normalize(batch["image"])
   features, enc_vars = encoder.init_with_output({"params": k_enc, "dropout": k_enc}, x,
@@ -140,20 +165,28 @@ def init_variables(config, rng, batch) -> dict:
   enc_params = enc_vars["params"]
   enc_vars = {col: tree for col, tree in enc_vars.items()  # e.g. batch_stats; not sown values
               if col not in ("params", "intermediates")}
+  params = {"encoder": enc_params}
+  seq = sequence_module(config)
+  if seq is not None:
+    frames = encoders.to_frames(features, encoders.build(config)[1])
+    params["sequence"] = seq.init(jax.random.fold_in(k_dec, 1), frames)["params"]
+    features = seq.apply({"params": params["sequence"]}, frames)
   if config.decoder == "ctc":
     dec_vars = decoder.init(k_dec, features)
   else:
     labels = jnp.zeros((x.shape[0], label_length(config)), jnp.int32)
     dec_vars = decoder.init(k_dec, features, labels)
   model_state = {col: {"encoder": tree} for col, tree in enc_vars.items()}
-  return {"params": {"encoder": enc_params, "decoder": dec_vars["params"]},
-          "model_state": model_state}
+  params["decoder"] = dec_vars["params"]
+  return {"params": params, "model_state": model_state}
 
 
 def phases(config):
+  """The trained networks: the decoder (and its BiLSTM, if any) [and the encoder]."""
+  dec = (["sequence"] if sequence_module(config) is not None else []) + ["decoder"]
   if config.get("freeze_encoder", False):
-    return [("main", ["decoder"])]
-  return [("main", ["encoder", "decoder"])]
+    return [("main", dec)]
+  return [("main", ["encoder"] + dec)]
 
 
 def encoder_state(model_state) -> dict:
@@ -165,9 +198,10 @@ def encoder_state(model_state) -> dict:
 def encode(params, model_state, images, config, *, train: bool, rng=None):
   """images uint8 [B, H, W, 3] -> (features [B, N, D], the encoder's new {collection: tree}).
 
-  With `freeze_encoder` the encoder always runs in inference mode, without gradients.
+  With `freeze_encoder` the encoder always runs in inference mode, without gradients. With a
+  decoder-side BiLSTM (`decoder_bilstm_layers`) the features are its output [B, T, H].
   """
-  encoder, _ = encoders.build(config)
+  encoder, grid_h = encoder_module(config)
   frozen = config.get("freeze_encoder", False)
   train = train and not frozen
   enc_state = encoder_state(model_state)
@@ -181,6 +215,9 @@ def encode(params, model_state, images, config, *, train: bool, rng=None):
     features = encoder.apply(variables, x, train=train, rngs=rngs)
   if frozen:
     features = jax.lax.stop_gradient(features)
+  seq = sequence_module(config)
+  if seq is not None:
+    features = seq.apply({"params": params["sequence"]}, encoders.to_frames(features, grid_h))
   return features, enc_state
 
 

@@ -83,26 +83,28 @@ class CtcDecoder(nn.Module):
   hidden_dim: int = 512
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, features, *, train: bool = False):
-    del train
+  def setup(self):
     if self.head == "linear":
-      frames = encoders.to_frames(features, self.grid_h)
-      logits = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype,
-                      name="classifier")(frames)
-      return logits.astype(jnp.float32)
+      self.classifier = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype)
+      return
     if self.head != "dig":
       raise ValueError(f"config.ctc.head={self.head!r} is unknown; valid: {', '.join(CTC_HEADS)}")
-    x = _layer_norm(self.dtype, "encoder_norm")(features.astype(self.dtype))
-    frames = encoders.to_frames(x, self.grid_h)
-    logits = nn.Sequential([
+    self.encoder_norm = _layer_norm(self.dtype)
+    # params layers_{0,1,3} <-> PyTorch ctc_classifier.{0,1,3} (an nn.Sequential there too).
+    self.ctc_classifier = nn.Sequential([
         _dense(self.hidden_dim, ("embed", "mlp"), dtype=self.dtype),
         nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
                      scale_init=_p(_ones, "mlp"), bias_init=_p(_zeros, "mlp")),
         lambda y: nn.gelu(y, approximate=False),
         _dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype),
-    ], name="ctc_classifier")(frames)  # params layers_{0,1,3}: PyTorch ctc_classifier.{0,1,3}
-    return logits.astype(jnp.float32)
+    ])
+
+  def __call__(self, features, *, train: bool = False):
+    del train
+    if self.head == "linear":
+      return self.classifier(encoders.to_frames(features, self.grid_h)).astype(jnp.float32)
+    x = self.encoder_norm(features.astype(self.dtype))
+    return self.ctc_classifier(encoders.to_frames(x, self.grid_h)).astype(jnp.float32)
 
 
 def ctc_loss(logits, labels, *, blank: int, eos: int, pad: int):

@@ -314,3 +314,22 @@ def from_config(config) -> Encoder:
                  num_fiducials=int(m.get("num_fiducials", 20)),
                  tps_channels=int(m.get("tps_channels", 512)),
                  dtype=jnp.dtype(config.get("dtype", "float32")))
+
+
+class BiLSTMStack(nn.Module):
+  """`layers` BiLSTMs on a frame sequence: `[B, T, Din]` -> `[B, T, hidden]`.
+
+  SeqCLR's sequence-modelling stage on its own: when the pretrained base encoder is the CNN
+  alone (`seqclr_encoder_stage=cnn`), the BiLSTM belongs to the decoder and is trained with it
+  (Aberdam et al., CVPR 2021, Sec. 4; configs/finetune.py `decoder_bilstm_layers`). Param
+  names `lstm_{l}` as in `Encoder`.
+  """
+  hidden: int = 256
+  layers: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for l in range(self.layers):
+      x = BiLSTM(self.hidden, dtype=self.dtype, name=f"lstm_{l}")(x)
+    return x
