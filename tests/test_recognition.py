@@ -18,6 +18,7 @@ from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
 from sslocr_jax.train import writers
+from tests.helpers import fill_like
 from tests.helpers import load_config
 
 
@@ -75,6 +76,9 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   config = load_config("finetune", f"smoke,decoder={decoder}")
   config.image_height, config.image_width = 16, 64
   config.augment, config.max_len, config.batch_size, config.total_steps = False, 8, 64, steps
+  # The step counts were tuned with these (the older defaults); the release's choices have
+  # tests of their own (test_decoders, test_sequence_loss_*).
+  config.loss_norm, config.ctc.head, config.transformer.style = "token", "linear", "nrtr"
   config.model.update(embed_dim=64, depth=depth, drop_path_rate=0.0)
   config.transformer.d_model = config.attention.hidden_dim = config.attention.attention_dim = 64
   config.optim.update(base_lr=1e-2, warmup_steps=10, end_lr=1e-3, weight_decay=0.0,
@@ -150,3 +154,56 @@ def test_init_from_another_size_says_what_differs(dig_smoke):
   assert "shape blocks_0/attn/qkv/kernel: checkpoint (32, 96) vs model (48, 144)" in msg
   assert "missing in checkpoint: blocks_2/" in msg
   assert "method=dig" in msg and "size=smoke" in msg and "embed_dim=32" in msg
+
+
+def test_sequence_loss_per_word_and_per_token_by_hand():
+  """Two words of 3 and 1 targets (incl. EOS) with token losses 1, 2, 3 | 4: per word (the
+  release's SeqCrossEntropyLoss) (1+2+3 + 4) / 2 = 5; per token 10 / 4 = 2.5."""
+  ce = np.array([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]], np.float32)
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
+  assert float(recognition.sequence_loss(ce, mask, "word")) == 5.0
+  assert float(recognition.sequence_loss(ce, mask, "token")) == 2.5
+  with pytest.raises(ValueError, match="loss_norm"):
+    recognition.sequence_loss(ce, mask, "batch")
+
+
+def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm(monkeypatch):
+  """seqclr_encoder_stage=cnn pretrains the CNN alone; `decoder_bilstm_layers=1` builds the
+  recognizer's encoder without its BiLSTM (so init_from matches) and trains a BiLSTM with the
+  decoder, also when the encoder is frozen."""
+  from sslocr_jax.methods import seqclr  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  key = jax.random.PRNGKey(0)
+  sc = load_config("seqclr", "smoke")
+  sc.seqclr_encoder_stage = "cnn"
+  views = {"image1": np.zeros((2, 32, 128, 3), np.uint8)}
+  pre = fill_like(nn.unbox(jax.eval_shape(lambda r: seqclr.init_variables(sc, r, views), key)))
+  config = load_config("finetune", "smoke,encoder=resnet,decoder=ctc")
+  config.decoder_bilstm_layers, config.init_from = 1, "seqclr-cnn-run"
+  cs = recognition.charset_from_config(config)
+  labels = np.stack([cs.encode(t, config.max_len) for t in ("ab", "c1")])
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (2, 32, 128, 3), np.uint8),
+           "label": labels}
+  fresh = fill_like(nn.unbox(jax.eval_shape(
+      lambda r: recognition.init_variables(config, r, batch), key)), seed=1)
+  assert set(fresh["params"]) == {"encoder", "sequence", "decoder"}
+  assert set(fresh["params"]["sequence"]) == {"lstm_0"}
+  assert not any(k.startswith("lstm_") for k in fresh["params"]["encoder"])
+  assert recognition.phases(config) == [("main", ["encoder", "sequence", "decoder"])]
+  monkeypatch.setattr(recognition, "_restore", lambda path: pre)
+  state = state_lib.TrainState(step=0, params=fresh["params"], opt_state={},
+                               model_state=fresh["model_state"], rng=None)
+  state = recognition.load_pretrained(state, config)  # would raise on any mismatch
+  assert _bits_equal(state.params["encoder"], pre["params"]["encoder"])
+
+  config.freeze_encoder = True
+  assert recognition.phases(config) == [("main", ["sequence", "decoder"])]
+
+  def loss(params):
+    return recognition.loss_fn(params, state.model_state, batch, jax.random.PRNGKey(1),
+                               step=0, phase="main", config=config)[0]
+  value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
+  assert np.isfinite(float(value))
+  assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads["sequence"]))
+  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads["sequence"])) > 0
