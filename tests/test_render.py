@@ -97,3 +97,15 @@ def test_unreadable_font_names_the_file(tmp_path):
     render.Renderer(font_dirs=[str(tmp_path)], font_split="all")
   with pytest.raises(ValueError, match="missing.ttf"):
     render.Renderer(fonts=[str(tmp_path / "missing.ttf")])
+
+
+def test_computer_modern_faces_are_held_out_and_skip_their_tex_glyphs():
+  """cmr10 & co. draw "<" as an inverted "!" (TeX OT1 codes): such characters never appear in
+  a label drawn with them; the typewriter face keeps them. All are held-out families."""
+  heldout = {f.name: f for f in render.faces_for_split("heldout")}
+  assert {"cmr10", "cmti10", "cmss10", "cmtt10"} <= set(heldout)
+  assert not {f.name for f in render.faces_for_split("train")} & {"cmr10", "cmtt10"}
+  r = render.Renderer(seed=0, fonts=None, font_split="heldout")
+  supported = {f.name: r._face_data(i)[1] for i, f in enumerate(r.faces)}  # pylint: disable=protected-access
+  assert not set('<>{}|_\\"') & supported["cmr10"] and "$" not in supported["cmti10"]
+  assert set('<>{}|_') <= supported["cmtt10"] and set("azAZ09.,!?") <= supported["cmr10"]

@@ -23,7 +23,7 @@ How a sample is made (all choices drawn from `random.Random` seeded by
    compositing in uint8 OpenCV ops (numpy broadcasting over 3 channels is ~5x
    slower at these sizes).
 
-Fonts: matplotlib's DejaVu and STIX faces and the `pymupdf_fonts` faces
+Fonts: matplotlib's DejaVu, STIX and Computer Modern faces and the `pymupdf_fonts` faces
 (Cascadia Mono, FiraGO, Fira Mono, Noto Sans, Space Mono, Ubuntu, Ubuntu Mono),
 plus fonts from `font_dirs`. Families in `HELDOUT_FAMILIES` are never used by the
 "train" split, so a held-out set can be rendered with unseen fonts.
@@ -53,8 +53,13 @@ _DIGITS = string.digits
 _ALNUM = string.ascii_letters + string.digits
 _PUNCT_END = ".,!?:;'\")"
 
-# Families never drawn by the "train" split (everything else is "train").
-HELDOUT_FAMILIES = ("STIXGeneral", "SpaceMono", "Ubuntu", "UbuntuMono")
+# Families never drawn by the "train" split (everything else is "train"). Besides a Times-like
+# serif (STIX), a humanist sans (Ubuntu) and two monospaced faces, the Computer Modern faces
+# (high-contrast Didone serif, its italic and bold, a sans and a typewriter) are styles the
+# training faces (DejaVu, Cascadia, Fira, Noto) do not cover, so the held-out figure is read on
+# fonts far from the training ones, not on near-twins of them.
+HELDOUT_FAMILIES = ("STIXGeneral", "SpaceMono", "Ubuntu", "UbuntuMono", "CMRoman", "CMSans",
+                    "CMTypewriter")
 FONT_SPLITS = ("train", "heldout", "all")
 
 _MPL_FACES = {  # family -> files in matplotlib's mpl-data/fonts/ttf.
@@ -67,7 +72,14 @@ _MPL_FACES = {  # family -> files in matplotlib's mpl-data/fonts/ttf.
                     "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf"),
     "STIXGeneral": ("STIXGeneral.ttf", "STIXGeneralBol.ttf",
                     "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf"),
+    "CMRoman": ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf"),
+    "CMSans": ("cmss10.ttf",),
+    "CMTypewriter": ("cmtt10.ttf",),
 }
+# matplotlib's Computer Modern (BaKoMa) faces map a few ASCII codes to their TeX (OT1) glyphs
+# (e.g. "<" draws an inverted "!"): those characters are treated as absent from the face.
+_WRONG_GLYPHS = {f: '<>{}|_\\"^~`' for f in ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf", "cmss10.ttf")}
+_WRONG_GLYPHS["cmti10.ttf"] += "$"  # a pound sign in the italic
 _PYMUPDF_FACES = {  # family -> keys of `pymupdf_fonts.myfont`.
     "CascadiaMono": ("cascadia", "cascadiab", "cascadiai", "cascadiabi"),
     "FiraGO": ("figo", "figbo", "figit", "figbi"),
@@ -164,7 +176,8 @@ def _supported_chars(face, data):
     cmap = tt.getBestCmap() or {}
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"cannot read font file {face.ref!r}: {e}") from e
-  return frozenset(c for c in CHARS if ord(c) in cmap)
+  wrong = _WRONG_GLYPHS.get(face.ref, "") if face.kind == "mpl" else ""
+  return frozenset(c for c in CHARS if ord(c) in cmap and c not in wrong)
 
 
 class _Glyphs:
