@@ -59,8 +59,10 @@ def _arms(variant: str) -> list:
   scratch = ["full"]  # a frozen random encoder is not a baseline worth its runs
   return [
       _arm("dig", f"configs/dig.py{v}", "vit"),
-      _arm("dig_contrastive_only", f"configs/dig.py{v}", "vit", ["mim_weight=0"]),
-      _arm("dig_mim_only", f"configs/dig.py{v}", "vit", ["contrastive_weight=0"]),
+      # The release's halves (methods/dig.py `branches`): contrastive = no mask, no pix
+      # projector; mim = no contrastive networks.
+      _arm("dig_contrastive_only", f"configs/dig.py{v}", "vit", ["branches=contrastive"]),
+      _arm("dig_mim_only", f"configs/dig.py{v}", "vit", ["branches=mim"]),
       _arm("seqclr_window", f"configs/seqclr.py{v}", "resnet",
            ["instance_mapping=window"]),
       _arm("seqclr_frame", f"configs/seqclr.py{v}", "resnet",

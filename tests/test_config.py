@@ -64,3 +64,17 @@ def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
   assert (ft.model.dropout_rate, ft.model.attn_dropout_rate, ft.model.drop_path_rate) == (
       0.1, 0.1, 0.1)
   assert not ft.model.pos_dropout and ft.loss_norm == "word" and ft.augment_recipe == "dig"
+
+
+def test_lr_mult_scales_one_network_updates():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import optim  # pylint: disable=g-import-not-at-top
+  params = {"encoder": {"w": jnp.ones((2, 2))}, "decoder": {"w": jnp.ones((2, 2))}}
+  grads = {"encoder": {"w": jnp.full((2, 2), 0.5)}, "decoder": {"w": jnp.full((2, 2), 0.5)}}
+  cfg = ml_collections.ConfigDict(dict(name="sgd", momentum=0.0, base_lr=0.1, warmup_steps=0,
+                                       end_lr=0.1, lr_mult=dict(encoder=0.3)))
+  tx, _ = optim.make_optimizer(cfg, params, 1, 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert float(updates["encoder"]["w"][0, 0]) == pytest.approx(-0.015)
+  assert float(updates["decoder"]["w"][0, 0]) == pytest.approx(-0.05)

@@ -7,7 +7,8 @@ One optimizer per training phase (`method.phases`); each is built from a config 
                  grad_clip=0.0, layer_decay=1.0)
 
 The peak learning rate is `base_lr * global_batch / lr_batch_base` (linear scaling rule).
-The warm-up is `warmup_steps` when > 0, else `warmup_fraction` of the schedule (so that a
+`lr_mult` ({network: factor}, e.g. {"encoder": 0.3}) scales one network's updates (its
+learning rate, warm-up and schedule shape unchanged). The warm-up is `warmup_steps` when > 0, else `warmup_fraction` of the schedule (so that a
 short run warms up for the same share of its length as a long one: DiG's release states it in
 epochs, `--warmup_epochs 1` of 10 when fine-tuning, or 5000 of ~154k steps when pretraining).
 """
@@ -85,7 +86,21 @@ def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
   layer_decay = optim_config.get("layer_decay", 1.0)
   if layer_decay != 1.0 and num_layers:
     parts.append(_scale_by_layer(params, layer_decay, num_layers))
+  mults = dict(optim_config.get("lr_mult", None) or {})
+  if any(float(v) != 1.0 for k, v in mults.items() if k in params):
+    parts.append(_scale_by_network(params, mults))
   return optax.chain(*parts), lr
+
+
+def _scale_by_network(params, mults: dict) -> optax.GradientTransformation:
+  """Multiplies the updates of network `k` (a top-level key of `params`) by `mults[k]` (1 for
+  the others): a learning rate per part, e.g. a pretrained encoder slower than a fresh head."""
+  def update_fn(updates, state, params=None):
+    del params
+    return {k: jax.tree.map(lambda u, s=float(mults.get(k, 1.0)): u * jnp.asarray(s, u.dtype), v)
+            for k, v in updates.items()}, state
+  del params
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def _scale_by_layer(params, decay: float, num_layers: int) -> optax.GradientTransformation:
