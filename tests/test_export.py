@@ -230,6 +230,26 @@ def test_recognition_ctc_and_attention_decoders():
   assert "decoder.cell.gru.weight_ih" in _recognition_case("smoke,decoder=attention")
 
 
+def test_recognition_official_ctc_head():
+  """`ctc.head=dig` (DiG's CTCRecModel head) exports as decoder.encoder_norm.* and
+  decoder.ctc_classifier.{0,1,3}.*, and the PyTorch logits match."""
+  config = load_config("finetune", "smoke,decoder=ctc")
+  config.ctc.head = "dig"
+  state = _random_state(config, recognition)
+  flat = mapping.export_state(state, config)
+  assert {k for k in flat if k.startswith("decoder.")} == {
+      "decoder.encoder_norm.weight", "decoder.encoder_norm.bias"} | {
+          f"decoder.ctc_classifier.{i}.{w}" for i in (0, 1, 3) for w in ("weight", "bias")}
+  model = _load(flat, cli.model_json(config))
+  images = _images(config)
+  features = recognition.encode(state["params"], state["model_state"], jnp.asarray(images),
+                                config, train=False)[0]
+  _, _, decoder = recognition.networks(config)
+  with torch.no_grad():
+    _diff("ctc head=dig logits", decoder.apply({"params": state["params"]["decoder"]}, features),
+          model.logits(_to_torch_images(images)))
+
+
 def test_recognition_resnet_bilstm_encoder():
   flat = _recognition_case("smoke,encoder=resnet,decoder=ctc", tps=True)
   assert "encoder.Transformation.LocalizationNetwork.conv.13.running_var" in flat

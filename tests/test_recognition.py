@@ -76,9 +76,6 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   config = load_config("finetune", f"smoke,decoder={decoder}")
   config.image_height, config.image_width = 16, 64
   config.augment, config.max_len, config.batch_size, config.total_steps = False, 8, 64, steps
-  # The step counts were tuned with these (the older defaults); the release's choices have
-  # tests of their own (test_decoders, test_sequence_loss_*).
-  config.loss_norm, config.ctc.head, config.transformer.style = "token", "linear", "nrtr"
   config.model.update(embed_dim=64, depth=depth, drop_path_rate=0.0)
   config.transformer.d_model = config.attention.hidden_dim = config.attention.attention_dim = 64
   config.optim.update(base_lr=1e-2, warmup_steps=10, end_lr=1e-3, weight_decay=0.0,
