@@ -103,7 +103,7 @@ def main(argv):
                  "one_minus_ned": r["one_minus_ned"], "seconds": round(seconds, 1)})
 
   if shutil.which(_TESSERACT.value):
-    version = subprocess.run([_TESSERACT.value, "--version"], capture_output=True,
+    version = subprocess.run([_TESSERACT.value, "--version"], capture_output=True, check=False,
                              text=True).stdout.splitlines()[0]
     add(f"{version} --psm {_PSM.value}",
         lambda: tesseract_read(images, _TESSERACT.value, _PSM.value))
