@@ -58,6 +58,7 @@ _RANGES = (
     ("data.num_samples", 1, True, math.inf, False, True),
     ("val_data.num_samples", 1, True, math.inf, False, True),
     ("optim.warmup_steps", 0, True, math.inf, False, True),
+    ("optim.warmup_fraction", 0.0, True, 1.0, False, False),
 )
 
 
