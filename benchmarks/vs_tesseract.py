@@ -1,6 +1,6 @@
 r"""Our recognizer vs Tesseract on the same held-out-font synthetic lines.
 
-    python benchmarks/vs_tesseract.py [--checkpoint=runs/ft-cpu60[,runs/other]] [--n=1000] \
+    python benchmarks/vs_tesseract.py [--checkpoints=runs/ft-cpu60[,runs/other]] [--n=1000] \
         [--seed=3000017] [--word_prob=0.6] [--render_height=32] [--psm=7]
 
 Renders `--n` lines with `data/render.py` in the held-out font families (`font_split=heldout`:
@@ -36,7 +36,7 @@ from sslocr_jax.data import charset as charset_lib  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
 from sslocr_jax.evaluate import metrics  # noqa: E402
 
-_CHECKPOINT = flags.DEFINE_list("checkpoint", [], "fine-tuning workdir(s) to score")
+_CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "fine-tuning workdir(s) to score")
 _N = flags.DEFINE_integer("n", 1000, "lines to render (before leaving out non-alphanumeric ones)")
 _SEED = flags.DEFINE_integer("seed", 3_000_017, "renderer seed of the test lines")
 _WORD_PROB = flags.DEFINE_float("word_prob", 0.6, "share of dictionary words among the lines")
@@ -109,7 +109,7 @@ def main(argv):
         lambda: tesseract_read(images, _TESSERACT.value, _PSM.value))
   else:
     print(INSTALL)
-  for ckpt in _CHECKPOINT.value:
+  for ckpt in _CHECKPOINTS.value:
     add(ckpt, lambda ckpt=ckpt: ours_read(ckpt, images))
   print(f"{len(labels)} held-out-font lines (seed {_SEED.value}, word_prob {_WORD_PROB.value}, "
         f"height {_HEIGHT.value}; {left_out} without [0-9a-z] left out), lowercase [0-9a-z] "
