@@ -164,7 +164,7 @@ def test_sequence_loss_per_word_and_per_token_by_hand():
     recognition.sequence_loss(ce, mask, "batch")
 
 
-def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm(monkeypatch):
+def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm():
   """seqclr_encoder_stage=cnn pretrains the CNN alone; `decoder_bilstm_layers=1` builds the
   recognizer's encoder without its BiLSTM (so init_from matches) and trains a BiLSTM with the
   decoder, also when the encoder is frozen."""
@@ -187,10 +187,12 @@ def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm(monkeypatch):
   assert set(fresh["params"]["sequence"]) == {"lstm_0"}
   assert not any(k.startswith("lstm_") for k in fresh["params"]["encoder"])
   assert recognition.phases(config) == [("main", ["encoder", "sequence", "decoder"])]
-  monkeypatch.setattr(recognition, "_restore", lambda path: pre)
+  import types  # pylint: disable=g-import-not-at-top
+  source = types.SimpleNamespace(params=pre["params"], model_state=pre["model_state"],
+                                 origin="seqclr smoke, cnn stage")
   state = state_lib.TrainState(step=0, params=fresh["params"], opt_state={},
                                model_state=fresh["model_state"], rng=None)
-  state = recognition.load_pretrained(state, config)  # would raise on any mismatch
+  state = recognition.load_pretrained(state, config, source)  # would raise on any mismatch
   assert _bits_equal(state.params["encoder"], pre["params"]["encoder"])
 
   config.freeze_encoder = True

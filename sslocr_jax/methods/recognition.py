@@ -382,6 +382,9 @@ def export_networks(config) -> tuple[list, dict]:
   [jax roots], style)], {torch key: fixed table}); the official DiG fine-tuned `RecModel`
   layout for transformer.style="dig" (its decoder stores the sin-cos position table)."""
   decoder = config.get("decoder")
+  if sequence_module(config) is not None:
+    raise ValueError("export of a decoder-side BiLSTM (config.decoder_bilstm_layers > 0) is not "
+                     "supported yet; export the encoder alone with --include=encoder")
   specs, fixed = [], {}
   if transformer_style(config) == "dig":
     specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
