@@ -236,7 +236,7 @@ def test_recognition_official_ctc_head():
   config = load_config("finetune", "smoke,decoder=ctc")
   config.ctc.head = "dig"
   state = _random_state(config, recognition)
-  flat = mapping.export_state(state, config)
+  flat = torch_state.export_state(state, config)
   assert {k for k in flat if k.startswith("decoder.")} == {
       "decoder.encoder_norm.weight", "decoder.encoder_norm.bias"} | {
           f"decoder.ctc_classifier.{i}.{w}" for i in (0, 1, 3) for w in ("weight", "bias")}
