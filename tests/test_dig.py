@@ -178,6 +178,12 @@ def test_contrastive_and_mim_arms_are_the_release_ones():
   assert float(loss(no_mask)) == l0
   ema = dig.after_update(variables["params"], variables["model_state"], 0, config)["ema"]
   assert set(ema) == {"encoder", "projector"}
+  grid = dig.visualize(variables["params"], variables["model_state"], _arm_batch(0), None, config,
+                       num_images=2)["dig_views"]  # the two views, no reconstruction row
+  batch = _arm_batch(0)
+  assert grid.shape == (2 * (32 + 2), 2 * (128 + 2), 3) and grid.dtype == np.uint8
+  np.testing.assert_array_equal(grid[:32, :128], batch["image1"][0])
+  np.testing.assert_array_equal(grid[:32, 130:258], batch["image2"][0])
 
   config.branches = "mim"
   params = jax.eval_shape(lambda r: dig.init_variables(config, r, _arm_batch(0)),

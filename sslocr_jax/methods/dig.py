@@ -348,7 +348,7 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   h, w = config.image_height, config.image_width
   image1, image2, mask = (batch[k][:num_images] for k in ("image1", "image2", "mask"))
   if "mim_head" not in params:  # the contrastive-only arm: the two views
-    return {"dig_views": image_grid([image1.astype(jnp.float32) / 255,
+    return {"dig_views": common.image_grid([image1.astype(jnp.float32) / 255,
                                      image2.astype(jnp.float32) / 255])}
   tokens = encoder_from_config(config).apply({"params": params["encoder"]}, common.normalize(image1),
                                              mask, train=False)
