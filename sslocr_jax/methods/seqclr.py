@@ -68,7 +68,7 @@ def encoder_from_config(config):
 def networks(config) -> dict:
   _check(config)
   nets = {"encoder": encoder_from_config(config)}
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = encoders.compute_dtype(config)
   if config.projection == "bilstm":
     nets["projection"] = resnet.BiLSTM(config.proj_hidden_dim, config.proj_dim, dtype=dtype)
   elif config.projection == "mlp":  # per frame: Linear -> BN -> ReLU -> Linear

@@ -548,7 +548,7 @@ def greedy_decode(decoder, variables, features, *, length: int, bos: int, eos: i
 def from_config(config, num_classes: int, grid_h: int):
   """The decoder named by `config.decoder` with its sizes from `config.<decoder>`."""
   name = config.decoder
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = encoders.compute_dtype(config)
   if name == "ctc":
     return CtcDecoder(num_classes, grid_h=grid_h, dtype=dtype)
   if name == "attention":

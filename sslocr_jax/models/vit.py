@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslocr_jax import posembed
+from sslocr_jax.models import encoders
 
 # Official DiG sizes (depth 12, MLP ratio 4). "mu" is a micro model for CPU tests.
 SIZES = {
@@ -184,7 +185,8 @@ class Encoder(nn.Module):
     dropout_rate, attn_dropout_rate: DiG fine-tuning's `--drop` (after the position
       embedding, attention proj and MLP) and `--attn_drop_rate`; 0 in pretraining.
     dtype: compute dtype; params stay float32, softmax and LayerNorm stats float32.
-    remat: rematerialize each block (`nn.remat`) to save activation memory.
+    remat: rematerialisation policy of each block: none | full | save_dots
+      (`encoders.REMAT_POLICIES`; True/False of older configs = full/none).
   """
   embed_dim: int
   depth: int
@@ -196,7 +198,7 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   attn_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: str | bool = "none"
 
   @property
   def num_patches(self) -> int:
@@ -220,7 +222,7 @@ class Encoder(nn.Module):
     x = x + jnp.asarray(pos, self.dtype)[None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    block_cls = encoders.remat_block(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth else []
     for i in range(self.depth):
       x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), self.dropout_rate,
