@@ -41,6 +41,7 @@ import jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
+from sslocr_jax.models import encoders  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import registry  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
@@ -123,6 +124,7 @@ def main(argv):
   config.data.num_workers = 0
   if _DTYPE.value:
     config.dtype = _DTYPE.value
+  config.dtype = encoders.compute_dtype(config).name  # "auto" -> what this device runs
   n = jax.device_count()
   layouts = [("data-parallel", {"data": n, "fsdp": 1}), ("fsdp", {"data": 1, "fsdp": n})]
   rows = []
