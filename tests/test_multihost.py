@@ -84,6 +84,11 @@ def _logged_steps(workdir) -> int:
     return 0
 
 
+def _local_batches(result, prefix, steps):
+  names = sorted({k.split("/")[2] for k in result if k.startswith(prefix + "/")} - {"metric"})
+  return [{n: result[f"{prefix}/{s}/{n}"] for n in names} for s in steps]
+
+
 def _num_fed(result) -> int:
   return sum(1 for k in result if k.startswith("fed/") and k.endswith("/mask"))
 
