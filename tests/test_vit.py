@@ -258,3 +258,13 @@ def test_attention_dropout_path_matches_fused_path():
   explicit = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=1e-9).apply(
       variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
   np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=2e-6, rtol=1e-6)
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_float32_on_cpu(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = lambda d: ml_collections.ConfigDict({"dtype": d})
+  assert encoders.compute_dtype(config("auto")) == jnp.float32  # the tests' CPU devices
+  assert encoders.compute_dtype(config("bfloat16")) == jnp.bfloat16
+  for platform, want in (("gpu", jnp.bfloat16), ("tpu", jnp.bfloat16), ("cpu", jnp.float32)):
+    monkeypatch.setattr(jax, "devices", lambda p=platform: [type("D", (), {"platform": p})()])
+    assert encoders.compute_dtype(config("auto")) == want
