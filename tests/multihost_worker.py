@@ -1,11 +1,11 @@
 r"""One process of a two-process CPU run of `sslocr_jax.main` (driven by tests/test_multihost.py).
 
-    python tests/multihost_worker.py PORT PROCESS_ID NUM_PROCESSES WORKDIR OUT_NPZ [ARGS...]
+    python tests/multihost_worker.py PORT PROCESS_ID NUM_PROCESSES WORKDIR OUT_NPZ CONFIG [ARGS...]
 
-Runs the DiG smoke config through the real CLI (`--config.distributed=True`, coordinator on
-127.0.0.1:PORT, one CPU device per process, gloo collectives, mesh data=1 x fsdp=2 so the
-params are sharded across the two processes) for 6 steps, checkpointing at 3 and 6; ARGS are
-more `--config.FIELD=VALUE` overrides. Rerunning on the same WORKDIR resumes.
+Runs CONFIG (e.g. configs/dig.py:smoke) through the real CLI (`--config.distributed=True`,
+coordinator on 127.0.0.1:PORT, one CPU device per process, gloo collectives, mesh data=1 x
+fsdp=2 so the params are sharded across the two processes); ARGS are more
+`--config.FIELD=VALUE` overrides. Rerunning on the same WORKDIR resumes.
 
 With MULTIHOST_WAIT_FOR_SIGNAL_AT=N in the environment the process, once it has fed N batches,
 waits for a shutdown signal (which the test sends to the whole process group) before feeding
@@ -32,8 +32,6 @@ import numpy as np  # noqa: E402
 from sslocr_jax import main as main_lib  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
-
-TOTAL_STEPS, CKPT_EVERY = 6, 3
 
 
 def main():
@@ -62,23 +60,20 @@ def main():
   loop._Preemption._handler = noting_handler  # pylint: disable=protected-access
 
   sys.argv = [
-      "sslocr_jax.main", "--config=configs/dig.py:smoke", f"--workdir={workdir}",
+      "sslocr_jax.main", f"--config={sys.argv[6]}", f"--workdir={workdir}",
       "--config.distributed=True", f"--coordinator_address=127.0.0.1:{port}",
       f"--num_processes={num_processes}", f"--process_id={process_id}",
-      f"--config.total_steps={TOTAL_STEPS}", "--config.schedule_steps=12",
-      "--config.log_every=1", f"--config.checkpoint_every={CKPT_EVERY}",
-      f"--config.viz_every={TOTAL_STEPS}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
-      *sys.argv[6:]]
+      "--config.mesh.data=1", "--config.mesh.fsdp=-1", *sys.argv[7:]]
   try:
     main_lib._entry()  # pylint: disable=protected-access
   except SystemExit as e:
     if e.code:
       raise
   saved = {f"fed/{i + 1}/{k}": v for i, b in enumerate(fed) for k, v in b.items()}
-  sh = captured["shardings"].params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]
-  shape = captured["state"].params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"].shape
-  saved["fc1_kernel_shape"] = np.asarray(shape)
-  saved["fc1_kernel_local_shape"] = np.asarray(sh.shard_shape(shape))
+  fc1 = lambda tree: tree["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # FSDP-sharded
+  shape = fc1(captured["state"].params).shape
+  saved["fc1_kernel_shape"] = np.asarray(shape)  # global / this process's shard
+  saved["fc1_kernel_local_shape"] = np.asarray(fc1(captured["shardings"].params).shard_shape(shape))
   saved["signals"] = np.asarray(signals, np.int64)
   np.savez(out, **saved)
   print(f"worker {jax.process_index()} done", flush=True)

@@ -6,8 +6,13 @@ at 3 and 6:
   straight     run uninterrupted;
   preempted    the same in another workdir with a grain worker process each, SIGTERM sent to
                the whole process group after step 3 (workers included): both processes agree,
-               save and exit 0; then rerun to step 6, which must equal `straight` bit for bit.
+               save and exit 0; then rerun to step 6, which must equal `straight` bit for bit;
+and 2 fine-tuning smoke steps (CTC) with validation at step 2 on both processes, each over
+its shard of the validation set, reduced: `best/` is written.
 """
+
+import json
+import types
 
 import os
 import signal
@@ -28,6 +33,10 @@ from tests import scale_helpers
 from tests.helpers import ROOT, load_config
 
 NUM_PROCESSES, STEPS, LOCAL_BATCH, SIGNAL_AFTER = 2, 6, 4, 3
+DIG = ("configs/dig.py:smoke", f"--config.total_steps={STEPS}", "--config.schedule_steps=12",
+       "--config.log_every=1", "--config.checkpoint_every=3", f"--config.viz_every={STEPS}")
+FINETUNE = ("configs/finetune.py:smoke,decoder=ctc", "--config.total_steps=2",
+            "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=1")
 # The preempted run: a grain worker per process; the stop flag agreed after every step.
 PREEMPTED_ARGS = ("--config.data.num_workers=1", "--config.stop_check_seconds=0")
 
@@ -44,7 +53,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, tag, args=(), env=None):
+def _launch(workdir, tag, args=DIG, env=None):
   """Starts both processes in one new process group; returns (procs, log paths, npz paths)."""
   port = _free_port()
   env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
@@ -106,7 +115,7 @@ def two_process_run(tmp_path_factory):
 def preempted_run(tmp_path_factory, two_process_run):
   """(workdir, outputs and results of the interrupted launch, of the resumed launch)."""
   workdir = str(tmp_path_factory.mktemp("preempted"))
-  procs, logs, outs = _launch(workdir, "first", PREEMPTED_ARGS,
+  procs, logs, outs = _launch(workdir, "first", DIG + PREEMPTED_ARGS,
                               {"MULTIHOST_WAIT_FOR_SIGNAL_AT": str(SIGNAL_AFTER)})
   # Each process waits for the signal before its 4th batch. Once step 3 is logged both have
   # passed step 3's stop check: signal the whole group (grain workers included) then.
@@ -117,7 +126,7 @@ def preempted_run(tmp_path_factory, two_process_run):
     time.sleep(0.1)
   os.killpg(procs[0].pid, signal.SIGTERM)
   first = _finish(procs, logs, outs)
-  second = _finish(*_launch(workdir, "second", PREEMPTED_ARGS))
+  second = _finish(*_launch(workdir, "second", DIG + PREEMPTED_ARGS))
   return workdir, first, second
 
 
@@ -208,6 +217,35 @@ def test_sigterm_to_the_process_group_then_resume_equals_straight_run(two_proces
   b = ckpt_lib.restore_params(os.path.join(workdir, "checkpoints"), STEPS)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory, preempted_run):
+  del preempted_run  # run after it: one two-process run at a time
+  workdir = str(tmp_path_factory.mktemp("finetune"))
+  outputs, _ = _finish(*_launch(workdir, "finetune", FINETUNE))
+  return workdir, outputs
+
+
+def test_validation_on_every_process_reduced_writes_best(finetune_run):
+  """Both processes validate their shard (16 of the 32 lines each); the reduced figures equal
+  one process's validation of the same checkpoint over the whole set, and best/ is written."""
+  from sslocr_jax.methods import recognition  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import evaluation  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  workdir, outputs = finetune_run
+  assert "eval step 2:" in outputs[0] and "skipped" not in outputs[0] + outputs[1]
+  best = json.loads(open(os.path.join(workdir, "best", "best.json")).read())
+  assert best["step"] == 2 and best["metric"] == "val_accuracy"
+  got = [r for r in writers.read_metrics(workdir) if "val_accuracy" in r]
+  assert [r["step"] for r in got] == [2]
+  config = load_config("finetune", "smoke,decoder=ctc")
+  state = ckpt_lib.restore_params(os.path.join(workdir, "best"))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
+  want = evaluation.make_evaluator(recognition, config, mesh)(
+      types.SimpleNamespace(params=state["params"], model_state=state["model_state"]))
+  assert {k: got[0][k] for k in want} == want
+  assert best["value"] == want["val_accuracy"]
 
 
 def test_only_process_zero_logs_and_writes(two_process_run):
