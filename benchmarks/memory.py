@@ -10,6 +10,16 @@ device: the train state by part (params, optimizer state, EMA / BatchNorm state)
 shardings, and XLA's argument / output / temporary buffer sizes. FSDP should divide the state by
 about N (what stays replicated: biases and norms without a sharded axis, BatchNorm statistics).
 With --remat, a third row rematerialises the encoder blocks under FSDP (smaller temporaries).
+
+Table mode, per-device memory by model size, batch, dtype and remat (one row each, data
+parallel; with --devices=1 the batch is the per-device batch):
+
+    python benchmarks/memory.py --devices=1 --batch=128 --sizes=tiny,small,base \
+        --dtypes=float32,bfloat16 --remats=none,full,save_dots
+
+Measured on XLA:CPU here (docs/scaling.md has the table): an accelerator's compiler lays out
+and fuses differently, so treat the figures as estimates and check on the device
+(`jax.devices()[0].memory_stats()`).
 """
 
 import os
@@ -27,10 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
+from sslocr_jax.models import encoders  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import registry  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
@@ -41,6 +53,9 @@ _BATCH = flags.DEFINE_integer("batch", 8, "global batch size")
 flags.DEFINE_integer("devices", _DEVICES, "fake CPU devices (read before jax starts)")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (float32|bfloat16)")
 _REMAT = flags.DEFINE_bool("remat", False, "also measure FSDP with remat of the encoder blocks")
+_SIZES = flags.DEFINE_list("sizes", None, "table mode: encoder sizes (config variant size=S)")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32"], "table mode: compute dtypes")
+_REMATS = flags.DEFINE_list("remats", ["none"], "table mode: model.remat policies")
 
 MB = 2 ** 20
 
@@ -77,16 +92,59 @@ def measure(config, mesh_config: dict) -> dict:
     row["xla peak MB"] = (mem.argument_size_in_bytes + mem.temp_size_in_bytes +
                           mem.output_size_in_bytes - mem.alias_size_in_bytes) / MB
   row["total params M"] = state_lib.count_params(state.params) / 1e6
+  row["saved for backward MB"] = saved_for_backward(method, config, state, batch, phases) / MB
   return row
+
+
+def saved_for_backward(method, config, state, batch, phases) -> int:
+  """Bytes the forward pass keeps for the backward pass (the residuals of `jax.vjp` of the
+  loss, traced only), on the whole batch: the activation memory the remat policy and the
+  compute dtype set, the same on every platform (XLA:CPU's buffer assignment shows neither)."""
+  phase = phases[0][0]
+  shapes = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  params, model_state, batch = jax.tree.map(shapes, (state.params, state.model_state, batch))
+
+  def residuals(params, model_state, batch):
+    loss = lambda p: method.loss_fn(p, model_state, batch, jax.random.PRNGKey(0), step=0,
+                                    phase=phase, config=config)[0]
+    return jax.tree.leaves(jax.vjp(loss, params)[1])
+  leaves = jax.eval_shape(residuals, params, model_state, batch)
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
+def table(n: int) -> None:
+  """One data-parallel row per (size, dtype, remat): what one device holds at `--batch / n`."""
+  rows = []
+  for size in _SIZES.value:
+    spec = _CONFIG.value + ("," if ":" in _CONFIG.value else ":") + f"size={size}"
+    for dtype in _DTYPES.value:
+      for remat in _REMATS.value:
+        config = config_utils.load_config(spec)
+        config.batch_size, config.dtype = _BATCH.value, dtype
+        config.data.num_workers = 0
+        config.model.remat = remat
+        r = measure(config, {"data": n, "fsdp": 1})
+        rows.append({"size": size, "params M": r["total params M"],
+                     "batch/device": _BATCH.value // n, "dtype": dtype, "remat": remat,
+                     "state MB": r["state MB"],
+                     "saved for backward MB": r["saved for backward MB"],
+                     "xla temp MB": r.get("xla temp MB", 0.0),
+                     "xla peak MB": r.get("xla peak MB", 0.0)})
+        print(rows[-1], flush=True)
+  common.print_table(rows, {"config": _CONFIG.value, "devices": n, "rows": rows,
+                            "device": jax.devices()[0].device_kind})
 
 
 def main(argv):
   del argv
+  if _SIZES.value:
+    return table(jax.device_count())
   config = config_utils.load_config(_CONFIG.value)
   config.batch_size = _BATCH.value
   config.data.num_workers = 0
   if _DTYPE.value:
     config.dtype = _DTYPE.value
+  config.dtype = encoders.compute_dtype(config).name  # "auto" -> what this device runs
   n = jax.device_count()
   layouts = [("data-parallel", {"data": n, "fsdp": 1}), ("fsdp", {"data": 1, "fsdp": n})]
   rows = []
@@ -94,7 +152,7 @@ def main(argv):
     rows.append({"layout": name, "mesh": f"{mesh_config['data']}x{mesh_config['fsdp']}",
                  **measure(config, mesh_config)})
   if _REMAT.value:
-    config.model.remat = True
+    config.model.remat = "full"
     rows.append({"layout": "fsdp+remat", "mesh": f"1x{n}",
                  **measure(config, {"data": 1, "fsdp": n})})
   dp, fsdp = rows[0], rows[1]

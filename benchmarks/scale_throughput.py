@@ -5,7 +5,8 @@ r"""Host input pipeline vs device step: is the pipeline ever the bottleneck?
 
 For each method config (default: every pretraining method's `cpu` variant), three rates:
   host        samples/s of the real grain pipeline alone (decode/render, method views, masks,
-              batching, `--workers` processes), what the hosts can feed;
+              batching, `--workers` processes), what the hosts can feed, in steady state
+              (the batches buffered at start-up are drained before timing);
   device      images/s of the jitted train step alone on random batches already on the device,
               with XLA's FLOPs and MFU where the device's peak is known (benchmarks/common.py);
   end-to-end  images/s of the loop's inner part: next(pipeline) -> global batch -> step.
@@ -26,6 +27,7 @@ import jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from sslocr_jax import config_utils  # noqa: E402
 from sslocr_jax.data import pipeline  # noqa: E402
+from sslocr_jax.models import encoders  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
 
@@ -40,14 +42,27 @@ _SECONDS = flags.DEFINE_float("seconds", 10.0, "seconds of host pipeline measure
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps (device and end-to-end)")
 
 
+def buffered_batches(config) -> int:
+  """Batches the pipeline may hold ready before the clock starts: each worker's buffer (2,
+  `pipeline.make_dataset`) plus the one in flight. Timing fewer than this reads only those."""
+  return 2 * pipeline.resolve_num_workers(config.data) + 1
+
+
 def host_rate(config, make_views, seconds: float) -> float:
-  """Samples/s of the grain pipeline alone (first batch, i.e. worker start-up, excluded)."""
+  """Samples/s of the grain pipeline alone, in steady state: the batches buffered during
+  worker start-up are drained first, then at least `seconds` and 4x that many batches are
+  timed. The workers are closed before returning (they would compete with the next timing)."""
   it = iter(pipeline.make_dataset(config, make_views))
-  next(it)
-  n, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
-    n += len(next(iter(next(it).values())))
-  return n / (time.perf_counter() - t0)
+  try:
+    for _ in range(buffered_batches(config)):
+      next(it)
+    n, b, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or b < 4 * buffered_batches(config):
+      n += len(next(iter(next(it).values())))
+      b += 1
+    return n / (time.perf_counter() - t0)
+  finally:
+    it.close()
 
 
 def device_rate(s, config, steps: int) -> tuple[float, float | None]:
@@ -68,17 +83,22 @@ def device_rate(s, config, steps: int) -> tuple[float, float | None]:
 
 
 def end_to_end_rate(s, config, steps: int) -> float:
-  """Images/s of pipeline -> global batch -> step, as in the train loop."""
+  """Images/s of pipeline -> global batch -> step, as in the train loop: at least `steps` and
+  4x the buffered batches after one warm-up step, so the pipeline's own speed shows."""
   it = iter(pipeline.make_dataset(config, s["method"].make_views))
-  state = s["state"]
-  state, m = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
+  try:
+    state = s["state"]
     state, m = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
-  jax.block_until_ready(m)
-  s["state"] = state
-  return steps * config.batch_size / (time.perf_counter() - t0)
+    jax.block_until_ready(m)
+    n = max(steps, 4 * buffered_batches(config))
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state, m = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
+    jax.block_until_ready(m)
+    s["state"] = state
+    return n * config.batch_size / (time.perf_counter() - t0)
+  finally:
+    it.close()
 
 
 def default_configs() -> list[str]:
@@ -97,6 +117,7 @@ def main(argv):
       config.batch_size = _BATCH.value
     if _DTYPE.value:
       config.dtype = _DTYPE.value
+    config.dtype = encoders.compute_dtype(config).name  # "auto" -> what runs (for the peak)
     s = loop.setup(config)
     host = host_rate(config, s["method"].make_views, _SECONDS.value)
     device, flops = device_rate(s, config, _STEPS.value)

@@ -31,10 +31,10 @@ def get_config(arg=None):
   c.init_from = ""  # an official DiG .pth / exported .safetensors (methods/dig.py)
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.dtype = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
+  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height, c.image_width = 32, 128
   c.batch_size = 1024
   epochs = 10
@@ -44,7 +44,7 @@ def get_config(arg=None):
   # Encoder (models/vit.py).
   c.model = ml_collections.ConfigDict(dict(
       name="vit", size=a.size, **ENCODER_SIZES[a.size], mlp_ratio=4.0, patch_size=4,
-      drop_path_rate=0.0, remat=False))
+      drop_path_rate=0.0, remat="none"))
 
   # DiG objective (names as in the paper / official release).
   c.mask_ratio = 0.7           # fraction of the 256 patches masked in view 1

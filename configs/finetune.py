@@ -77,7 +77,7 @@ def model_block(size: str, encoder: str) -> ml_collections.ConfigDict:
       # DiG fine-tuning: --drop 0.1 --attn_drop_rate 0.1 --drop_path 0.1 (README); no dropout
       # on the position table (modeling_pretrain_vit.py PretrainVisionTransformerEncoder).
       size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4, drop_path_rate=0.1,
-      dropout_rate=0.1, attn_dropout_rate=0.1, pos_dropout=False, remat=False,
+      dropout_rate=0.1, attn_dropout_rate=0.1, pos_dropout=False, remat="none",
       # CNN + BiLSTM (models/resnet.py)
       channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2, tps=True,
       num_fiducials=20, tps_channels=512))
@@ -95,7 +95,7 @@ def get_config(arg=None):
   c.method = "recognition"
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "float32"
+  c.dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU (models/encoders.py)
 
   # Protocol.
   c.decoder = a.decoder or ("attention" if a.encoder == "resnet" else "transformer")
@@ -113,7 +113,7 @@ def get_config(arg=None):
   c.decoder_bilstm_layers = 0
 
   # Data: synthetic lines (labels known) unless data.source says lmdb / tfds.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
+  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.data.fraction = 1.0
   c.data.fraction_seed = 1234
   c.val_data = cu.synthetic_data(num_samples=2000, seed=1_000_003, font_split="heldout")

@@ -25,6 +25,7 @@ The encoder (`model.name = "resnet"`, models/resnet.py):
   model.tps             TPS rectification in front (bool)
   model.num_fiducials   TPS fiducial points (20)
   model.tps_channels    width of the TPS localization CNN (512)
+  model.remat           none | full | save_dots: rematerialise each basic block (models/encoders.py)
 The same `model` block in configs/finetune.py (with `model.name=resnet`) fine-tunes it.
 
 Every field can be overridden: `--config.instance_mapping=frame --config.total_steps=2000`.
@@ -46,10 +47,10 @@ def get_config(arg=None):
   c.method = "seqclr"
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.dtype = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
+  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height, c.image_width = 32, 128
   c.batch_size = 256
   epochs = 10
@@ -59,7 +60,7 @@ def get_config(arg=None):
   # Encoder (models/resnet.py): TPS + ResNet + 2-layer BiLSTM, 33 frames for 32x128.
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
-      tps=tps, num_fiducials=20, tps_channels=512))
+      tps=tps, num_fiducials=20, tps_channels=512, remat="none"))
 
   # SeqCLR objective (names as in the paper).
   c.seqclr_encoder_stage = "lstm"

@@ -41,13 +41,13 @@ def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict
   if encoder == "resnet":
     return ml_collections.ConfigDict(dict(
         name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
-        tps=tps, num_fiducials=20, tps_channels=512))
+        tps=tps, num_fiducials=20, tps_channels=512, remat="none"))
   if encoder == "vit":
     if size not in VIT_SIZES:
       raise ValueError(f"size={size!r} is unknown; valid: {sorted(VIT_SIZES)}")
     return ml_collections.ConfigDict(dict(
         name="vit", size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4,
-        drop_path_rate=0.0, remat=False))
+        drop_path_rate=0.0, remat="none"))
   raise ValueError(f"encoder={encoder!r} is unknown; valid: resnet, vit")
 
 
@@ -60,10 +60,10 @@ def get_config(arg=None):
   c.method = "siman"
   c.seed = 0
   c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "float32"  # encoder compute dtype; SAN, decoder and discriminator run in float32
+  c.dtype = "auto"  # encoder compute (auto: bf16 on GPU/TPU); SAN/decoder/discriminator: f32
 
   # Data: the built-in synthetic lines unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=8)
+  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height = 32
   c.image_width = 64  # W, one patch; the line is resized to 32 x 2W (ours)
   c.batch_size = 256

@@ -79,7 +79,8 @@ def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
   """The built-in synthetic text lines (default source); `source` switches to lmdb/tfds.
 
   `word_prob`: share of dictionary words among the lines (the rest are numbers, codes and
-  random strings; data/render.py).
+  random strings; data/render.py). `num_workers`: grain worker processes per host; -1 sizes
+  them from the host's cores (data/pipeline.py `resolve_num_workers`), 0 = none.
   """
   return ml_collections.ConfigDict({
       "source": "synthetic",
@@ -108,6 +109,7 @@ def add_run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 1000,
   c.checkpoint_every = checkpoint_every
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.stop_check_seconds = 5.0  # multi-host: agree on a SIGTERM at least this often (train/loop.py)
   if viz_every is not None:
     c.viz_every = viz_every
 

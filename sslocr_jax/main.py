@@ -14,6 +14,12 @@ finds the coordinator by itself; on other GPU clusters pass it with flags or env
     (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; JAX_LOCAL_DEVICE_IDS)
 
 Giving `--coordinator_address` (or JAX_COORDINATOR_ADDRESS) also turns the distributed mode on.
+
+Every process prints its device counts at start. A launcher that knows how many accelerators
+each process must drive says so with `--local_devices=N` (or SSLOCR_LOCAL_DEVICES=N;
+launch/gpu.sh sets it): a process that sees another number stops with an error instead of
+training on a fraction of the machine (e.g. JAX's SLURM detection restricting a
+one-task-per-node process to GPU `SLURM_LOCALID` only).
 """
 
 import datetime
@@ -67,6 +73,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
+_LOCAL_DEVICES = flags.DEFINE_integer(
+    "local_devices", None, "Devices each process must see; stop with an error otherwise "
+    "(default: $SSLOCR_LOCAL_DEVICES; unset: no check).")
 
 
 def check_overrides(argv, config) -> None:
@@ -119,6 +128,21 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.device_count())
 
 
+def check_local_devices(expected: int | None) -> str:
+  """Returns this process's device line; SystemExit when it sees not `expected` local devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  local = jax.local_devices()
+  line = (f"process {jax.process_index()} of {jax.process_count()}: {len(local)} local / "
+          f"{jax.device_count()} devices ({local[0].platform}: {local[0].device_kind})")
+  if expected is not None and len(local) != expected:
+    raise SystemExit(
+        f"error: {line}, but the launcher asked for {expected} per process. Under SLURM with "
+        "one task per node, JAX restricts each process to GPU $SLURM_LOCALID: pass every local "
+        f"GPU (JAX_LOCAL_DEVICE_IDS=0,...,{expected - 1}, as launch/gpu.sh does) or launch one "
+        "task per GPU; check CUDA_VISIBLE_DEVICES.")
+  return line
+
+
 def run(config, workdir: str):
   if config.task in ("pretrain", "finetune"):
     from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -144,6 +168,9 @@ def _main(config):
       raise errors.UserError("a multi-host run needs --workdir, a folder every host sees "
                              "(gs://bucket/run, a shared file system or a gcsfuse mount)")
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  expected = (_LOCAL_DEVICES.value if _LOCAL_DEVICES.value is not None
+              else _env_int("SSLOCR_LOCAL_DEVICES"))
+  print(check_local_devices(expected), flush=True)
   workdir = _WORKDIR.value or default_workdir(config)
   if not _WORKDIR.value:
     print(f"workdir: {workdir}", flush=True)

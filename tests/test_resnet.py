@@ -161,3 +161,13 @@ def test_bfloat16_compute():
   out, _ = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]),
                           variables)
   assert out.dtype == jnp.bfloat16
+
+
+def test_remat_wraps_each_basic_block():
+  """Traced only (the ViT test checks that a remat policy keeps the gradients)."""
+  x = _images(1)
+  model = resnet.Encoder(**{**TINY, "lstm_layers": 0}, remat="full")
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables).jaxpr
+  assert sum(e.primitive.name.startswith("remat") for e in jaxpr.eqns) == 4  # blocks (1, 1, 1, 1)

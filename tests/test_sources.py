@@ -126,3 +126,29 @@ def test_tfds_builders_round_trip(tmp_path):
   assert tb.LmdbImport.num_skipped >= 1
   with pytest.raises(FileNotFoundError, match="dataset_info.json"):
     sources.TfdsSource(str(tmp_path), "train")
+
+
+def test_grain_worker_init_ignores_shutdown_signals_and_uses_one_opencv_thread():
+  import signal  # pylint: disable=g-import-not-at-top
+  import cv2  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  threads = cv2.getNumThreads()
+  try:
+    pipeline.worker_init(0, 2)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert cv2.getNumThreads() == 1
+  finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
+    cv2.setNumThreads(threads)
+
+
+def test_num_workers_from_host_cores(monkeypatch):
+  from sslocr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data = lambda n: ml_collections.ConfigDict({"num_workers": n})
+  for cores, want in ((1, 0), (2, 1), (16, 15), (240, pipeline.MAX_AUTO_WORKERS)):
+    monkeypatch.setattr(pipeline, "host_cores", lambda c=cores: c)
+    assert pipeline.resolve_num_workers(data(-1)) == want
+  assert pipeline.resolve_num_workers(data(3)) == 3 and pipeline.resolve_num_workers(data(0)) == 0

@@ -84,3 +84,35 @@ def test_sigterm_saves_a_checkpoint_then_rerun_resumes(tmp_path):
   rerun = subprocess.run(cmd[:-3] + ["--config.total_steps=" + str(saved + 2)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
   assert f"steps {saved}->{saved + 2}" in rerun.stdout, rerun.stdout + rerun.stderr
+
+
+def test_stop_check_interval_from_step_time():
+  p = loop._Preemption(check_seconds=5.0)  # pylint: disable=protected-access
+  assert p.next_interval(10, 1.0) == 50  # 0.1 s steps: agree every 50 steps (5 s)
+  assert p.next_interval(1, 20.0) == 1  # steps longer than the budget: every step
+  assert p.next_interval(0, 0.0) == 1
+  assert p.next_interval(10**7, 1.0) == p.MAX_INTERVAL
+
+
+def test_stop_flag_agreed_across_hosts(monkeypatch):
+  """Two (faked) hosts: the flag is all-gathered at steps both compute the same way (the
+  smallest interval proposed; 1 s steps and 2 s budget here -> every 2 steps after the first
+  two), and a signal on the other host alone stops this one at the next agreement."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  clock, gathered, other = [0.0], [], {"requested": 0}
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(loop, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+
+  def allgather(mine):
+    gathered.append(step)
+    return np.stack([mine, np.asarray([other["requested"], 3])])
+  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  p = loop._Preemption(check_seconds=2.0)  # pylint: disable=protected-access
+  stops = {}
+  for step in range(1, 9):
+    clock[0] += 1.0
+    if step == 5:
+      other["requested"] = 1  # SIGTERM on the other host during step 5
+    stops[step] = p.should_stop(step)
+  assert gathered == [1, 2, 4, 6, 8]
+  assert [s for s, stop in stops.items() if stop] == [6, 8]

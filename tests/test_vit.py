@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sslocr_jax import posembed
+from sslocr_jax.models import encoders
 from sslocr_jax.models import vit
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2)  # custom CPU size
@@ -210,17 +211,45 @@ def test_no_dropout_on_the_position_table_unless_asked():
   assert 0.3 < float(jnp.mean(dropped == 0)) < 0.7
 
 
-def test_remat_same_tree_and_output():
-  x, kw = _images(1), dict(SMALL, depth=1)
-  variables = _init(vit.Encoder(**kw), x)
-  model = vit.Encoder(**kw, remat=True, drop_path_rate=0.2)
-  assert jax.tree.structure(_init(model, x)) == jax.tree.structure(variables)
-  np.testing.assert_allclose(model.apply(variables, x), vit.Encoder(**kw).apply(variables, x),
-                             atol=1e-6)
-  grads = jax.grad(lambda v: model.apply(v, x, train=True,
-                                         rngs={"dropout": jax.random.PRNGKey(0)}).sum())(
-      nn.unbox(variables))
-  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+def _remat_policies(jaxpr) -> list:
+  """The `policy` of every remat equation of a jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name.startswith(("remat", "checkpoint")):
+      found.append(eqn.params.get("policy"))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(sub, "eqns"):
+          found += _remat_policies(sub)
+  return found
+
+
+def test_remat_policies_wrap_each_block_and_keep_the_gradients():
+  """Every policy wraps each block in a remat with its checkpoint policy (traced, not run);
+  save_dots computes the gradients of no remat (the same params tree)."""
+  x, kw = _images(1), dict(SMALL, depth=2, drop_path_rate=0.2)
+  plain = vit.Encoder(**kw)
+  variables = nn.unbox(_init(plain, x))
+  loss = lambda m: lambda v: m.apply(v, x, train=True,
+                                     rngs={"dropout": jax.random.PRNGKey(0)}).sum()
+  assert not _remat_policies(jax.make_jaxpr(loss(plain))(variables).jaxpr)
+  for remat in ("full", "save_dots", True):
+    model = vit.Encoder(**kw, remat=remat)
+    policy = encoders.REMAT_POLICIES[encoders.remat_name(remat)]
+    assert _remat_policies(jax.make_jaxpr(loss(model))(variables).jaxpr) == [policy] * 2
+  model = vit.Encoder(**kw, remat="save_dots")
+  assert jax.tree.structure(nn.unbox(_init(model, x))) == jax.tree.structure(variables)
+  grads = jax.jit(jax.grad(loss(model)))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               grads, jax.jit(jax.grad(loss(plain)))(variables))
+
+
+def test_remat_names():
+  assert [encoders.remat_name(r) for r in (False, True, "none", "save_dots")] == [
+      "none", "full", "none", "save_dots"]
+  with pytest.raises(ValueError, match="remat='dots'.*none, full, save_dots"):
+    encoders.remat_name("dots")
 
 
 def test_bfloat16_compute_float32_params():
@@ -243,3 +272,13 @@ def test_attention_dropout_path_matches_fused_path():
   explicit = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=1e-9).apply(
       variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
   np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=2e-6, rtol=1e-6)
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_float32_on_cpu(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = lambda d: ml_collections.ConfigDict({"dtype": d})
+  assert encoders.compute_dtype(config("auto")) == jnp.float32  # the tests' CPU devices
+  assert encoders.compute_dtype(config("bfloat16")) == jnp.bfloat16
+  for platform, want in (("gpu", jnp.bfloat16), ("tpu", jnp.bfloat16), ("cpu", jnp.float32)):
+    monkeypatch.setattr(jax, "devices", lambda p=platform: [type("D", (), {"platform": p})()])
+    assert encoders.compute_dtype(config("auto")) == want

@@ -199,10 +199,14 @@ def info_nce(q, k, temperature: float):
   """MoCo-v3 contrastive loss, scaled by 2T. q, k [N, C]; positives on the diagonal."""
   q = q / jnp.linalg.norm(q, axis=-1, keepdims=True).clip(1e-12)
   k = k / jnp.linalg.norm(k, axis=-1, keepdims=True).clip(1e-12)
-  logits = jnp.einsum("nc,mc->nm", q, jax.lax.stop_gradient(k)) / temperature
-  labels = jnp.arange(q.shape[0])
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(logp[labels, labels]) * 2.0 * temperature
+  k = jax.lax.stop_gradient(k)
+  logits = jnp.einsum("nc,mc->nm", q, k) / temperature
+  # The positive logit row by row (q[n] . k[n]), not gathered from the diagonal of `logits`:
+  # with q and k split by rows over devices, the diagonal of a row-sharded matrix would make
+  # XLA gather the logits; this needs only the all-gather of k for the negatives.
+  positive = jnp.sum(q * k, axis=-1) / temperature
+  logp = positive - jax.nn.logsumexp(logits, axis=-1)
+  return -jnp.mean(logp) * 2.0 * temperature
 
 
 def momentum_at(step, config):

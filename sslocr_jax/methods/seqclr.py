@@ -68,7 +68,7 @@ def encoder_from_config(config):
 def networks(config) -> dict:
   _check(config)
   nets = {"encoder": encoder_from_config(config)}
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = encoders.compute_dtype(config)
   if config.projection == "bilstm":
     nets["projection"] = resnet.BiLSTM(config.proj_hidden_dim, config.proj_dim, dtype=dtype)
   elif config.projection == "mlp":  # per frame: Linear -> BN -> ReLU -> Linear
@@ -147,8 +147,11 @@ def nt_xent(z1, z2, temperature: float):
   logits = z @ z.T / temperature
   logits = jnp.where(jnp.eye(n, dtype=bool), -1e9, logits)
   positives = (jnp.arange(n) + m) % n
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  loss = -jnp.mean(jnp.take_along_axis(logp, positives[:, None], axis=1))
+  # The positive logit row by row (z[i] . z[(i + M) % 2M]), not gathered from the row-sharded
+  # logits (which would need them all-gathered).
+  partner = jnp.concatenate([z[m:], z[:m]])
+  logp = jnp.sum(z * partner, axis=-1) / temperature - jax.nn.logsumexp(logits, axis=-1)
+  loss = -jnp.mean(logp)
   acc = jnp.mean(jnp.argmax(logits, axis=-1) == positives)
   return loss, acc
 

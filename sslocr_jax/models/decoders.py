@@ -571,7 +571,7 @@ def greedy_decode(decoder, variables, features, *, length: int, bos: int, eos: i
 def from_config(config, num_classes: int, grid_h: int):
   """The decoder named by `config.decoder` with its sizes from `config.<decoder>`."""
   name = config.decoder
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = encoders.compute_dtype(config)
   if name == "ctc":
     ctc = config.get("ctc", None) or {}
     return CtcDecoder(num_classes, grid_h=grid_h, head=ctc.get("head", "linear"),

@@ -52,6 +52,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from sslocr_jax.models import encoders
+
 _conv_init = nn.initializers.he_normal()  # clovaai: kaiming_normal_ on every weight
 _dense_init = nn.initializers.he_normal()
 _zeros = nn.initializers.zeros
@@ -107,6 +109,7 @@ class ResNetFeatures(nn.Module):
   channels: int = 512
   blocks: Sequence[int] = (1, 2, 5, 3)
   dtype: Any = jnp.float32
+  remat: str = "none"  # per basic block: none | full (save_dots = full: convs are not dots)
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -119,7 +122,8 @@ class ResNetFeatures(nn.Module):
 
     def layer(x, stage):
       for j in range(self.blocks[stage]):
-        x = BasicBlock(widths[stage], self.dtype, name=f"layer{stage + 1}_{j}")(x, train)
+        block = encoders.remat_block(BasicBlock, self.remat)
+        x = block(widths[stage], self.dtype, name=f"layer{stage + 1}_{j}")(x, train)
       return x
 
     x = conv_bn_relu(x, c // 16, "0_1")
@@ -270,6 +274,7 @@ class Encoder(nn.Module):
     num_fiducials: TPS fiducial points F (20).
     tps_channels: width of the TPS localization CNN's last conv (512).
     dtype: compute dtype (params and BatchNorm statistics stay float32).
+    remat: rematerialisation policy of each ResNet basic block (`encoders.REMAT_POLICIES`).
   """
   channels: int = 512
   blocks: Sequence[int] = (1, 2, 5, 3)
@@ -279,6 +284,7 @@ class Encoder(nn.Module):
   num_fiducials: int = 20
   tps_channels: int = 512
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @property
   def features_dim(self) -> int:
@@ -297,7 +303,8 @@ class Encoder(nn.Module):
     if self.tps:
       x = TPS(self.num_fiducials, self.tps_channels, self.dtype, name="tps")(x, train)
       self.sow("intermediates", "rectified", x)
-    x = ResNetFeatures(self.channels, tuple(self.blocks), self.dtype, name="cnn")(x, train)
+    x = ResNetFeatures(self.channels, tuple(self.blocks), self.dtype, self.remat,
+                       name="cnn")(x, train)
     x = x.mean(axis=1)  # [B, T, C]: AdaptiveAvgPool over the (already 1-high) height
     for l in range(self.lstm_layers):
       x = BiLSTM(self.lstm_hidden, dtype=self.dtype, name=f"lstm_{l}")(x)
@@ -313,7 +320,8 @@ def from_config(config) -> Encoder:
                  lstm_layers=int(m.get("lstm_layers", 2)), tps=bool(m.get("tps", False)),
                  num_fiducials=int(m.get("num_fiducials", 20)),
                  tps_channels=int(m.get("tps_channels", 512)),
-                 dtype=jnp.dtype(config.get("dtype", "float32")))
+                 dtype=encoders.compute_dtype(config),
+                 remat=encoders.remat_name(m.get("remat", "none")))
 
 
 class BiLSTMStack(nn.Module):

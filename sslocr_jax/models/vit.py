@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslocr_jax import posembed
+from sslocr_jax.models import encoders
 
 # Official DiG sizes (depth 12, MLP ratio 4). "mu" is a micro model for CPU tests.
 SIZES = {
@@ -187,7 +188,8 @@ class Encoder(nn.Module):
       (modeling_pretrain_vit.py `PretrainVisionTransformerEncoder`, the encoder DiG
       fine-tunes, has no `pos_drop`); True is this project's older behaviour.
     dtype: compute dtype; params stay float32, softmax and LayerNorm stats float32.
-    remat: rematerialize each block (`nn.remat`) to save activation memory.
+    remat: rematerialisation policy of each block: none | full | save_dots
+      (`encoders.REMAT_POLICIES`; True/False of older configs = full/none).
   """
   embed_dim: int
   depth: int
@@ -200,7 +202,7 @@ class Encoder(nn.Module):
   attn_dropout_rate: float = 0.0
   pos_dropout: bool = False
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: str | bool = "none"
 
   @property
   def num_patches(self) -> int:
@@ -225,7 +227,7 @@ class Encoder(nn.Module):
     if self.pos_dropout:
       x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    block_cls = encoders.remat_block(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth else []
     for i in range(self.depth):
       x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), self.dropout_rate,

@@ -32,7 +32,7 @@ RESUME_SAFE = (
     "async_checkpoints", "viz_every", "eval_every", "eval_batch_size", "best_metric",
     "distributed", "init_from", "dtype", "grad_accum_steps", "mesh.*", "sharding.*",
     "data.num_workers", "data.num_threads", "data.prefetch", "val_data.*", "model.remat*",
-    "profile*",
+    "profile*", "stop_check_seconds",
 )
 
 

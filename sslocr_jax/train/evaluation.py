@@ -9,7 +9,6 @@ Used by the train loop (validation every `eval_every` steps of a method that dec
 
 import functools
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -19,57 +18,87 @@ from sslocr_jax.train import sharding as sharding_lib
 
 
 def make_batch_predictor(method, config, mesh, batch_size: int):
-  """Returns `fn(params, model_state, images uint8 [n <= B, H, W, 3]) -> (ids [n, L], conf [n])`.
+  """Returns `fn(params, model_state, images uint8 [n <= b, H, W, 3]) -> (ids [n, L], conf [n])`.
 
-  Every call runs one fixed-size batch (the last one zero-padded), so the jitted function
-  compiles once. `batch_size` is rounded up to a multiple of the device count.
+  Every call runs one fixed-size global batch (the last one zero-padded), so the jitted
+  function compiles once. `batch_size` is global, rounded up to a multiple of the device count;
+  each process passes its own `b = batch_size / process_count` images (possibly none) and gets
+  its own rows back. With several processes every process must make every call (a collective).
   """
   n_dev = mesh.size
   batch_size = -(-int(batch_size) // n_dev) * n_dev
-  fn = jax.jit(functools.partial(method.predict, config=config))
+  local_size = batch_size // jax.process_count()
+  fn = jax.jit(functools.partial(method.predict, config=config),
+               out_shardings=sharding_lib.batch_sharding(mesh))
 
   def predict_batch(params, model_state, images):
     images = np.asarray(images, np.uint8)
+    if images.size == 0:  # a process with no images left (several processes)
+      images = images.reshape((0,) + predict_batch.image_shape)
     n = images.shape[0]
-    if n > batch_size:
-      raise ValueError(f"batch of {n} images > batch size {batch_size}")
-    padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
+    if n > local_size:
+      raise ValueError(f"batch of {n} images > batch size {local_size} per process")
+    padded = np.zeros((local_size,) + images.shape[1:], np.uint8)
     padded[:n] = images
     x = sharding_lib.global_batch({"image": padded}, mesh)["image"]
-    ids, conf = jax.device_get(fn(params, model_state, x))
-    return np.asarray(ids)[:n], np.asarray(conf)[:n]
+    ids, conf = (sharding_lib.local_rows(a, mesh) for a in fn(params, model_state, x))
+    return ids[:n], conf[:n]
 
   predict_batch.batch_size = batch_size
+  predict_batch.image_shape = (config.image_height, config.image_width, 3)
   predict_batch.jitted = fn
   return predict_batch
 
 
 def eval_dataset(method, config, data_config, batch_size: int):
-  """Un-augmented, unshuffled, single-pass batches {image, text, index} of `data_config`."""
+  """Un-augmented, unshuffled, single-pass batches {image, text, index} of `data_config`; with
+  several processes, this process's shard (records p, p + n, ...)."""
   return pipeline.make_dataset(config, method.eval_views, data_config=data_config,
                                batch_size=batch_size, shuffle=False, repeat=False,
                                drop_remainder=False, num_workers=0)
 
 
 def evaluate_batches(predict_batch, params, model_state, batches, charset) -> metrics.Counts:
-  """Greedy predictions on batches {image, text} -> summed word-accuracy / NED counts."""
+  """Greedy predictions on batches {image, text} -> summed word-accuracy / NED counts.
+
+  With several processes each scores its own batches and the counts are summed over the
+  processes: every process returns the counts of the whole set. The processes' shards may
+  hold different numbers of batches (uneven sizes, dropped corrupt records), so a process
+  with none left feeds empty batches until all are done (each prediction is a collective).
+  """
   counts = metrics.Counts()
-  for batch in batches:
-    ids, _ = predict_batch(params, model_state, batch["image"])
-    preds = [charset.decode(row) for row in ids]
-    counts += metrics.score(preds, [str(t) for t in batch["text"]])
+  multi = jax.process_count() > 1
+  it = iter(batches)
+  while True:
+    batch = next(it, None)
+    if multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if not np.any(multihost_utils.process_allgather(np.asarray(batch is not None))):
+        break
+    elif batch is None:
+      break
+    images = batch["image"] if batch is not None else np.zeros((0,) + predict_batch.image_shape)
+    ids, _ = predict_batch(params, model_state, images)
+    if batch is not None:
+      preds = [charset.decode(row) for row in ids]
+      counts += metrics.score(preds, [str(t) for t in batch["text"]])
+  if multi:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    # int32 counts and a float32 NED sum (exact to ~1e-7 relative): enough for a percentage.
+    ints = multihost_utils.process_allgather(np.asarray([counts.samples, counts.correct],
+                                                        np.int32))
+    ned = multihost_utils.process_allgather(np.asarray(counts.one_minus_ned_sum, np.float32))
+    counts = metrics.Counts(int(np.sum(ints[..., 0])), int(np.sum(ints[..., 1])),
+                            float(np.sum(np.asarray(ned, np.float64))))
   return counts
 
 
 def make_evaluator(method, config, mesh):
   """`fn(state) -> {"val_accuracy": %, "val_one_minus_ned": %}` on `config.val_data`.
 
-  Single process only: with several processes it warns once and returns {} (no validation).
+  With several processes each evaluates its shard of the validation set and the counts are
+  reduced, so every process gets the figures of the whole set (and saves `best/` together).
   """
-  if jax.process_count() > 1:
-    logging.warning("%s: validation during training runs in a single process; skipped "
-                    "(evaluate the checkpoints with configs/evaluate.py)", config.method)
-    return lambda state: {}
   cs = method.charset_from_config(config)
   batch_size = int(config.get("eval_batch_size", 0) or config.batch_size)
   predict_batch = make_batch_predictor(method, config, mesh, batch_size)

@@ -17,6 +17,7 @@ from sslocr_jax import config_utils
 from sslocr_jax import paths
 from sslocr_jax.data import pipeline
 from sslocr_jax.data import sources
+from sslocr_jax.models import encoders
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import config_checks
 from sslocr_jax.train import evaluation
@@ -34,11 +35,25 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits)."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then saves and exits).
 
-  def __init__(self):
+  A spot VM's notice (GCE: 30 s), a TPU maintenance event (with `--autocheckpoint-enabled` the
+  runtime sends SIGTERM) and `launch/tpu_vm.sh stop` all arrive as SIGTERM.
+
+  With several processes every host must stop at the same step (a checkpoint save is
+  collective), so the flag is agreed with a small all-gather: at most every `check_seconds` of
+  training, whatever `log_every` is, and never more often than every step. The hosts agree on
+  the next check step too (from the measured step time, `next_interval`), as each host's own
+  clock would pick a different one.
+  """
+
+  MAX_INTERVAL = 10_000
+
+  def __init__(self, check_seconds: float = 5.0):
     self.requested = False
+    self.check_seconds = float(check_seconds)
     self._old = {}
+    self._next_check, self._last = None, None
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,15 +65,29 @@ class _Preemption:
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.requested = True
 
-  def should_stop(self, step: int, every: int) -> bool:
-    """Whether to save and stop after `step`. With several processes the flag is all-gathered
-    every `every` steps, so that all hosts stop at the same step even if only one got the signal."""
+  def next_interval(self, steps: int, seconds: float) -> int:
+    """Steps until the next agreement: about `check_seconds` at the measured step time."""
+    if steps <= 0 or seconds <= 0:
+      return 1
+    return int(max(1, min(self.MAX_INTERVAL, self.check_seconds * steps / seconds)))
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop after `step` (the same answer on every process)."""
     if jax.process_count() == 1:
       return self.requested
-    if step % every:
+    now = time.time()
+    if self._next_check is None:  # the first step (compilation): agree right after it
+      self._next_check, self._last = step, (step, now)
+    if step < self._next_check:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+    interval = self.next_interval(step - self._last[0], now - self._last[1])
+    # The all-gather completes after the steps before it (it queues behind them on the
+    # devices), so the wall time between two checks is that of the steps in between.
+    votes = multihost_utils.process_allgather(np.asarray([int(self.requested), interval]))
+    votes = np.asarray(votes).reshape(-1, 2)
+    self._next_check, self._last = step + int(votes[:, 1].min()), (step, time.time())
+    return bool(votes[:, 0].any())
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -160,6 +189,9 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
   _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
        f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
        f"workdir {workdir}")
+  _log(f"compute dtype {encoders.compute_dtype(config).name} (config.dtype={config.dtype}; "
+       f"params and optimizer state float32), {pipeline.resolve_num_workers(config.data)} data "
+       f"workers per process, remat {config.get('model', {}).get('remat', 'none')}")
 
   visualize = None
   if hasattr(method, "visualize") and config.get("viz_every", 0):
@@ -177,7 +209,7 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
   pending, last, bad = [], {}, None
   t0, seen0 = time.time(), start
   step = start
-  with _Preemption() as preempt:
+  with _Preemption(config.get("stop_check_seconds", 5.0)) as preempt:
     while step < total:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding_lib.global_batch(next(data_iter), mesh)
@@ -187,7 +219,7 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
       if step == start + 1:  # the first step compiles: time from its end
         jax.block_until_ready(metrics)
         t0, seen0 = time.time(), step
-      stop = preempt.should_stop(step, log_every)  # a signal arriving later: next step
+      stop = preempt.should_stop(step)  # a signal arriving later: at the next agreement
       must_save = step == total or stop or (ckpt_every and step % ckpt_every == 0)
       if step % log_every == 0 or must_save:
         last, bad = _flush(pending, writer, step - len(pending) + 1)

@@ -192,6 +192,15 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
                       local_batch)
 
 
+def local_rows(x, mesh: Mesh) -> np.ndarray:
+  """This process's rows of a global array sharded over the batch axes, as numpy: the rows its
+  `global_batch` input filled (all rows with one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(BATCH_AXES)))
+
+
 def bytes_per_device(tree) -> int:
   """Bytes one device holds of a pytree of sharded arrays (or ShapeDtypeStructs with a sharding).
 
