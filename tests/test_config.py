@@ -42,7 +42,7 @@ def test_every_training_config_accepts_the_launchers_flags(name):
   """launch/gpu.sh, launch/tpu_vm.sh and docs/scaling.md pass these to any config."""
   config = load_config(name)
   assert config.distributed is False
-  assert config.dtype == "float32" and config.mesh.fsdp == 1
+  assert config.dtype == "auto" and config.mesh.fsdp == 1  # issue 19: bfloat16 on GPU/TPU, float32 on CPU
   for field in ("batch_size", "grad_accum_steps", "total_steps"):
     assert field in config, field
 
