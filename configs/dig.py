@@ -14,36 +14,21 @@ Every field can be overridden: `--config.total_steps=2000 --config.optim.base_lr
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import vit
 import ml_collections
-
-ENCODER_SIZES = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=512, depth=12, num_heads=8),
-}
 
 
 def get_config(arg=None):
   a = cu.parse_arg(arg, size="small", cpu=False, smoke=False)
-  c = ml_collections.ConfigDict()
-  c.task = "pretrain"
-  c.method = "dig"
+  c = cu.header("pretrain", "dig", batch_size=1024)
   c.init_from = ""  # an official DiG .pth / exported .safetensors (methods/dig.py)
-  c.seed = 0
-  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height, c.image_width = 32, 128
-  c.batch_size = 1024
-  epochs = 10
-  c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr/momentum schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   # Encoder (models/vit.py).
   c.model = ml_collections.ConfigDict(dict(
-      name="vit", size=a.size, **ENCODER_SIZES[a.size], mlp_ratio=4.0, patch_size=4,
+      name="vit", **cu.vit_size(vit.SIZES, a.size), mlp_ratio=4.0, patch_size=4,
       drop_path_rate=0.0, remat="none"))
 
   # DiG objective (names as in the paper / official release).
@@ -74,7 +59,7 @@ def get_config(arg=None):
   cu.add_run_fields(c, checkpoint_every=1000)
 
   if a.cpu:
-    c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)
+    c.model.update(cu.vit_size(vit.SIZES, "cpu"))
     c.mim_hidden_dim = 128
     c.pix_hidden_dim = 256
     c.proj_hidden_dim = c.pred_hidden_dim = 1024
@@ -86,7 +71,7 @@ def get_config(arg=None):
     c.checkpoint_every = 50
     c.viz_every = 50
   if a.smoke:
-    c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2)
+    c.model.update(cu.vit_size(vit.SIZES, "smoke"))
     c.mim_hidden_dim = c.pix_hidden_dim = 32
     c.proj_hidden_dim = c.pred_hidden_dim = 64
     c.proj_dim = 32

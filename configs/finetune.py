@@ -58,25 +58,18 @@ Every field can be overridden: `--config.decoder=ctc --config.init_from=runs/dig
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import vit
 import ml_collections
-
-VIT_SIZES = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=512, depth=12, num_heads=8),
-}
 
 
 def model_block(size: str, encoder: str) -> ml_collections.ConfigDict:
   """Encoder fields of both kinds; `name` picks one (models/encoders.py)."""
-  if size not in VIT_SIZES:
-    raise ValueError(f"size={size!r} is unknown; valid: {sorted(VIT_SIZES)}")
   return ml_collections.ConfigDict(dict(
       name=encoder,
       # ViT (models/vit.py)
       # DiG fine-tuning: --drop 0.1 --attn_drop_rate 0.1 --drop_path 0.1 (README); no dropout
       # on the position table (modeling_pretrain_vit.py PretrainVisionTransformerEncoder).
-      size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4, drop_path_rate=0.1,
+      **cu.vit_size(vit.SIZES, size), mlp_ratio=4.0, patch_size=4, drop_path_rate=0.1,
       dropout_rate=0.1, attn_dropout_rate=0.1, pos_dropout=False, remat="none",
       # CNN + BiLSTM (models/resnet.py)
       channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2, tps=True,
@@ -90,12 +83,7 @@ def get_config(arg=None):
   a.encoder = a.encoder or ("resnet" if a.cpu60 else "vit")
   if a.encoder not in ("vit", "resnet"):
     raise ValueError(f"encoder={a.encoder!r} is unknown; valid: vit, resnet")
-  c = ml_collections.ConfigDict()
-  c.task = "finetune"
-  c.method = "recognition"
-  c.seed = 0
-  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU (models/encoders.py)
+  c = cu.header("finetune", "recognition", batch_size=512)
 
   # Protocol.
   c.decoder = a.decoder or ("attention" if a.encoder == "resnet" else "transformer")
@@ -113,15 +101,11 @@ def get_config(arg=None):
   c.decoder_bilstm_layers = 0
 
   # Data: synthetic lines (labels known) unless data.source says lmdb / tfds.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.data.fraction = 1.0
   c.data.fraction_seed = 1234
   c.val_data = cu.synthetic_data(num_samples=2000, seed=1_000_003, font_split="heldout")
   c.image_height, c.image_width = 32, 128
-  c.batch_size = 512
   epochs = 10
-  c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0
 
   c.model = model_block(a.size, a.encoder)
   # Decoder sizes (models/decoders.py); only the one named by `decoder` is built.
@@ -148,7 +132,7 @@ def get_config(arg=None):
   cu.add_run_fields(c, checkpoint_every=2000, viz_every=None)
 
   if a.cpu:
-    c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4,  # = dig.py:cpu
+    c.model.update(cu.vit_size(vit.SIZES, "cpu"),  # = dig.py:cpu
                    drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
     c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1,
                    tps=False, tps_channels=64)  # = seqclr.py:cpu, siman.py:cpu
@@ -194,7 +178,7 @@ def get_config(arg=None):
                    grad_clip=5.0)
     c.eval_every = c.checkpoint_every = 1000 if resnet else 500
   if a.smoke:
-    c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2,  # = dig.py:smoke
+    c.model.update(cu.vit_size(vit.SIZES, "smoke"),  # = dig.py:smoke
                    drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
     c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
                    tps=False, tps_channels=32)  # = seqclr.py:smoke

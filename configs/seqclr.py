@@ -42,20 +42,10 @@ def get_config(arg=None):
   a = cu.parse_arg(arg, cpu=False, smoke=False, tps="auto")
   small = a.cpu or a.smoke
   tps = (not small) if a.tps == "auto" else a.tps.lower() in ("1", "true", "yes")
-  c = ml_collections.ConfigDict()
-  c.task = "pretrain"
-  c.method = "seqclr"
-  c.seed = 0
-  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+  c = cu.header("pretrain", "seqclr", batch_size=256)
 
   # Data: the built-in synthetic lines (2M virtual samples) unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height, c.image_width = 32, 128
-  c.batch_size = 256
-  epochs = 10
-  c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   # Encoder (models/resnet.py): TPS + ResNet + 2-layer BiLSTM, 33 frames for 32x128.
   c.model = ml_collections.ConfigDict(dict(

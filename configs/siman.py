@@ -28,13 +28,8 @@ Every field can be overridden: `--config.adv_weight=0 --config.optim.generator.b
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import vit
 import ml_collections
-
-VIT_SIZES = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=512, depth=12, num_heads=8),
-}
 
 
 def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict:
@@ -43,10 +38,8 @@ def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict
         name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
         tps=tps, num_fiducials=20, tps_channels=512, remat="none"))
   if encoder == "vit":
-    if size not in VIT_SIZES:
-      raise ValueError(f"size={size!r} is unknown; valid: {sorted(VIT_SIZES)}")
     return ml_collections.ConfigDict(dict(
-        name="vit", size=size, **VIT_SIZES[size], mlp_ratio=4.0, patch_size=4,
+        name="vit", **cu.vit_size(vit.SIZES, size), mlp_ratio=4.0, patch_size=4,
         drop_path_rate=0.0, remat="none"))
   raise ValueError(f"encoder={encoder!r} is unknown; valid: resnet, vit")
 
@@ -55,21 +48,12 @@ def get_config(arg=None):
   a = cu.parse_arg(arg, encoder="resnet", size="small", tps="auto", cpu=False, smoke=False)
   small = a.cpu or a.smoke
   tps = (not small) if a.tps == "auto" else a.tps.lower() in ("1", "true", "yes")
-  c = ml_collections.ConfigDict()
-  c.task = "pretrain"
-  c.method = "siman"
-  c.seed = 0
-  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU)
-  c.dtype = "auto"  # encoder compute (auto: bf16 on GPU/TPU); SAN/decoder/discriminator: f32
+  # dtype: encoder compute (auto: bf16 on GPU/TPU); SAN/decoder/discriminator: f32.
+  c = cu.header("pretrain", "siman", batch_size=256)
 
   # Data: the built-in synthetic lines unless data.source says otherwise.
-  c.data = cu.synthetic_data(num_samples=2_000_000, num_workers=-1)
   c.image_height = 32
   c.image_width = 64  # W, one patch; the line is resized to 32 x 2W (ours)
-  c.batch_size = 256
-  epochs = 10
-  c.total_steps = epochs * c.data.num_samples // c.batch_size
-  c.schedule_steps = 0  # lr schedule length; 0 = total_steps (see config_utils.schedule_steps)
 
   c.model = model_block(a.encoder, a.size, tps)
 
@@ -100,7 +84,7 @@ def get_config(arg=None):
 
   if a.cpu:
     if a.encoder == "vit":  # = finetune.py:cpu (and dig.py:cpu)
-      c.model.update(size="cpu", embed_dim=128, depth=4, num_heads=4)
+      c.model.update(cu.vit_size(vit.SIZES, "cpu"))
     else:  # = finetune.py:cpu
       c.model.update(channels=64, lstm_hidden=64, lstm_layers=1, tps_channels=64)
     c.san_dim, c.decoder_width, c.disc_width = 64, 64, 32
@@ -115,7 +99,7 @@ def get_config(arg=None):
     c.viz_every = 50
   if a.smoke:
     if a.encoder == "vit":  # = finetune.py:smoke (and dig.py:smoke)
-      c.model.update(size="smoke", embed_dim=32, depth=2, num_heads=2)
+      c.model.update(cu.vit_size(vit.SIZES, "smoke"))
     else:  # = finetune.py:smoke (and seqclr.py:smoke)
       c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
                      tps_channels=32)

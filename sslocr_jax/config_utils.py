@@ -99,6 +99,41 @@ def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
   })
 
 
+def header(task: str, method: str, *, batch_size: int, epochs: int = 10,
+           num_samples: int = 2_000_000) -> ml_collections.ConfigDict:
+  """The fields every training config starts with: task, method, seed, distributed, dtype,
+  the built-in synthetic lines as data (`num_samples` virtual samples), batch_size, and
+  total_steps for `epochs` passes over them (schedule_steps 0: the schedules follow it)."""
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.method = method
+  c.seed = 0
+  c.distributed = False  # jax.distributed.initialize() first (multi-host GPU/TPU launchers)
+  c.dtype = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+  c.data = synthetic_data(num_samples=num_samples, num_workers=-1)
+  c.batch_size = batch_size
+  c.total_steps = epochs * num_samples // batch_size
+  c.schedule_steps = 0  # lr/momentum schedule length; 0 = total_steps (see schedule_steps)
+  return c
+
+
+# ViT sizes of the `cpu` and `smoke` variants, the same in every config (an encoder pretrained
+# with `dig.py:smoke` fine-tunes with `finetune.py:smoke`).
+SMALL_VIT_SIZES = {
+    "cpu": dict(embed_dim=128, depth=4, num_heads=4),
+    "smoke": dict(embed_dim=32, depth=2, num_heads=2),
+}
+
+
+def vit_size(sizes: dict, size: str) -> dict:
+  """{size, embed_dim, depth, num_heads} of a ViT `size` from the model's own table (configs
+  pass `models/vit.SIZES`: this module sits below the models) or SMALL_VIT_SIZES."""
+  table = {**sizes, **SMALL_VIT_SIZES}
+  if size not in table:
+    raise ValueError(f"size={size!r} is unknown; valid: {sorted(table)}")
+  return dict(size=size, **table[size])
+
+
 def add_run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 1000,
                    viz_every: int | None = 1000) -> None:
   """The run fields every config has: mesh, sharding, accumulation, logging, checkpoints."""

@@ -78,3 +78,24 @@ def test_lr_mult_scales_one_network_updates():
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(updates["encoder"]["w"][0, 0]) == pytest.approx(-0.015)
   assert float(updates["decoder"]["w"][0, 0]) == pytest.approx(-0.05)
+
+
+def test_header_and_vit_sizes_come_from_one_place():
+  """Every training config starts from `config_utils.header`; every ViT size (including the
+  cpu / smoke variants, which must agree for init_from) comes from `models/vit.SIZES` or
+  `config_utils.SMALL_VIT_SIZES`."""
+  from sslocr_jax.models import vit
+  c = config_utils.header("pretrain", "x", batch_size=1000, epochs=2, num_samples=5000)
+  assert (c.task, c.method, c.seed, c.distributed, c.dtype) == ("pretrain", "x", 0, False,
+                                                                 "auto")
+  assert (c.data.num_samples, c.total_steps, c.schedule_steps) == (5000, 10, 0)
+  assert config_utils.vit_size(vit.SIZES, "tiny") == dict(size="tiny", **vit.SIZES["tiny"])
+  with pytest.raises(ValueError, match="size='huge' is unknown"):
+    config_utils.vit_size(vit.SIZES, "huge")
+  for variant in ("", "cpu", "smoke", "size=tiny"):
+    models = [load_config(n, ",".join(filter(None, [variant, e]))).model
+              for n, e in (("dig", ""), ("siman", "encoder=vit"), ("finetune", ""))]
+    size = variant.removeprefix("size=") or "small"
+    want = config_utils.vit_size(vit.SIZES, size)
+    for m in models:
+      assert {k: m[k] for k in want} == want, (variant, m.size)
