@@ -45,6 +45,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sslocr_jax import config_utils
+from sslocr_jax import paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = "study_done.json"
@@ -256,27 +257,13 @@ def _json(path: str, default=None):
     return default
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  rows = []
-  try:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          pass  # a line cut by an interruption
-  except FileNotFoundError:
-    pass
-  return rows
-
-
 def trained_to_end(workdir: str) -> bool:
   """metrics.jsonl and checkpoints/ both reached config.total_steps (written by the loop)."""
   config = _json(os.path.join(workdir, "config.json"))
   if not config:
     return False
   total = int(config["total_steps"])
-  steps = [r.get("step", -1) for r in read_metrics(workdir)]
+  steps = [r.get("step", -1) for r in paths.read_metrics(workdir)]
   return bool(steps) and max(steps) >= total and os.path.isdir(
       os.path.join(workdir, "checkpoints", str(total)))
 
@@ -633,7 +620,7 @@ def plot_fractions(study, results: dict, plots_dir: str) -> list[str]:
 
 def plot_pretrain_losses(runs: list[dict], study_dir: str, plots_dir: str) -> str | None:
   """pretrain_losses.png: every *loss column of each pretraining run's metrics.jsonl."""
-  pre = [(r, read_metrics(os.path.join(study_dir, r["workdir"]))) for r in runs
+  pre = [(r, paths.read_metrics(os.path.join(study_dir, r["workdir"]))) for r in runs
          if r["kind"] == "pretrain"]
   pre = [(r, rows) for r, rows in pre if rows]
   if not pre:

@@ -5,6 +5,7 @@ may be a local folder or a bucket URI (`gs://bucket/run`, with gcsfs or tensorfl
 for the `gs://` file system).
 """
 
+import json
 import os
 
 from etils import epath
@@ -28,3 +29,23 @@ def write_text(path, text: str, append: bool = False) -> None:
     text, append = (path.read_text() if path.exists() else "") + text, False
   with path.open("a" if append else "w") as f:
     f.write(text)
+
+
+def read_metrics(workdir) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl (written by train/writers.py), in file order.
+
+  Tolerant, for readers of a run that may be in progress or was killed: no file yet -> [];
+  a line cut by an interruption (not valid JSON) is skipped.
+  """
+  path = workdir_path(workdir) / "metrics.jsonl"
+  try:
+    text = path.read_text()
+  except FileNotFoundError:
+    return []
+  rows = []
+  for line in text.splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      pass  # blank, or cut by an interruption
+  return rows

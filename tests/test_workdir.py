@@ -76,3 +76,8 @@ def test_local_workdir_appends_and_keeps_tensorboard(tmp_path):
   w.close()
   assert [r["step"] for r in writers.read_metrics(str(tmp_path))] == [1, 2]
   assert list((tmp_path / "tensorboard").iterdir())
+  # Tolerant reader (the study polls runs that may be killed mid-line or not started yet).
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "lo')
+  assert [r["step"] for r in writers.read_metrics(str(tmp_path))] == [1, 2]
+  assert writers.read_metrics(str(tmp_path / "not_started")) == []

@@ -106,7 +106,7 @@ def make_optimizers(config, method, phases, batch_spec) -> tuple[dict, dict]:
     optim_config = config.optim[phase] if phase in config.optim else config.optim
     optimizers[phase], schedules[phase] = optim.make_optimizer(
         optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
-        config_utils.schedule_steps(config), num_layers=int(config.get("model", {}).get("depth", 0) or 0))
+        config_utils.schedule_steps(config))
   return optimizers, schedules
 
 

@@ -64,9 +64,27 @@ def layer_id(path_names: tuple[str, ...], num_layers: int) -> int:
   return num_layers + 1
 
 
+def num_blocks(params) -> int:
+  """Transformer blocks (`blocks_<i>`) in a param tree: the depth layer decay counts down
+  from, read from the trainable params themselves (0 without blocks, e.g. a ResNet encoder
+  or a frozen one), so neither this module nor the loop reads a model config field."""
+  found = set()
+
+  def visit(path, _):
+    m = re.search(r"blocks_(\d+)", "/".join(str(getattr(k, "key", k)) for k in path))
+    if m:
+      found.add(int(m.group(1)))
+  jax.tree_util.tree_map_with_path(visit, params)
+  return max(found) + 1 if found else 0
+
+
 def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
-                   num_layers: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optax transformation, lr schedule) for one phase's trainable `params`."""
+                   num_layers: int | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optax transformation, lr schedule) for one phase's trainable `params`
+  (`num_layers` for layer decay: by default `num_blocks(params)`)."""
+  if num_layers is None:
+    num_layers = num_blocks(params)
   lr = schedule(optim_config, global_batch, total_steps)
   name = optim_config.get("name", "adamw")
   if name == "adamw":
