@@ -1,8 +1,8 @@
 r"""The pretraining study: which pretraining helps recognition, at which labeled fraction.
 
-Run by `benchmarks/study.py` (not by sslocr_jax.main):
+Run by `python -m sslocr_jax.study` (not by sslocr_jax.main):
 
-    python benchmarks/study.py --config=configs/study.py:cpu --study_dir=runs/study \
+    python -m sslocr_jax.study --config=configs/study.py:cpu --study_dir=runs/study \
         [--only=REGEX] [--dry_run] [--results=docs/results.md]
 
 Variants (`--config=configs/study.py:VARIANT`):

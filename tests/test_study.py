@@ -12,10 +12,10 @@ RUNS = ["pretrain/dig-s0", "finetune/dig-f0.1-full-s0", "eval/dig-f0.1-full-s0/t
 
 
 def _driver(study_dir, results, *extra):
-  """Runs benchmarks/study.py; returns (seconds, stdout)."""
+  """Runs `python -m sslocr_jax.study`; returns (seconds, stdout)."""
   t0 = time.time()
   proc = subprocess.run(
-      [sys.executable, "benchmarks/study.py", "--config=configs/study.py:smoke",
+      [sys.executable, "-m", "sslocr_jax.study", "--config=configs/study.py:smoke",
        f"--study_dir={study_dir}", f"--results={results}", *extra],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
