@@ -11,13 +11,11 @@ from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import sources
 from sslocr_jax.data import metrics
 from sslocr_jax.methods import recognition
-from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import evaluation
 from sslocr_jax.train import loop
 from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
-from sslocr_jax.train import writers
 from tests.helpers import fill_like
 from tests.helpers import load_config
 
@@ -96,49 +94,9 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   assert np.all((conf > 0) & (conf <= 1))
 
 
-@pytest.fixture(scope="module")
-def dig_smoke(tmp_path_factory):
-  """A DiG smoke checkpoint as `loop.train` writes it (config.json, checkpoints/<step>), of a
-  state whose encoder differs from its momentum (EMA) copy, so the test sees which is loaded.
-  (Saved at step 0 without training: compiling DiG's train step would double the test time.)
-  """
-  workdir = tmp_path_factory.mktemp("dig")
-  config = load_config("dig", "smoke")
-  (workdir / "config.json").write_text(config.to_json_best_effort())
-  state = loop.setup(config)["state"]
-  noisy = jax.tree.map(lambda x: x + jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype),
-                       state.params["encoder"])
-  state = state.replace(params={**state.params, "encoder": noisy})
-  checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  checkpointer.save(0, state)
-  checkpointer.close()
-  return str(workdir)
-
-
-def test_init_from_dig_frozen_encoder(dig_smoke, tmp_path):
-  """Decoder evaluation from a DiG checkpoint: the encoder is DiG's, bit for bit, at the end."""
+def test_init_from_another_size_says_what_differs(smoke_run):
   config = load_config("finetune", "smoke")
-  config.init_from, config.freeze_encoder = dig_smoke, True
-  config.total_steps = 4
-  config.eval_every, config.checkpoint_every = 2, 4
-  loop.train(config, str(tmp_path))
-  dig_encoder = ckpt_lib.restore_params(dig_smoke)["params"]["encoder"]
-  final = ckpt_lib.restore_params(str(tmp_path))
-  assert int(final["step"]) == 4
-  assert _bits_equal(final["params"]["encoder"], dig_encoder)
-  assert recognition.phases(config) == [("main", ["decoder"])]
-  config.freeze_encoder = False
-  assert recognition.phases(config) == [("main", ["encoder", "decoder"])]
-  rows = writers.read_metrics(str(tmp_path))
-  assert [r["step"] for r in rows if "val_accuracy" in r] == [2, 4]
-  assert all(0.0 <= r["val_accuracy"] <= 100.0 for r in rows if "val_accuracy" in r)
-  assert any("train_accuracy" in r and "loss" in r for r in rows)
-  assert ckpt_lib.Checkpointer(str(tmp_path / "best"), async_save=False).latest_step() in (2, 4)
-
-
-def test_init_from_another_size_says_what_differs(dig_smoke):
-  config = load_config("finetune", "smoke")
-  config.init_from = dig_smoke
+  config.init_from = smoke_run("dig")
   config.model.update(embed_dim=48, depth=3)
   batch = {"image": np.zeros((2, 32, 128, 3), np.uint8),
            "label": np.zeros((2, config.max_len + 1), np.int32)}

@@ -1,6 +1,5 @@
 """SimAN: SAN's pure parts, the views, the alternating updates, the smoke run and its resume."""
 
-import os
 
 import flax.linen as nn
 import jax
@@ -12,10 +11,8 @@ from sslocr_jax import config_utils
 from sslocr_jax.methods import siman
 from sslocr_jax.models import siman_nets
 from sslocr_jax.train import checkpoint as ckpt_lib
-from sslocr_jax.train import loop
 from sslocr_jax.train import state as state_lib
 from sslocr_jax.train import step as step_lib
-from sslocr_jax.train import writers
 from tests.helpers import load_config
 
 
@@ -160,10 +157,10 @@ def _optimizer(config, params, phase, keys):
                               config_utils.schedule_steps(config))
 
 
-def test_discriminator_phase_uses_no_generator_gradient_and_keeps_batch_stats(straight_run):
+def test_discriminator_phase_uses_no_generator_gradient_and_keeps_batch_stats(smoke_run):
   """Resnet (BatchNorm) encoder, the smoke run's trained state."""
   config = load_config("siman", "smoke")
-  state = ckpt_lib.restore_params(straight_run)
+  state = ckpt_lib.restore_params(smoke_run("siman"))
   params, model_state = state["params"], state["model_state"]
   assert "encoder" in model_state["batch_stats"]
   batch = _batch(config)
@@ -183,42 +180,6 @@ def test_adversarial_weight_is_zero_during_the_warm_up():
   config = load_config("siman", "smoke")
   w = [float(siman.adv_weight_at(jnp.asarray(t), config)) for t in (0, 11, 12, 100)]
   assert w == pytest.approx([0.0, 0.0, config.adv_weight, config.adv_weight])
-
-
-# ----------------------------------------------------------------------------- runs
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("siman_straight"))
-  loop.train(load_config("siman", "smoke"), workdir)
-  return workdir
-
-
-def test_workdir_contract_and_reconstruction_loss_decreases(straight_run):
-  rows = writers.read_metrics(straight_run)
-  assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24]
-  for key in ("loss", "pixel_loss", "adv_loss", "adv_weight", "disc_accuracy",
-              "disc_real_loss", "disc_fake_loss", "generator/loss", "discriminator/loss",
-              "generator/lr", "discriminator/lr"):
-    assert all(np.isfinite(r[key]) for r in rows), key
-  assert rows[-1]["pixel_loss"] < 0.9 * rows[0]["pixel_loss"]
-  assert rows[0]["adv_weight"] == 0.0 and rows[-1]["adv_weight"] > 0
-  pngs = os.listdir(os.path.join(straight_run, "samples"))
-  assert any(p.startswith("siman_restoration") and p.endswith(".png") for p in pngs)
-  restored = ckpt_lib.restore_params(straight_run)
-  assert set(restored["params"]) == {"encoder", "san", "decoder", "discriminator"}
-  assert set(restored["opt_state"]) == {"generator", "discriminator"}
-
-
-def test_exact_resume_including_the_discriminator(straight_run, tmp_path):
-  config = load_config("siman", "smoke")
-  config.total_steps, config.schedule_steps = 12, 24
-  loop.train(config, str(tmp_path))
-  config.total_steps = 24
-  loop.train(config, str(tmp_path))
-  assert writers.read_metrics(str(tmp_path)) == writers.read_metrics(straight_run)
-  a, b = ckpt_lib.restore_params(straight_run), ckpt_lib.restore_params(str(tmp_path))
-  for tree in ("params", "opt_state", "model_state"):
-    jax.tree.map(np.testing.assert_array_equal, a[tree], b[tree])
 
 
 def test_cpu_and_smoke_encoders_match_finetune_for_init_from():
