@@ -76,16 +76,16 @@ def main(argv):
 
   t0 = time.perf_counter()
   s = loop.setup(config)
-  data_spec = pipeline.batch_spec(config, s["method"].make_views)
-  batch = sharding.global_batch(common.random_batch(data_spec), s["mesh"])
-  compiled = s["train_step"].lower(s["state"], batch).compile()
+  data_spec = pipeline.batch_spec(config, s.method.make_views)
+  batch = sharding.global_batch(common.random_batch(data_spec), s.mesh)
+  compiled = s.train_step.lower(s.state, batch).compile()
   compile_s = time.perf_counter() - t0
-  xla_flops = common.compiled_flops(s["train_step"], s["state"], batch)
+  xla_flops = common.compiled_flops(s.train_step, s.state, batch)
   mem = compiled.memory_analysis()
-  holder = {"state": s["state"]}
+  holder = {"state": s.state}
 
   def one_step():
-    holder["state"], m = s["train_step"](holder["state"], batch)
+    holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
   one_step()
   one_step()
@@ -94,7 +94,7 @@ def main(argv):
   mfu = common.step_mfu(config, samples_per_sec, xla_flops)
   peak_mem = peak_memory_bytes()
 
-  host = pipeline_rate(config, s["method"].make_views, seconds)
+  host = pipeline_rate(config, s.method.make_views, seconds)
   rows = profile_step.breakdown(profile_step.trace_op_times(one_step, 1),
                                 profile_step.hlo_ops(compiled.as_text()))
 

@@ -50,7 +50,7 @@ def main(argv):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort())
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    checkpointer.save(0, loop.setup(config)["state"])
+    checkpointer.save(0, loop.setup(config).state)
     checkpointer.close()
     folder = os.path.join(tmp, "images")
     os.makedirs(folder)

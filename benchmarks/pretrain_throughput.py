@@ -44,14 +44,14 @@ def main(argv):
   if _DTYPE.value:
     config.dtype = _DTYPE.value
   s = loop.setup(config)
-  spec = pipeline.batch_spec(config, s["method"].make_views)
-  batch = sharding.global_batch(random_batch(spec), s["mesh"])
-  state = s["state"]
-  step_flops = common.compiled_flops(s["train_step"], state, batch)
+  spec = pipeline.batch_spec(config, s.method.make_views)
+  batch = sharding.global_batch(random_batch(spec), s.mesh)
+  state = s.state
+  step_flops = common.compiled_flops(s.train_step, state, batch)
   holder = {"state": state}
 
   def one_step():
-    holder["state"], m = s["train_step"](holder["state"], batch)
+    holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
   for _ in range(2):
     one_step()
@@ -73,8 +73,8 @@ def main(argv):
     figures["mfu"] = rows[0]["MFU"] = mfu
 
   encoder_images = next((k for k in ("image1", "image") if k in batch), None)
-  if hasattr(s["method"], "encoder_from_config") and encoder_images:
-    enc = s["method"].encoder_from_config(config)
+  if hasattr(s.method, "encoder_from_config") and encoder_images:
+    enc = s.method.encoder_from_config(config)
     fwd = jax.jit(lambda p, x: enc.apply(p, x.astype(jnp.float32) / 127.5 - 1))
     params = {"params": holder["state"].params["encoder"]}
     stats = holder["state"].model_state.get("batch_stats", {}).get("encoder")

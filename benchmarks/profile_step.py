@@ -128,13 +128,13 @@ def main():
   if f.dtype:
     config.dtype = f.dtype
   s = loop.setup(config)
-  spec = pipeline.batch_spec(config, s["method"].make_views)
-  batch = sharding.global_batch(common.random_batch(spec), s["mesh"])
-  ops = hlo_ops(s["train_step"].lower(s["state"], batch).compile().as_text())
-  holder = {"state": s["state"]}
+  spec = pipeline.batch_spec(config, s.method.make_views)
+  batch = sharding.global_batch(common.random_batch(spec), s.mesh)
+  ops = hlo_ops(s.train_step.lower(s.state, batch).compile().as_text())
+  holder = {"state": s.state}
 
   def one_step():
-    holder["state"], m = s["train_step"](holder["state"], batch)
+    holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
   one_step()
   seconds = trace_op_times(one_step, f.steps)

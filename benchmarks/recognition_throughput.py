@@ -73,7 +73,7 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
   config.decoder, config.batch_size, config.augment = decoder, train_batch, False
   mesh = sharding_lib.make_mesh(config.mesh)
   s = loop.setup(config, mesh=mesh)
-  state = s["state"]
+  state = s.state
   cs = recognition.charset_from_config(config)
 
   # Inference: a fixed-size batch through the jitted greedy predictor.
@@ -102,7 +102,7 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
   ids = np.stack([cs.encode(t if cs.check(t, config.max_len) is None else "a", config.max_len)
                   for t in labels[:train_batch]])
   tb = sharding_lib.global_batch({"image": images[:train_batch], "label": ids}, mesh)
-  step, holder = s["train_step"], {"state": state}
+  step, holder = s.train_step, {"state": state}
 
   def one_step():
     holder["state"], m = step(holder["state"], tb)

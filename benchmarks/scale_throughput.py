@@ -67,35 +67,35 @@ def host_rate(config, make_views, seconds: float) -> float:
 
 def device_rate(s, config, steps: int) -> tuple[float, float | None]:
   """(images/s, FLOPs per step) of the jitted step on a random batch already on the device."""
-  spec = pipeline.batch_spec(config, s["method"].make_views)
-  batch = sharding.global_batch(common.random_batch(spec), s["mesh"])
-  flops = common.compiled_flops(s["train_step"], s["state"], batch)
-  holder = {"state": s["state"]}
+  spec = pipeline.batch_spec(config, s.method.make_views)
+  batch = sharding.global_batch(common.random_batch(spec), s.mesh)
+  flops = common.compiled_flops(s.train_step, s.state, batch)
+  holder = {"state": s.state}
 
   def one_step():
-    holder["state"], m = s["train_step"](holder["state"], batch)
+    holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
   one_step()
   one_step()
   sec = common.time_calls(one_step, steps)
-  s["state"] = holder["state"]  # the old one was donated
+  s.state = holder["state"]  # the old one was donated
   return config.batch_size / sec, flops
 
 
 def end_to_end_rate(s, config, steps: int) -> float:
   """Images/s of pipeline -> global batch -> step, as in the train loop: at least `steps` and
   4x the buffered batches after one warm-up step, so the pipeline's own speed shows."""
-  it = iter(pipeline.make_dataset(config, s["method"].make_views))
+  it = iter(pipeline.make_dataset(config, s.method.make_views))
   try:
-    state = s["state"]
-    state, m = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
+    state = s.state
+    state, m = s.train_step(state, sharding.global_batch(next(it), s.mesh))
     jax.block_until_ready(m)
     n = max(steps, 4 * buffered_batches(config))
     t0 = time.perf_counter()
     for _ in range(n):
-      state, m = s["train_step"](state, sharding.global_batch(next(it), s["mesh"]))
+      state, m = s.train_step(state, sharding.global_batch(next(it), s.mesh))
     jax.block_until_ready(m)
-    s["state"] = state
+    s.state = state
     return n * config.batch_size / (time.perf_counter() - t0)
   finally:
     it.close()
@@ -119,7 +119,7 @@ def main(argv):
       config.dtype = _DTYPE.value
     config.dtype = encoders.compute_dtype(config).name  # "auto" -> what runs (for the peak)
     s = loop.setup(config)
-    host = host_rate(config, s["method"].make_views, _SECONDS.value)
+    host = host_rate(config, s.method.make_views, _SECONDS.value)
     device, flops = device_rate(s, config, _STEPS.value)
     e2e = end_to_end_rate(s, config, _STEPS.value)
     mfu = common.step_mfu(config, device, flops)

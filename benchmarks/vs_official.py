@@ -61,15 +61,15 @@ def ours(spec: str, batch_size: int):
   config = config_utils.load_config(spec)
   config.batch_size, config.data.num_workers = batch_size, 0
   s = loop.setup(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
-  data = pipeline.batch_spec(config, s["method"].make_views)
-  batch = sharding.global_batch(common.random_batch(data), s["mesh"])
-  compiled = common.compiled_flops(s["train_step"], s["state"], batch)
-  holder = {"state": s["state"]}
+  data = pipeline.batch_spec(config, s.method.make_views)
+  batch = sharding.global_batch(common.random_batch(data), s.mesh)
+  compiled = common.compiled_flops(s.train_step, s.state, batch)
+  holder = {"state": s.state}
 
   def step():
-    holder["state"], m = s["train_step"](holder["state"], batch)
+    holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
-  enc = s["method"].encoder_from_config(config)
+  enc = s.method.encoder_from_config(config)
   images = jnp.concatenate([batch["image1"], batch["image2"]])
   fwd = jax.jit(lambda p, x: enc.apply({"params": p}, x.astype(jnp.float32) / 127.5 - 1))
 

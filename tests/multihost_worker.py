@@ -50,8 +50,8 @@ def main():
     return real_global_batch(local_batch, mesh)
 
   def capturing_setup(*args, **kwargs):
-    captured.update(real_setup(*args, **kwargs))
-    return captured
+    captured["setup"] = real_setup(*args, **kwargs)
+    return captured["setup"]
 
   def noting_handler(self, signum, frame):
     signals.append(signum)
@@ -71,9 +71,9 @@ def main():
       raise
   saved = {f"fed/{i + 1}/{k}": v for i, b in enumerate(fed) for k, v in b.items()}
   fc1 = lambda tree: tree["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # FSDP-sharded
-  shape = fc1(captured["state"].params).shape
+  shape = fc1(captured["setup"].state.params).shape
   saved["fc1_kernel_shape"] = np.asarray(shape)  # global / this process's shard
-  saved["fc1_kernel_local_shape"] = np.asarray(fc1(captured["shardings"].params).shard_shape(shape))
+  saved["fc1_kernel_local_shape"] = np.asarray(fc1(captured["setup"].shardings.params).shard_shape(shape))
   saved["signals"] = np.asarray(signals, np.int64)
   np.savez(out, **saved)
   print(f"worker {jax.process_index()} done", flush=True)

@@ -35,10 +35,10 @@ def reference():
   """(setup dict, pristine initial state) of DiG smoke on one device, its step compiled."""
   config = load_config("dig", "smoke")
   s = loop.setup(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
-  state0 = jax.tree.map(jnp.copy, s["state"])
-  spec = pipeline.batch_spec(config, s["method"].make_views)
-  run_steps(s["train_step"], s["state"], [{k: np.zeros(v.shape, v.dtype)
-                                           for k, v in spec.items()}], s["mesh"])  # compiles
+  state0 = jax.tree.map(jnp.copy, s.state)
+  spec = pipeline.batch_spec(config, s.method.make_views)
+  run_steps(s.train_step, s.state, [{k: np.zeros(v.shape, v.dtype)
+                                           for k, v in spec.items()}], s.mesh)  # compiles
   return s, state0
 
 
@@ -54,7 +54,7 @@ def run_steps(train_step, state, batches, mesh) -> tuple[list[dict], object]:
 def reference_losses(batches) -> list[dict]:
   """Metrics of the 1-device reference on the given numpy global batches, from step 0."""
   s, state0 = reference()
-  return run_steps(s["train_step"], jax.tree.map(jnp.copy, state0), batches, s["mesh"])[0]
+  return run_steps(s.train_step, jax.tree.map(jnp.copy, state0), batches, s.mesh)[0]
 
 
 def assert_same_losses(got: list[dict], want: list[dict], keys=("loss", "mim_loss",

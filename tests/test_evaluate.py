@@ -59,7 +59,7 @@ def finetuned(tmp_path_factory):
   config = load_config("finetune", "smoke")
   (workdir / "config.json").write_text(config.to_json_best_effort())
   checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  checkpointer.save(0, loop.setup(config)["state"])
+  checkpointer.save(0, loop.setup(config).state)
   checkpointer.close()
   return str(workdir)
 

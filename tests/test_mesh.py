@@ -10,11 +10,11 @@ from tests.helpers import load_config
 
 def _losses(config, devices, steps=3):
   s = loop.setup(config, mesh=sharding.make_mesh(config.mesh, devices))
-  it = iter(s["dataset"])
-  state, out = s["state"], []
+  it = iter(s.dataset)
+  state, out = s.state, []
   for _ in range(steps):
-    batch = sharding.global_batch(next(it), s["mesh"])
-    state, metrics = s["train_step"](state, batch)
+    batch = sharding.global_batch(next(it), s.mesh)
+    state, metrics = s.train_step(state, batch)
     out.append(jax.device_get(metrics))
   return out, state
 

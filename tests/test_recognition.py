@@ -82,7 +82,7 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   cs = recognition.charset_from_config(config)
   mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])  # no collectives: faster
   s = loop.setup(config, mesh=mesh)
-  state, train_step = s["state"], s["train_step"]
+  state, train_step = s.state, s.train_step
   batch = sharding_lib.global_batch(
       {"image": images, "label": np.stack([cs.encode(t, config.max_len) for t in labels])}, mesh)
   for _ in range(config.total_steps):

@@ -33,7 +33,7 @@ def _get(tree, path):
 
 def _smoke_batches(n=STEPS):
   s, _ = scale_helpers.reference()
-  it = iter(s["dataset"])
+  it = iter(s.dataset)
   return [next(it) for _ in range(n)]
 
 
@@ -49,8 +49,8 @@ def test_mesh_same_losses_and_params_sharded(data, fsdp, reference_metrics):
   config = load_config("dig", "smoke")
   config.mesh.data, config.mesh.fsdp = data, fsdp
   s = loop.setup(config)
-  assert dict(s["mesh"].shape) == {"data": data, "fsdp": fsdp}
-  state = s["state"]
+  assert dict(s.mesh.shape) == {"data": data, "fsdp": fsdp}
+  state = s.state
 
   # Declared sharding: "embed" -> fsdp on fc1's first axis; Adam moments and EMA follow.
   kernel = _get(state.params, FC1)
@@ -71,7 +71,7 @@ def test_mesh_same_losses_and_params_sharded(data, fsdp, reference_metrics):
   if fsdp == 8:  # everything with an "embed" / "conv_out" axis is split 8 ways
     assert per_device < 0.3 * total, (per_device, total)
 
-  got, _ = scale_helpers.run_steps(s["train_step"], state, batches, s["mesh"])
+  got, _ = scale_helpers.run_steps(s.train_step, state, batches, s.mesh)
   scale_helpers.assert_same_losses(got, want)
 
 
@@ -83,8 +83,8 @@ def test_dig_step_moves_no_examples_between_devices():
   config = load_config("dig", "smoke")
   config.mesh.data, config.mesh.fsdp = 8, 1
   s = loop.setup(config)
-  batch = sharding.global_batch(next(iter(s["dataset"])), s["mesh"])
-  hlo = s["train_step"].lower(s["state"], batch).compile().as_text()
+  batch = sharding.global_batch(next(iter(s.dataset)), s.mesh)
+  hlo = s.train_step.lower(s.state, batch).compile().as_text()
   assert hlo.count("all-to-all(") == 0
   assert hlo.count("collective-permute(") == 0
   assert hlo.count("all-gather(") == 2  # k2 and k1, one per InfoNCE term
@@ -103,15 +103,15 @@ def test_grad_accumulation_equals_full_batch():
   config = load_config("dig", "smoke")
   config.contrastive_weight, config.batch_size = 0.0, 16
   s = loop.setup(config)
-  it = iter(s["dataset"])
-  batches = [sharding.global_batch(next(it), s["mesh"]) for _ in range(3)]
+  it = iter(s.dataset)
+  batches = [sharding.global_batch(next(it), s.mesh) for _ in range(3)]
   compiled = {}
   for k in (1, 2):
     c = config.copy_and_resolve_references()
     c.grad_accum_steps = k
-    step = loop.jit_train_step(s["method"], c, s["optimizers"], s["schedules"], s["phases"],
-                               s["shardings"], s["batch_shardings"], s["mesh"])
-    compiled[k] = step.lower(s["state"], batches[0]).compile()
+    step = loop.jit_train_step(s.method, c, s.optimizers, s.schedules, s.phases,
+                               s.shardings, s.batch_shardings, s.mesh)
+    compiled[k] = step.lower(s.state, batches[0]).compile()
   # Micro-batches stay spread over the 8 devices: accumulation adds no collectives.
   hlo = {k: c.as_text() for k, c in compiled.items()}
   for op in ("all-to-all(", "collective-permute(", "all-gather(", "all-reduce("):
@@ -120,7 +120,7 @@ def test_grad_accumulation_equals_full_batch():
 
   results = {}
   for k, fn in compiled.items():
-    state, metrics = jax.tree.map(jnp.copy, s["state"]), []
+    state, metrics = jax.tree.map(jnp.copy, s.state), []
     for b in batches:
       state, m = fn(state, b)
       metrics.append(jax.device_get(m))
@@ -144,11 +144,11 @@ def test_bfloat16_trains_with_float32_master_weights():
   config = load_config("dig", "smoke")
   config.dtype = "bfloat16"
   s = loop.setup(config)
-  it = iter(s["dataset"])
+  it = iter(s.dataset)
   batches = [next(it) for _ in range(STEPS)]
-  lowered = s["train_step"].lower(s["state"], sharding.global_batch(batches[0], s["mesh"]))
+  lowered = s.train_step.lower(s.state, sharding.global_batch(batches[0], s.mesh))
   assert "bf16" in lowered.as_text()  # the encoder computes in bfloat16
-  metrics, state = scale_helpers.run_steps(s["train_step"], s["state"], batches, s["mesh"])
+  metrics, state = scale_helpers.run_steps(s.train_step, s.state, batches, s.mesh)
   assert all(np.isfinite(m["loss"]) for m in metrics)
   assert metrics[-1]["mim_loss"] < 0.9 * metrics[0]["mim_loss"]
   assert metrics[-1]["loss"] < metrics[0]["loss"]

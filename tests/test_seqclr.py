@@ -161,11 +161,11 @@ def test_one_vs_eight_devices_same_loss_grads_and_stats(smoke_run):
   smoke_run("seqclr")  # compiled the sharded train step (the compilation cache)
   config = load_config("seqclr", "smoke")
   s = loop.setup(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:8]))
-  host_batch = next(iter(s["dataset"]))
-  state0 = jax.device_get(s["state"])  # before the donated step
-  kernel = s["state"].params["encoder"]["cnn"]["conv4_2"]["kernel"]
+  host_batch = next(iter(s.dataset))
+  state0 = jax.device_get(s.state)  # before the donated step
+  kernel = s.state.params["encoder"]["cnn"]["conv4_2"]["kernel"]
   assert len(kernel.sharding.device_set) == 8  # fsdp-able params really are on 8 devices
-  state8, metrics8 = s["train_step"](s["state"], sharding.global_batch(host_batch, s["mesh"]))
+  state8, metrics8 = s.train_step(s.state, sharding.global_batch(host_batch, s.mesh))
 
   @jax.jit
   def one_device(params, model_state, batch):

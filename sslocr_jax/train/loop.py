@@ -4,10 +4,13 @@ Used by every method (pretraining and fine-tuning); it never branches on the met
 method module is looked up from `config.method` (`sslocr_jax.methods.<name>`).
 """
 
+import dataclasses
 import json
 import math
 import signal
 import time
+import types
+from typing import Any
 
 from absl import logging
 import jax
@@ -122,7 +125,22 @@ def jit_train_step(method, config, optimizers, schedules, phases, shardings, bat
                  donate_argnums=(0,))
 
 
-def setup(config, workdir: str | None = None, mesh=None):
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What `setup` builds for a run: everything `train` (and benchmarks/tests) step with."""
+  method: types.ModuleType  # sslocr_jax.methods.<config.method>
+  mesh: jax.sharding.Mesh
+  state: Any  # the initial TrainState, sharded by `shardings`
+  shardings: Any  # a TrainState of NamedShardings
+  train_step: Any  # jitted (state, batch) -> (state, metrics), state donated
+  dataset: Any  # the grain dataset of this process's batches
+  batch_shardings: dict  # {view name: NamedSharding}
+  schedules: dict  # {phase: lr schedule}
+  optimizers: dict  # {phase: optax transformation}
+  phases: list  # [(phase, [network names])]
+
+
+def setup(config, workdir: str | None = None, mesh=None) -> Setup:
   """Builds (method, mesh, optimizers, state, shardings, jitted step, data iterator)."""
   method = registry.get_method(config)
   mesh = mesh or sharding_lib.make_mesh(config.mesh)
@@ -138,9 +156,9 @@ def setup(config, workdir: str | None = None, mesh=None):
   batch_shardings = {k: sharding_lib.batch_sharding(mesh) for k in batch_spec}
   train_step = jit_train_step(method, config, optimizers, schedules, phases, shardings,
                               batch_shardings, mesh)
-  return dict(method=method, mesh=mesh, state=state, shardings=shardings, train_step=train_step,
-              dataset=ds, batch_shardings=batch_shardings, schedules=schedules,
-              optimizers=optimizers, phases=phases)
+  return Setup(method=method, mesh=mesh, state=state, shardings=shardings, train_step=train_step,
+               dataset=ds, batch_shardings=batch_shardings, schedules=schedules,
+               optimizers=optimizers, phases=phases)
 
 
 def train(config, workdir) -> dict:
@@ -172,11 +190,11 @@ def train(config, workdir) -> dict:
 
 def _train(config, workdir, s, checkpointer, closers) -> dict:
   """The loop of `train` (which closes `closers` when this raises)."""
-  method, mesh, state = s["method"], s["mesh"], s["state"]
-  data_iter = iter(s["dataset"])
+  method, mesh, state = s.method, s.mesh, s.state
+  data_iter = iter(s.dataset)
   start = 0
   if checkpointer.latest_step() is not None:
-    state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s["shardings"]), data_iter)
+    state, start = checkpointer.restore(ckpt_lib.abstract_like(state, s.shardings), data_iter)
     writers.truncate_metrics(workdir, start)
     logging.info("Resuming from step %d", start)
   elif config.get("init_from", "") and hasattr(method, "load_pretrained"):  # a fresh run
@@ -213,7 +231,7 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
     while step < total:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding_lib.global_batch(next(data_iter), mesh)
-        state, metrics = s["train_step"](state, batch)
+        state, metrics = s.train_step(state, batch)
       step += 1
       pending.append(metrics)
       if step == start + 1:  # the first step compiles: time from its end
