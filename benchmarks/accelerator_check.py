@@ -71,8 +71,9 @@ def main(argv):
   steps = 2 if _TINY.value else _STEPS.value
   seconds = 2.0 if _TINY.value else _PIPELINE_SECONDS.value
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  print(f"{spec}: batch {config.batch_size} ({per_device}/device), {config.dtype}, {device}",
-        flush=True)
+  print(
+    f"{spec}: batch {config.batch_size} ({per_device}/device), {config.dtype}, {device}", flush=True
+  )
 
   t0 = time.perf_counter()
   s = loop.setup(config)
@@ -87,6 +88,7 @@ def main(argv):
   def one_step():
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
+
   one_step()
   one_step()
   sec = common.time_calls(one_step, steps)
@@ -95,30 +97,43 @@ def main(argv):
   peak_mem = peak_memory_bytes()
 
   host = pipeline_rate(config, s.method.make_views, seconds)
-  rows = profile_step.breakdown(profile_step.trace_op_times(one_step, 1),
-                                profile_step.hlo_ops(compiled.as_text()))
+  rows = profile_step.breakdown(
+    profile_step.trace_op_times(one_step, 1), profile_step.hlo_ops(compiled.as_text())
+  )
 
   model = common.model_flops_per_sample(config, config.batch_size)
   figures = {
-      "config": spec, "device": device, "dtype": config.dtype, "batch": config.batch_size,
-      "compile_s": compile_s, "step_s": sec, "samples_per_sec": samples_per_sec,
-      "model_gflops_per_sample": model / 1e9 if model else None,
-      "xla_gflops_per_sample": (xla_flops * jax.device_count() / config.batch_size / 1e9
-                                if xla_flops else None),
-      "peak_flops_per_device": common.peak_flops(config.dtype), "mfu": mfu,
-      "peak_memory_gb": peak_mem / 1e9 if peak_mem else None,
-      "xla_temp_gb": getattr(mem, "temp_size_in_bytes", 0) / 1e9 if mem else None,
-      "xla_argument_gb": getattr(mem, "argument_size_in_bytes", 0) / 1e9 if mem else None,
-      "pipeline_samples_per_sec": host, "pipeline_workers": config.data.num_workers,
-      "pipeline_over_step": host / samples_per_sec,
-      "profile_top": {r["group"]: round(r["share"], 3) for r in rows[:6]},
+    "config": spec,
+    "device": device,
+    "dtype": config.dtype,
+    "batch": config.batch_size,
+    "compile_s": compile_s,
+    "step_s": sec,
+    "samples_per_sec": samples_per_sec,
+    "model_gflops_per_sample": model / 1e9 if model else None,
+    "xla_gflops_per_sample": (
+      xla_flops * jax.device_count() / config.batch_size / 1e9 if xla_flops else None
+    ),
+    "peak_flops_per_device": common.peak_flops(config.dtype),
+    "mfu": mfu,
+    "peak_memory_gb": peak_mem / 1e9 if peak_mem else None,
+    "xla_temp_gb": getattr(mem, "temp_size_in_bytes", 0) / 1e9 if mem else None,
+    "xla_argument_gb": getattr(mem, "argument_size_in_bytes", 0) / 1e9 if mem else None,
+    "pipeline_samples_per_sec": host,
+    "pipeline_workers": config.data.num_workers,
+    "pipeline_over_step": host / samples_per_sec,
+    "profile_top": {r["group"]: round(r["share"], 3) for r in rows[:6]},
   }
-  print(f"step: {sec * 1e3:.1f} ms, {samples_per_sec:.1f} samples/s, MFU "
-        f"{'n/a (no peak for this device)' if mfu is None else f'{100 * mfu:.1f}%'}; "
-        f"peak memory {'n/a' if peak_mem is None else f'{peak_mem / 1e9:.2f} GB'}")
-  print(f"input pipeline: {host:.0f} samples/s with {config.data.num_workers} workers = "
-        f"{host / samples_per_sec:.2f}x what the step consumes"
-        f"{'' if host >= samples_per_sec else '  <- the pipeline is the bottleneck'}")
+  print(
+    f"step: {sec * 1e3:.1f} ms, {samples_per_sec:.1f} samples/s, MFU "
+    f"{'n/a (no peak for this device)' if mfu is None else f'{100 * mfu:.1f}%'}; "
+    f"peak memory {'n/a' if peak_mem is None else f'{peak_mem / 1e9:.2f} GB'}"
+  )
+  print(
+    f"input pipeline: {host:.0f} samples/s with {config.data.num_workers} workers = "
+    f"{host / samples_per_sec:.2f}x what the step consumes"
+    f"{'' if host >= samples_per_sec else '  <- the pipeline is the bottleneck'}"
+  )
   print("profile (one traced step):")
   common.print_table(rows[:8] + rows[-1:], figures)
 

@@ -14,18 +14,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TPUs run fp32 matmuls as bf16 passes; their fp32 entry is left out (no honest single figure).
 # Sources: NVIDIA H100/H200 and A100 datasheets (SXM), Google Cloud TPU system architecture pages.
 PEAK_FLOPS = {
-    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 494.7e12,
-    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 494.7e12,
-    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 156e12,
-    ("L4", "bfloat16"): 121e12, ("L4", "float32"): 60e12,
-    ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
-    ("TPU v5p", "bfloat16"): 459e12, ("TPU v6", "bfloat16"): 918e12,
+  ("H100", "bfloat16"): 989e12,
+  ("H100", "float32"): 494.7e12,
+  ("H200", "bfloat16"): 989e12,
+  ("H200", "float32"): 494.7e12,
+  ("A100", "bfloat16"): 312e12,
+  ("A100", "float32"): 156e12,
+  ("L4", "bfloat16"): 121e12,
+  ("L4", "float32"): 60e12,
+  ("TPU v4", "bfloat16"): 275e12,
+  ("TPU v5 lite", "bfloat16"): 197e12,
+  ("TPU v5p", "bfloat16"): 459e12,
+  ("TPU v6", "bfloat16"): 918e12,
 }
 
 
 def random_batch(spec: dict, seed: int = 0) -> dict:
   """Random numpy arrays shaped like a batch spec ({name: ShapeDtypeStruct}): masks ~70% True."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   out = {}
   for k, s in spec.items():
@@ -50,15 +57,21 @@ def peak_flops(dtype: str, device_kind: str | None = None) -> float | None:
   return None
 
 
-def mfu(model_flops_per_sample: float, samples_per_sec: float, num_devices: int,
-        peak_per_device: float) -> float:
+def mfu(
+  model_flops_per_sample: float, samples_per_sec: float, num_devices: int, peak_per_device: float
+) -> float:
   """Model FLOPs utilisation: the model's FLOPs per second over the peak of ALL the devices
   that ran them (samples_per_sec is the global rate)."""
   return model_flops_per_sample * samples_per_sec / (num_devices * peak_per_device)
 
 
-def step_mfu(config, samples_per_sec: float, compiled_per_device: float | None = None,
-             num_devices: int | None = None, device_kind: str | None = None) -> float | None:
+def step_mfu(
+  config,
+  samples_per_sec: float,
+  compiled_per_device: float | None = None,
+  num_devices: int | None = None,
+  device_kind: str | None = None,
+) -> float | None:
   """MFU of a train step running at `samples_per_sec` (global): the analytic model FLOPs
   where the method has a formula, else XLA's per-device compiled FLOPs (which also count
   elementwise ops) times the device count; over the per-device peak of `config.dtype` times
@@ -82,12 +95,17 @@ def dense_flops(dims, rows: int) -> int:
   return sum(2 * rows * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def vit_forward_flops(embed_dim: int, depth: int, num_tokens: int = 256, patch_pixels: int = 48,
-                      mlp_ratio: float = 4.0) -> tuple[int, int]:
+def vit_forward_flops(
+  embed_dim: int, depth: int, num_tokens: int = 256, patch_pixels: int = 48, mlp_ratio: float = 4.0
+) -> tuple[int, int]:
   """(patch embedding, blocks) matmul FLOPs of one image through the ViT encoder."""
   d, n = embed_dim, num_tokens
-  block = (dense_flops([d, 3 * d], n) + dense_flops([d, d], n)
-           + dense_flops([d, int(d * mlp_ratio), d], n) + 2 * 2 * n * n * d)  # qkv, proj, mlp, qk+pv
+  block = (
+    dense_flops([d, 3 * d], n)
+    + dense_flops([d, d], n)
+    + dense_flops([d, int(d * mlp_ratio), d], n)
+    + 2 * 2 * n * n * d
+  )  # qkv, proj, mlp, qk+pv
   return 2 * n * patch_pixels * d, depth * block
 
 
@@ -133,11 +151,12 @@ def matmul_flops(n: int = 1024, dtype="float32", repeats: int = 5) -> float:
   """This machine's measured matmul rate (FLOP/s): best of `repeats` n x n x n jitted matmuls
   on the first device (the ceiling a CPU step can be compared with)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(f(a, a))
   best = min(time_calls(lambda: jax.block_until_ready(f(a, a)), 1) for _ in range(repeats))
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 def compiled_flops(jitted, *args) -> float | None:
@@ -182,6 +201,7 @@ def synthetic_lines(n: int, h: int, w: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sslocr_jax.data import augment  # pylint: disable=g-import-not-at-top
   from sslocr_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   src = sources.SyntheticSource(n, seed=123)
   recs = [src[i] for i in range(n)]
   return np.stack([augment.resize(r["image"], h, w) for r in recs]), [r["label"] for r in recs]

@@ -65,8 +65,10 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     if _SOURCE.value == "lmdb":
       synth = sources.make_source(config.data)
-      samples = ((cv2.imencode(".jpg", synth[i]["image"][:, :, ::-1])[1].tobytes(),
-                  synth[i]["label"]) for i in range(_LMDB_SIZE.value))
+      samples = (
+        (cv2.imencode(".jpg", synth[i]["image"][:, :, ::-1])[1].tobytes(), synth[i]["label"])
+        for i in range(_LMDB_SIZE.value)
+      )
       sources.write_lmdb(os.path.join(tmp, "lines"), samples)
       config.data.source = "lmdb"
       config.data.lmdb_paths = [os.path.join(tmp, "lines")]
@@ -75,13 +77,24 @@ def main(argv):
     core = per_core(source, method.make_views, config, _SECONDS.value)
     config.data.num_workers = _WORKERS.value
     full = grain_pipeline(config, method.make_views, _SECONDS.value)
-  rows = [{"what": f"{config.method} views, 1 core", "source": _SOURCE.value,
-           "samples/s": core},
-          {"what": f"grain pipeline, {_WORKERS.value} workers", "source": _SOURCE.value,
-           "samples/s": full}]
-  common.print_table(rows, {"samples_per_sec_per_core": core, "pipeline_samples_per_sec": full,
-                            "source": _SOURCE.value, "method": config.method,
-                            "cpu_count": os.cpu_count()})
+  rows = [
+    {"what": f"{config.method} views, 1 core", "source": _SOURCE.value, "samples/s": core},
+    {
+      "what": f"grain pipeline, {_WORKERS.value} workers",
+      "source": _SOURCE.value,
+      "samples/s": full,
+    },
+  ]
+  common.print_table(
+    rows,
+    {
+      "samples_per_sec_per_core": core,
+      "pipeline_samples_per_sec": full,
+      "source": _SOURCE.value,
+      "method": config.method,
+      "cpu_count": os.cpu_count(),
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ from sslocr_jax.methods import recognition  # noqa: E402
 from sslocr_jax.train import torch_state  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "configs/finetune.py:cpu", "config[:variant]")
-_WORKDIR = flags.DEFINE_string("workdir", "", "fine-tuning workdir (default: fresh "
-                                  "weights of --config)")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "", "fine-tuning workdir (default: fresh weights of --config)"
+)
 _DECODER = flags.DEFINE_string("decoder", "", "override config.decoder")
 _BATCH = flags.DEFINE_integer("batch", 64, "images per call, every backend")
 _IMAGES = flags.DEFINE_integer("images", 512, "images per timed pass")
@@ -80,9 +81,11 @@ def main(argv):
   import torch  # pylint: disable=g-import-not-at-top
   from sslocr_jax.export import onnx_export  # pylint: disable=g-import-not-at-top
   from sslocr_jax.export import torch_modules  # pylint: disable=g-import-not-at-top
+
   load = os.getloadavg()
-  config, params, model_state = load_model(_CONFIG.value, _WORKDIR.value, _DECODER.value,
-                                           _BATCH.value)
+  config, params, model_state = load_model(
+    _CONFIG.value, _WORKDIR.value, _DECODER.value, _BATCH.value
+  )
   b, n = _BATCH.value, _IMAGES.value
   images, _ = common.synthetic_lines(n, config.image_height, config.image_width)
   cs = recognition.charset_from_config(config)
@@ -94,6 +97,7 @@ def main(argv):
 
   def run_jax():
     texts["jax"] = rec.recognize(images)[0]
+
   runs["jax"] = run_jax
 
   model = torch_modules.build(meta).eval()
@@ -104,9 +108,10 @@ def main(argv):
     out = []
     with torch.no_grad():
       for i in range(0, n, b):
-        ids, _ = front(torch.from_numpy(images[i:i + b]))
+        ids, _ = front(torch.from_numpy(images[i : i + b]))
         out += [cs.decode(r) for r in ids.numpy()]
     texts["pytorch"] = out
+
   runs["pytorch"] = run_torch
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -117,28 +122,47 @@ def main(argv):
   def run_onnx():
     out = []
     for i in range(0, n, b):
-      ids, _ = sess.run(None, {onnx_export.INPUT: images[i:i + b]})
+      ids, _ = sess.run(None, {onnx_export.INPUT: images[i : i + b]})
       out += [cs.decode(r) for r in ids]
     texts["onnxruntime"] = out
+
   runs["onnxruntime"] = run_onnx
 
   rows = []
   for name, fn in runs.items():
     best, cores, cpu_per_pass, passes = timed_passes(fn, _SECONDS.value)
-    rows.append({"backend": name, "img_s": n / best, "batch": b, "cpu_cores_used": cores,
-                 "img_per_cpu_s": n / cpu_per_pass, "passes": passes})
+    rows.append(
+      {
+        "backend": name,
+        "img_s": n / best,
+        "batch": b,
+        "cpu_cores_used": cores,
+        "img_per_cpu_s": n / cpu_per_pass,
+        "passes": passes,
+      }
+    )
   same = texts["jax"] == texts["pytorch"] == texts["onnxruntime"]
-  model_desc = (f"{_WORKDIR.value or _CONFIG.value}: encoder {config.model.name} "
-                f"{config.model.get('size', '')}, decoder {config.decoder}")
-  print(f"{model_desc}; {n} images, batch {b}; {os.cpu_count()} CPUs, load average "
-        f"{load[0]:.2f} before the run; torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), onnxruntime {ort.__version__}, jax {jax.__version__} "
-        f"({jax.devices()[0].device_kind}); same texts: {same}")
-  figures = {"model": model_desc, "batch": b, "images": n, "cpus": os.cpu_count(),
-             "loadavg_1m_before": round(load[0], 2), "same_texts": same,
-             **{f"{r['backend']}_img_s": round(r["img_s"], 1) for r in rows},
-             **{f"{r['backend']}_cpu_cores": round(r["cpu_cores_used"], 2) for r in rows},
-             **{f"{r['backend']}_img_per_cpu_s": round(r["img_per_cpu_s"], 1) for r in rows}}
+  model_desc = (
+    f"{_WORKDIR.value or _CONFIG.value}: encoder {config.model.name} "
+    f"{config.model.get('size', '')}, decoder {config.decoder}"
+  )
+  print(
+    f"{model_desc}; {n} images, batch {b}; {os.cpu_count()} CPUs, load average "
+    f"{load[0]:.2f} before the run; torch {torch.__version__} ({torch.get_num_threads()} "
+    f"threads), onnxruntime {ort.__version__}, jax {jax.__version__} "
+    f"({jax.devices()[0].device_kind}); same texts: {same}"
+  )
+  figures = {
+    "model": model_desc,
+    "batch": b,
+    "images": n,
+    "cpus": os.cpu_count(),
+    "loadavg_1m_before": round(load[0], 2),
+    "same_texts": same,
+    **{f"{r['backend']}_img_s": round(r["img_s"], 1) for r in rows},
+    **{f"{r['backend']}_cpu_cores": round(r["cpu_cores_used"], 2) for r in rows},
+    **{f"{r['backend']}_img_per_cpu_s": round(r["img_per_cpu_s"], 1) for r in rows},
+  }
   common.print_table(rows, figures)
   if not same:
     raise SystemExit("the backends' texts differ")

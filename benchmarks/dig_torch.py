@@ -49,8 +49,7 @@ class Attention(nn.Module):
 
   def forward(self, x):
     b, n, _ = x.shape
-    bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False),
-                      self.v_bias))
+    bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias))
     qkv = F.linear(x, self.qkv.weight, bias)
     qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -136,8 +135,20 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
 class DiG(nn.Module):
   """MoCo_ViT(use_pixel_target=True, use_moco_target=True, patchnet no_patchtrans)."""
 
-  def __init__(self, size="small", num_windows=4, mlp_dim=4096, dim=256, T=0.2, *,
-               embed_dim=None, num_heads=None, depth=12, pix_hidden=512, mim_hidden=192):
+  def __init__(
+    self,
+    size="small",
+    num_windows=4,
+    mlp_dim=4096,
+    dim=256,
+    T=0.2,
+    *,
+    embed_dim=None,
+    num_heads=None,
+    depth=12,
+    pix_hidden=512,
+    mim_hidden=192,
+  ):
     super().__init__()
     d, heads = SIZES[size] if embed_dim is None else (embed_dim, num_heads)
     self.T, self.num_windows = T, num_windows
@@ -149,8 +160,12 @@ class DiG(nn.Module):
     self.pix_projector = build_mlp(3, d, pix_hidden, d)
     self.pix_projector_m = build_mlp(3, d, pix_hidden, d)
     self.pix_decoder = nn.Sequential(
-        nn.Linear(d, mim_hidden, bias=False), nn.Linear(mim_hidden, mim_hidden, bias=False),
-        nn.LayerNorm(mim_hidden, eps=1e-6), nn.GELU(), nn.Linear(mim_hidden, 48))
+      nn.Linear(d, mim_hidden, bias=False),
+      nn.Linear(mim_hidden, mim_hidden, bias=False),
+      nn.LayerNorm(mim_hidden, eps=1e-6),
+      nn.GELU(),
+      nn.Linear(mim_hidden, 48),
+    )
     for online, momentum in self._pairs():
       for pb, pm in zip(online.parameters(), momentum.parameters()):
         pm.data.copy_(pb.data)
@@ -161,15 +176,24 @@ class DiG(nn.Module):
     """The model of one of our DiG configs (the official sizes give the official model)."""
     m = config.model
     assert config.proj_hidden_dim == config.pred_hidden_dim, "the release shares mlp_dim"
-    return cls(num_windows=config.num_windows, mlp_dim=config.proj_hidden_dim,
-               dim=config.proj_dim, T=config.temperature, embed_dim=m.embed_dim,
-               num_heads=m.num_heads, depth=m.depth, pix_hidden=config.pix_hidden_dim,
-               mim_hidden=config.mim_hidden_dim)
+    return cls(
+      num_windows=config.num_windows,
+      mlp_dim=config.proj_hidden_dim,
+      dim=config.proj_dim,
+      T=config.temperature,
+      embed_dim=m.embed_dim,
+      num_heads=m.num_heads,
+      depth=m.depth,
+      pix_hidden=config.pix_hidden_dim,
+      mim_hidden=config.mim_hidden_dim,
+    )
 
   def _pairs(self):
-    return [(self.encoder, self.momentum_encoder),
-            (self.encoder_projection_layer, self.momentum_projection_layer),
-            (self.pix_projector, self.pix_projector_m)]
+    return [
+      (self.encoder, self.momentum_encoder),
+      (self.encoder_projection_layer, self.momentum_projection_layer),
+      (self.pix_projector, self.pix_projector_m),
+    ]
 
   @torch.no_grad()
   def _update_momentum_encoder(self, m):
@@ -226,12 +250,15 @@ def parameter_groups(model, weight_decay):
     if not p.requires_grad:
       continue
     (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-  return [{"params": decay, "weight_decay": weight_decay},
-          {"params": no_decay, "weight_decay": 0.0}]
+  return [
+    {"params": decay, "weight_decay": weight_decay},
+    {"params": no_decay, "weight_decay": 0.0},
+  ]
 
 
-def make_step(model, lr=1.5e-4, weight_decay=0.1, momentum=0.99, mim_weight=1.0,
-              contrastive_weight=0.1):
+def make_step(
+  model, lr=1.5e-4, weight_decay=0.1, momentum=0.99, mim_weight=1.0, contrastive_weight=0.1
+):
   """train_one_epoch's body for one batch: returns `step(images, aug_images, mask) -> loss`.
 
   images, aug_images: float [B, 3, 32, 128] in [-1, 1]; mask: bool [B, 256] for view 1.
@@ -252,6 +279,7 @@ def make_step(model, lr=1.5e-4, weight_decay=0.1, momentum=0.99, mim_weight=1.0,
     loss.backward()
     opt.step()
     return loss.item()
+
   return step
 
 
@@ -269,6 +297,7 @@ def example_inputs(batch: int, seed: int = 0, mask_ratio: float = 0.7):
 def step_flops(model, batch: int) -> float:
   """FLOPs of one train step (forward + backward, no optimizer) by torch's FLOP counter."""
   from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+
   images, aug, mask = example_inputs(batch)
   both = torch.stack([mask, torch.zeros_like(mask)], dim=1)
   with FlopCounterMode(display=False) as counter:

@@ -29,8 +29,9 @@ _DEVICES = 8
 for _arg in sys.argv:
   if _arg.startswith("--devices="):
     _DEVICES = int(_arg.split("=", 1)[1])
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={_DEVICES}")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_DEVICES}"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,7 +58,7 @@ _SIZES = flags.DEFINE_list("sizes", None, "table mode: encoder sizes (config var
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "table mode: compute dtypes")
 _REMATS = flags.DEFINE_list("remats", ["none"], "table mode: model.remat policies")
 
-MB = 2 ** 20
+MB = 2**20
 
 
 def measure(config, mesh_config: dict) -> dict:
@@ -70,27 +71,41 @@ def measure(config, mesh_config: dict) -> dict:
   batch_spec = pipeline.batch_spec(config, method.make_views)
   optimizers, schedules = loop.make_optimizers(config, method, phases, batch_spec)
   rules = sharding.logical_rules(config)
-  state = state_lib.abstract_train_state(method, config, optimizers, phases, batch_spec, mesh,
-                                         rules)
+  state = state_lib.abstract_train_state(
+    method, config, optimizers, phases, batch_spec, mesh, rules
+  )
   shardings = jax.tree.map(lambda x: x.sharding, state)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in batch_spec}
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
-           for k, v in batch_spec.items()}
-  step = loop.jit_train_step(method, config, optimizers, schedules, phases, shardings,
-                             batch_shardings, mesh)
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+    for k, v in batch_spec.items()
+  }
+  step = loop.jit_train_step(
+    method, config, optimizers, schedules, phases, shardings, batch_shardings, mesh
+  )
   mem = step.lower(state, batch).compile().memory_analysis()
-  row = {"params MB": sharding.bytes_per_device(state.params) / MB,
-         "opt MB": sharding.bytes_per_device(state.opt_state) / MB,
-         "ema+bn MB": sharding.bytes_per_device(state.model_state) / MB}
+  row = {
+    "params MB": sharding.bytes_per_device(state.params) / MB,
+    "opt MB": sharding.bytes_per_device(state.opt_state) / MB,
+    "ema+bn MB": sharding.bytes_per_device(state.model_state) / MB,
+  }
   row["state MB"] = row["params MB"] + row["opt MB"] + row["ema+bn MB"]
   if mem is not None:
-    row.update({"xla args MB": mem.argument_size_in_bytes / MB,
-                "xla out MB": mem.output_size_in_bytes / MB,
-                "xla temp MB": mem.temp_size_in_bytes / MB,
-                "xla aliased MB": mem.alias_size_in_bytes / MB})
+    row.update(
+      {
+        "xla args MB": mem.argument_size_in_bytes / MB,
+        "xla out MB": mem.output_size_in_bytes / MB,
+        "xla temp MB": mem.temp_size_in_bytes / MB,
+        "xla aliased MB": mem.alias_size_in_bytes / MB,
+      }
+    )
     # Donated state is aliased to the output: live ~ arguments + temporaries + non-aliased out.
-    row["xla peak MB"] = (mem.argument_size_in_bytes + mem.temp_size_in_bytes +
-                          mem.output_size_in_bytes - mem.alias_size_in_bytes) / MB
+    row["xla peak MB"] = (
+      mem.argument_size_in_bytes
+      + mem.temp_size_in_bytes
+      + mem.output_size_in_bytes
+      - mem.alias_size_in_bytes
+    ) / MB
   row["total params M"] = state_lib.count_params(state.params) / 1e6
   row["saved for backward MB"] = saved_for_backward(method, config, state, batch, phases) / MB
   return row
@@ -105,9 +120,11 @@ def saved_for_backward(method, config, state, batch, phases) -> int:
   params, model_state, batch = jax.tree.map(shapes, (state.params, state.model_state, batch))
 
   def residuals(params, model_state, batch):
-    loss = lambda p: method.loss_fn(p, model_state, batch, jax.random.PRNGKey(0), step=0,
-                                    phase=phase, config=config)[0]
+    loss = lambda p: method.loss_fn(
+      p, model_state, batch, jax.random.PRNGKey(0), step=0, phase=phase, config=config
+    )[0]
     return jax.tree.leaves(jax.vjp(loss, params)[1])
+
   leaves = jax.eval_shape(residuals, params, model_state, batch)
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
 
@@ -124,15 +141,24 @@ def table(n: int) -> None:
         config.data.num_workers = 0
         config.model.remat = remat
         r = measure(config, {"data": n, "fsdp": 1})
-        rows.append({"size": size, "params M": r["total params M"],
-                     "batch/device": _BATCH.value // n, "dtype": dtype, "remat": remat,
-                     "state MB": r["state MB"],
-                     "saved for backward MB": r["saved for backward MB"],
-                     "xla temp MB": r.get("xla temp MB", 0.0),
-                     "xla peak MB": r.get("xla peak MB", 0.0)})
+        rows.append(
+          {
+            "size": size,
+            "params M": r["total params M"],
+            "batch/device": _BATCH.value // n,
+            "dtype": dtype,
+            "remat": remat,
+            "state MB": r["state MB"],
+            "saved for backward MB": r["saved for backward MB"],
+            "xla temp MB": r.get("xla temp MB", 0.0),
+            "xla peak MB": r.get("xla peak MB", 0.0),
+          }
+        )
         print(rows[-1], flush=True)
-  common.print_table(rows, {"config": _CONFIG.value, "devices": n, "rows": rows,
-                            "device": jax.devices()[0].device_kind})
+  common.print_table(
+    rows,
+    {"config": _CONFIG.value, "devices": n, "rows": rows, "device": jax.devices()[0].device_kind},
+  )
 
 
 def main(argv):
@@ -149,27 +175,38 @@ def main(argv):
   layouts = [("data-parallel", {"data": n, "fsdp": 1}), ("fsdp", {"data": 1, "fsdp": n})]
   rows = []
   for name, mesh_config in layouts:
-    rows.append({"layout": name, "mesh": f"{mesh_config['data']}x{mesh_config['fsdp']}",
-                 **measure(config, mesh_config)})
+    rows.append(
+      {
+        "layout": name,
+        "mesh": f"{mesh_config['data']}x{mesh_config['fsdp']}",
+        **measure(config, mesh_config),
+      }
+    )
   if _REMAT.value:
     config.model.remat = "full"
-    rows.append({"layout": "fsdp+remat", "mesh": f"1x{n}",
-                 **measure(config, {"data": 1, "fsdp": n})})
+    rows.append(
+      {"layout": "fsdp+remat", "mesh": f"1x{n}", **measure(config, {"data": 1, "fsdp": n})}
+    )
   dp, fsdp = rows[0], rows[1]
   figures = {
-      "config": _CONFIG.value, "batch": config.batch_size, "devices": n,
-      "device": jax.devices()[0].device_kind, "dtype": config.dtype,
-      "params_millions": dp["total params M"],
-      "per_device_MB": {r["layout"]: {k.replace(" MB", ""): round(v, 2) for k, v in r.items()
-                                      if k.endswith("MB")} for r in rows},
-      "fsdp_state_reduction": dp["state MB"] / fsdp["state MB"],
-      "fsdp_params_plus_opt_reduction": ((dp["params MB"] + dp["opt MB"]) /
-                                         (fsdp["params MB"] + fsdp["opt MB"])),
+    "config": _CONFIG.value,
+    "batch": config.batch_size,
+    "devices": n,
+    "device": jax.devices()[0].device_kind,
+    "dtype": config.dtype,
+    "params_millions": dp["total params M"],
+    "per_device_MB": {
+      r["layout"]: {k.replace(" MB", ""): round(v, 2) for k, v in r.items() if k.endswith("MB")}
+      for r in rows
+    },
+    "fsdp_state_reduction": dp["state MB"] / fsdp["state MB"],
+    "fsdp_params_plus_opt_reduction": (
+      (dp["params MB"] + dp["opt MB"]) / (fsdp["params MB"] + fsdp["opt MB"])
+    ),
   }
   if "xla args MB" in dp:
     figures["fsdp_xla_args_reduction"] = dp["xla args MB"] / fsdp["xla args MB"]
-  common.print_table([{k: v for k, v in r.items() if k != "total params M"} for r in rows],
-                     figures)
+  common.print_table([{k: v for k, v in r.items() if k != "total params M"} for r in rows], figures)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main(argv):
     resized = np.stack(resized)
 
     rec = predict.Recognizer.from_checkpoint(workdir, batch_size=_BATCH.value)
-    rec.recognize(resized[:rec.batch_size])  # compile
+    rec.recognize(resized[: rec.batch_size])  # compile
     model_s = common.time_calls(lambda: rec.recognize(resized), _ITERS.value)
 
     files, _ = predict.expand_inputs([folder])
@@ -78,12 +78,19 @@ def main(argv):
     predict.run(workdir, [folder], batch_size=_BATCH.value, out=io.StringIO())
     cold_s = time.perf_counter() - start
   n = _IMAGES.value
-  figures = {"config": _CONFIG.value, "decoder": config.decoder, "batch": rec.batch_size,
-             "images": n, "devices": jax.device_count(), "backend": jax.default_backend(),
-             "cpus": os.cpu_count(), "load_avg_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
-             "predict_images_per_s": round(n / run_s, 1),
-             "model_only_images_per_s": round(n / model_s, 1),
-             "command_seconds_with_load_and_compile": round(cold_s, 1)}
+  figures = {
+    "config": _CONFIG.value,
+    "decoder": config.decoder,
+    "batch": rec.batch_size,
+    "images": n,
+    "devices": jax.device_count(),
+    "backend": jax.default_backend(),
+    "cpus": os.cpu_count(),
+    "load_avg_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+    "predict_images_per_s": round(n / run_s, 1),
+    "model_only_images_per_s": round(n / model_s, 1),
+    "command_seconds_with_load_and_compile": round(cold_s, 1),
+  }
   common.print_table([figures], figures)
 
 

@@ -53,21 +53,33 @@ def main(argv):
   def one_step():
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
+
   for _ in range(2):
     one_step()
   sec = common.time_calls(one_step, _STEPS.value)
   images_per_sec = config.batch_size / sec
 
-  rows = [{"what": "train step", "batch": config.batch_size, "sec/step": sec,
-           "images/s": images_per_sec,
-           "GFLOPs/image": (step_flops or 0) * jax.device_count() / config.batch_size / 1e9}]
+  rows = [
+    {
+      "what": "train step",
+      "batch": config.batch_size,
+      "sec/step": sec,
+      "images/s": images_per_sec,
+      "GFLOPs/image": (step_flops or 0) * jax.device_count() / config.batch_size / 1e9,
+    }
+  ]
   model_flops = common.model_flops_per_sample(config, config.batch_size)
-  figures = {"images_per_sec": images_per_sec,
-             "gflops_per_image": (step_flops * jax.device_count() / config.batch_size / 1e9
-                                  if step_flops else None),
-             "model_gflops_per_image": model_flops / 1e9 if model_flops else None,
-             "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-             "dtype": config.dtype, "config": _CONFIG.value}
+  figures = {
+    "images_per_sec": images_per_sec,
+    "gflops_per_image": (
+      step_flops * jax.device_count() / config.batch_size / 1e9 if step_flops else None
+    ),
+    "model_gflops_per_image": model_flops / 1e9 if model_flops else None,
+    "device": jax.devices()[0].device_kind,
+    "devices": jax.device_count(),
+    "dtype": config.dtype,
+    "config": _CONFIG.value,
+  }
   mfu = common.step_mfu(config, images_per_sec, step_flops)
   if mfu is not None:
     figures["mfu"] = rows[0]["MFU"] = mfu
@@ -85,8 +97,15 @@ def main(argv):
     jax.block_until_ready(fwd(params, images))
     sec_f = common.time_calls(lambda: jax.block_until_ready(fwd(params, images)), _STEPS.value)
     fwd_gflops = (fwd_flops or 0) * jax.device_count() / config.batch_size / 1e9
-    rows.append({"what": "encoder forward", "batch": config.batch_size, "sec/step": sec_f,
-                 "images/s": config.batch_size / sec_f, "GFLOPs/image": fwd_gflops})
+    rows.append(
+      {
+        "what": "encoder forward",
+        "batch": config.batch_size,
+        "sec/step": sec_f,
+        "images/s": config.batch_size / sec_f,
+        "GFLOPs/image": fwd_gflops,
+      }
+    )
     figures["encoder_forward_images_per_sec"] = config.batch_size / sec_f
     figures["encoder_forward_gflops_per_image"] = fwd_gflops
     figures["encoder_forward_model_gflops_per_image"] = common.encoder_forward_flops(config) / 1e9

@@ -27,27 +27,34 @@ from sslocr_jax import config_utils  # noqa: E402
 
 # (group, regex on "<op_name> <opcode>"); the first match wins.
 GROUPS = [
-    ("copy/transpose", r" (copy|transpose)$"),
-    ("attn: q.k, p.v matmuls", r"/attn/[^ ]*->[^ ]*/dot_general .*dot$|"
-                               r"/attn/[^ ]*dot_product_attention[^ ]* .*dot$"),
-    ("attn: qkv matmul", r"/attn/qkv/.* .*dot$"),
-    ("attn: out proj matmul", r"/attn/proj/.* .*dot$"),
-    ("attn: softmax, scale, bias", r"/attn/"),
-    ("mlp: fc1, fc2 matmuls", r"/mlp/fc[12]/.* .*dot$"),
-    ("mlp: GELU, biases", r"/mlp/"),
-    ("LayerNorm", r"/norm[12]/"),
-    ("patch embed, mask, pos", r"Encoder\)?/(patch_embed|[^/]*(mul|add|sub|select))"),
-    ("encoder: residual adds, other", r"Encoder"),
-    ("heads (MIM, projectors, predictor) + losses", r"MimHead|MLP|BatchNorm|/(log_softmax|"
-                                                     r"norm|einsum|mean|square)"),
-    ("optimizer + EMA update", r"adam|optax|scale_by|mul|add|sub|sqrt|div|pow|select"),
+  ("copy/transpose", r" (copy|transpose)$"),
+  (
+    "attn: q.k, p.v matmuls",
+    r"/attn/[^ ]*->[^ ]*/dot_general .*dot$|"
+    r"/attn/[^ ]*dot_product_attention[^ ]* .*dot$",
+  ),
+  ("attn: qkv matmul", r"/attn/qkv/.* .*dot$"),
+  ("attn: out proj matmul", r"/attn/proj/.* .*dot$"),
+  ("attn: softmax, scale, bias", r"/attn/"),
+  ("mlp: fc1, fc2 matmuls", r"/mlp/fc[12]/.* .*dot$"),
+  ("mlp: GELU, biases", r"/mlp/"),
+  ("LayerNorm", r"/norm[12]/"),
+  ("patch embed, mask, pos", r"Encoder\)?/(patch_embed|[^/]*(mul|add|sub|select))"),
+  ("encoder: residual adds, other", r"Encoder"),
+  (
+    "heads (MIM, projectors, predictor) + losses",
+    r"MimHead|MLP|BatchNorm|/(log_softmax|"
+    r"norm|einsum|mean|square)",
+  ),
+  ("optimizer + EMA update", r"adam|optax|scale_by|mul|add|sub|sqrt|div|pow|select"),
 ]
 
 
 def _kind(name: str, opcode: str) -> str:
   """dot | copy | transpose | fusion | ... from the HLO instruction (fusion name hints)."""
-  if opcode in ("dot", "convolution") or name.startswith(("ynn_fusion", "xnn_fusion",
-                                                            "onednn", "cublas", "gemm")):
+  if opcode in ("dot", "convolution") or name.startswith(
+    ("ynn_fusion", "xnn_fusion", "onednn", "cublas", "gemm")
+  ):
     return "dot"
   if opcode in ("copy", "transpose") or name.startswith(("copy", "transpose")):
     return "copy" if "copy" in name or opcode == "copy" else "transpose"
@@ -57,8 +64,10 @@ def _kind(name: str, opcode: str) -> str:
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (op_name metadata, kind)} from an optimized HLO module's text."""
   ops = {}
-  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*?"
-                       r"(?:metadata=\{op_name=\"([^\"]*)\")?")
+  pattern = re.compile(
+    r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*?"
+    r"(?:metadata=\{op_name=\"([^\"]*)\")?"
+  )
   for line in hlo_text.splitlines():
     m = pattern.match(line)
     if not m:
@@ -103,11 +112,26 @@ def breakdown(op_seconds: dict[str, float], ops: dict[str, tuple[str, str]]) -> 
     backward = "transpose(" in op_name
     rows[group_of(op_name, kind)][int(backward)] += sec
   total = sum(op_seconds.values()) or 1.0
-  out = [{"group": g, "ms": 1e3 * (f + b), "share": (f + b) / total, "fwd_ms": 1e3 * f,
-          "bwd_ms": 1e3 * b} for g, (f, b) in rows.items()]
+  out = [
+    {
+      "group": g,
+      "ms": 1e3 * (f + b),
+      "share": (f + b) / total,
+      "fwd_ms": 1e3 * f,
+      "bwd_ms": 1e3 * b,
+    }
+    for g, (f, b) in rows.items()
+  ]
   out.sort(key=lambda r: -r["ms"])
-  out.append({"group": "total (sum of op times)", "ms": 1e3 * total, "share": 1.0,
-              "fwd_ms": sum(r["fwd_ms"] for r in out), "bwd_ms": sum(r["bwd_ms"] for r in out)})
+  out.append(
+    {
+      "group": "total (sum of op times)",
+      "ms": 1e3 * total,
+      "share": 1.0,
+      "fwd_ms": sum(r["fwd_ms"] for r in out),
+      "bwd_ms": sum(r["bwd_ms"] for r in out),
+    }
+  )
   return out
 
 
@@ -116,6 +140,7 @@ def main():
   from sslocr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import sharding  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("config", "configs/dig.py:size=tiny", "config[:variant]")
   flags.DEFINE_integer("batch", 32, "global batch size")
   flags.DEFINE_integer("steps", 2, "traced steps")
@@ -136,14 +161,16 @@ def main():
   def one_step():
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
+
   one_step()
   seconds = trace_op_times(one_step, f.steps)
   rows = breakdown(seconds, ops)
   print(f"{f.config}, batch {f.batch}, {jax.device_count()} x {jax.devices()[0].device_kind}:")
-  common.print_table(rows, {"config": f.config, "batch": f.batch,
-                            "step_ms_sum_of_ops": rows[-1]["ms"]})
+  common.print_table(
+    rows, {"config": f.config, "batch": f.batch, "step_ms_sum_of_ops": rows[-1]["ms"]}
+  )
   print(f"top {f.top} ops:")
-  for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1])[:f.top]:
+  for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1])[: f.top]:
     op_name, kind = ops.get(name, ("", ""))
     print(f"  {1e3 * sec:8.2f} ms  {name:32s} {kind:10s} {op_name[-90:]}")
 

@@ -55,8 +55,11 @@ def torch_predictor(config, state):
   from sslocr_jax.export import cli  # pylint: disable=g-import-not-at-top
   from sslocr_jax.export import torch_modules  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
-  flat = torch_state.export_state({"params": state.params, "model_state": state.model_state}, config)
+  flat = torch_state.export_state(
+    {"params": state.params, "model_state": state.model_state}, config
+  )
   model = torch_modules.build(cli.model_json(config)).eval()
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()}, strict=True)
 
@@ -64,6 +67,7 @@ def torch_predictor(config, state):
     x = torch.from_numpy((images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))
     with torch.no_grad():
       return model(x)
+
   return predict
 
 
@@ -87,8 +91,13 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
   torch_s = None
   if torch_predict is not None:  # alternate JAX / torch calls: same load for both
     torch_predict(x)
-    pairs = [(common.time_calls(lambda: predict(state.params, state.model_state, x), 1),
-              common.time_calls(lambda: torch_predict(x), 1)) for _ in range(iters)]
+    pairs = [
+      (
+        common.time_calls(lambda: predict(state.params, state.model_state, x), 1),
+        common.time_calls(lambda: torch_predict(x), 1),
+      )
+      for _ in range(iters)
+    ]
     infer_s = float(np.median([p[0] for p in pairs]))
     torch_s = float(np.median([p[1] for p in pairs]))
   compiles = None
@@ -99,28 +108,33 @@ def bench_decoder(config, decoder: str, batch: int, train_batch: int, iters: int
     compiles = predict.jitted._cache_size()  # pylint: disable=protected-access
 
   # Training: steps on one fixed batch (the state is donated: keep the returned one).
-  ids = np.stack([cs.encode(t if cs.check(t, config.max_len) is None else "a", config.max_len)
-                  for t in labels[:train_batch]])
+  ids = np.stack(
+    [
+      cs.encode(t if cs.check(t, config.max_len) is None else "a", config.max_len)
+      for t in labels[:train_batch]
+    ]
+  )
   tb = sharding_lib.global_batch({"image": images[:train_batch], "label": ids}, mesh)
   step, holder = s.train_step, {"state": state}
 
   def one_step():
     holder["state"], m = step(holder["state"], tb)
     jax.block_until_ready(m)
+
   one_step()  # compiles
   train_s = common.time_calls(one_step, iters)
   flops = common.compiled_flops(step, holder["state"], tb)
   return {
-      "decoder": decoder,
-      "infer_img_s": batch / infer_s,
-      "infer_batch_s": infer_s,
-      "torch_infer_img_s": batch / torch_s if torch_s else None,
-      "jax_over_torch": torch_s / infer_s if torch_s else None,
-      "infer_compile_s": compile_s,
-      "train_img_s": train_batch / train_s,
-      "train_step_s": train_s,
-      "train_gflop_img": flops / train_batch / 1e9 if flops else None,
-      "compilations": compiles,
+    "decoder": decoder,
+    "infer_img_s": batch / infer_s,
+    "infer_batch_s": infer_s,
+    "torch_infer_img_s": batch / torch_s if torch_s else None,
+    "jax_over_torch": torch_s / infer_s if torch_s else None,
+    "infer_compile_s": compile_s,
+    "train_img_s": train_batch / train_s,
+    "train_step_s": train_s,
+    "train_gflop_img": flops / train_batch / 1e9 if flops else None,
+    "compilations": compiles,
   }
 
 
@@ -128,20 +142,33 @@ def main(argv):
   del argv
   config = config_utils.load_config(_CONFIG.value)
   batch, train_batch = _BATCH.value, _TRAIN_BATCH.value
-  images, labels = common.synthetic_lines(max(batch, train_batch), config.image_height,
-                                           config.image_width)
-  rows = [bench_decoder(config, d, batch, train_batch, _ITERS.value, images, labels)
-          for d in _DECODERS.value]
+  images, labels = common.synthetic_lines(
+    max(batch, train_batch), config.image_height, config.image_width
+  )
+  rows = [
+    bench_decoder(config, d, batch, train_batch, _ITERS.value, images, labels)
+    for d in _DECODERS.value
+  ]
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  print(f"{_CONFIG.value}: encoder {config.model.name} {config.model.get('size', '')}, "
-        f"inference batch {batch}, training batch {train_batch}, {device}")
-  figures = {"config": _CONFIG.value, "device": device, "batch": batch,
-             "train_batch": train_batch,
-             **{f"{r['decoder']}_{k}": round(r[k], 2) for r in rows
-                for k in ("infer_img_s", "torch_infer_img_s", "jax_over_torch", "train_img_s")
-                if r[k] is not None},
-             "transformer_greedy_compilations": next(
-                 (r["compilations"] for r in rows if r["decoder"] == "transformer"), None)}
+  print(
+    f"{_CONFIG.value}: encoder {config.model.name} {config.model.get('size', '')}, "
+    f"inference batch {batch}, training batch {train_batch}, {device}"
+  )
+  figures = {
+    "config": _CONFIG.value,
+    "device": device,
+    "batch": batch,
+    "train_batch": train_batch,
+    **{
+      f"{r['decoder']}_{k}": round(r[k], 2)
+      for r in rows
+      for k in ("infer_img_s", "torch_infer_img_s", "jax_over_torch", "train_img_s")
+      if r[k] is not None
+    },
+    "transformer_greedy_compilations": next(
+      (r["compilations"] for r in rows if r["decoder"] == "transformer"), None
+    ),
+  }
   common.print_table([{k: "-" if v is None else v for k, v in r.items()} for r in rows], figures)
 
 

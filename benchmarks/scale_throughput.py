@@ -33,8 +33,11 @@ from sslocr_jax.train import sharding  # noqa: E402
 
 METHOD_CONFIGS = ("dig", "seqclr", "siman")
 _CONFIGS = flags.DEFINE_list(
-    "configs", None, "config[:variant] list (default: configs/<method>.py:cpu for each of "
-    f"{', '.join(METHOD_CONFIGS)} that exists)")
+  "configs",
+  None,
+  "config[:variant] list (default: configs/<method>.py:cpu for each of "
+  f"{', '.join(METHOD_CONFIGS)} that exists)",
+)
 _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes (config.data.num_workers)")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch size override")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype override (float32|bfloat16)")
@@ -75,6 +78,7 @@ def device_rate(s, config, steps: int) -> tuple[float, float | None]:
   def one_step():
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
+
   one_step()
   one_step()
   sec = common.time_calls(one_step, steps)
@@ -102,14 +106,25 @@ def end_to_end_rate(s, config, steps: int) -> float:
 
 
 def default_configs() -> list[str]:
-  return [f"configs/{m}.py:cpu" for m in METHOD_CONFIGS
-          if os.path.exists(os.path.join(common.ROOT, "configs", f"{m}.py"))]
+  return [
+    f"configs/{m}.py:cpu"
+    for m in METHOD_CONFIGS
+    if os.path.exists(os.path.join(common.ROOT, "configs", f"{m}.py"))
+  ]
 
 
 def main(argv):
   del argv
-  rows, figures = [], {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                       "cpu_count": os.cpu_count(), "workers": _WORKERS.value, "methods": {}}
+  rows, figures = (
+    [],
+    {
+      "device": jax.devices()[0].device_kind,
+      "devices": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "workers": _WORKERS.value,
+      "methods": {},
+    },
+  )
   for spec in _CONFIGS.value or default_configs():
     config = config_utils.load_config(spec)
     config.data.num_workers = _WORKERS.value
@@ -123,17 +138,30 @@ def main(argv):
     device, flops = device_rate(s, config, _STEPS.value)
     e2e = end_to_end_rate(s, config, _STEPS.value)
     mfu = common.step_mfu(config, device, flops)
-    rows.append({"config": spec, "batch": config.batch_size, "dtype": config.dtype,
-                 "host samples/s": host, "device images/s": device,
-                 "end-to-end images/s": e2e, "host/device": host / device,
-                 "GFLOPs/image": (flops or 0) * jax.device_count() / config.batch_size / 1e9,
-                 "MFU": mfu if mfu is not None else float("nan")})
+    rows.append(
+      {
+        "config": spec,
+        "batch": config.batch_size,
+        "dtype": config.dtype,
+        "host samples/s": host,
+        "device images/s": device,
+        "end-to-end images/s": e2e,
+        "host/device": host / device,
+        "GFLOPs/image": (flops or 0) * jax.device_count() / config.batch_size / 1e9,
+        "MFU": mfu if mfu is not None else float("nan"),
+      }
+    )
     figures["methods"][spec] = {
-        "batch": config.batch_size, "dtype": config.dtype, "host_samples_per_sec": host,
-        "device_images_per_sec": device, "end_to_end_images_per_sec": e2e,
-        "host_over_device": host / device, "pipeline_bottleneck": host < device,
-        "gflops_per_image": (flops * jax.device_count() / config.batch_size / 1e9
-                             if flops else None), "mfu": mfu}
+      "batch": config.batch_size,
+      "dtype": config.dtype,
+      "host_samples_per_sec": host,
+      "device_images_per_sec": device,
+      "end_to_end_images_per_sec": e2e,
+      "host_over_device": host / device,
+      "pipeline_bottleneck": host < device,
+      "gflops_per_image": (flops * jax.device_count() / config.batch_size / 1e9 if flops else None),
+      "mfu": mfu,
+    }
   common.print_table(rows, figures)
 
 

@@ -36,7 +36,9 @@ from sslocr_jax.train import resolve  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", None, "SimAN pretraining workdir", required=True)
 _OUT = flags.DEFINE_string("out", "siman_demo.png", "output PNG")
 _NUM = flags.DEFINE_integer("num", 8, "rows (synthetic patches)")
-_SEED = flags.DEFINE_integer("seed", 1_000_003, "synthetic data seed (default: not the training one)")
+_SEED = flags.DEFINE_integer(
+  "seed", 1_000_003, "synthetic data seed (default: not the training one)"
+)
 _CONTENT = flags.DEFINE_list("content", [], "content images (comma-separated paths)")
 _STYLE = flags.DEFINE_list("style", [], "style images, one per content image")
 

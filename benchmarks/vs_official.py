@@ -24,8 +24,10 @@ import sys
 
 _THREADS = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), 2))
 os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_cpu_multi_thread_eigen={'true' if _THREADS > 1 else 'false'}")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "")
+  + f" --xla_cpu_multi_thread_eigen={'true' if _THREADS > 1 else 'false'}"
+)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
@@ -51,9 +53,10 @@ _CONFIG = flags.DEFINE_string("config", "configs/dig.py", "our DiG config (size=
 
 def torch_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
   import torch  # pylint: disable=g-import-not-at-top
+
   a = torch.randn(n, n)
   a @ a
-  return 2 * n ** 3 / min(common.time_calls(lambda: a @ a, 1) for _ in range(repeats))
+  return 2 * n**3 / min(common.time_calls(lambda: a @ a, 1) for _ in range(repeats))
 
 
 def ours(spec: str, batch_size: int):
@@ -69,12 +72,14 @@ def ours(spec: str, batch_size: int):
   def step():
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
+
   enc = s.method.encoder_from_config(config)
   images = jnp.concatenate([batch["image1"], batch["image2"]])
   fwd = jax.jit(lambda p, x: enc.apply({"params": p}, x.astype(jnp.float32) / 127.5 - 1))
 
   def forward():
     jax.block_until_ready(fwd(holder["state"].params["encoder"], images))
+
   return step, forward, (compiled or 0) / batch_size / 1e9, config
 
 
@@ -82,6 +87,7 @@ def official(config, batch_size: int):
   """(step(), forward()) for the official model restated in PyTorch, sized as `config`."""
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import dig_torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   model = dig_torch.DiG.from_config(config)
   train = dig_torch.make_step(model)
@@ -91,6 +97,7 @@ def official(config, batch_size: int):
   def forward():
     with torch.no_grad():
       model.encoder(both)
+
   return lambda: train(images, aug, mask), forward, model
 
 
@@ -108,11 +115,19 @@ def alternate(fns: dict, calls: int, reps: int) -> dict:
 def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(_THREADS)
   load0 = os.getloadavg()
   jax_mm, torch_mm = common.matmul_flops(), torch_matmul_flops()
-  rows, figures = [], {"threads": _THREADS, "batch": _BATCH.value,
-                       "jax_matmul_gflops": jax_mm / 1e9, "torch_matmul_gflops": torch_mm / 1e9}
+  rows, figures = (
+    [],
+    {
+      "threads": _THREADS,
+      "batch": _BATCH.value,
+      "jax_matmul_gflops": jax_mm / 1e9,
+      "torch_matmul_gflops": torch_mm / 1e9,
+    },
+  )
   for size in _SIZES.value:
     step, forward, xla_gflops, config = ours(f"{_CONFIG.value}:size={size}", _BATCH.value)
     t_step, t_forward, _ = official(config, _BATCH.value)
@@ -123,29 +138,44 @@ def main(argv):
     b, n_fwd = _BATCH.value, 2 * _BATCH.value
     fwd_gflops = common.encoder_forward_flops(config) / 1e9
     for what, sec, per, gf, gf_off in [
-        ("train step", steps, b, model_gflops, official_gflops),
-        ("encoder forward", fwds, n_fwd, fwd_gflops, fwd_gflops)]:
-      rows.append({"size": size, "what": what, "ours /s": per / sec["ours"],
-                   "official /s": per / sec["official"],
-                   "ours/official": sec["official"] / sec["ours"],
-                   "GFLOP/sample": gf, "ours GFLOP/s": gf * per / sec["ours"],
-                   "official GFLOP/s": gf_off * per / sec["official"]})
+      ("train step", steps, b, model_gflops, official_gflops),
+      ("encoder forward", fwds, n_fwd, fwd_gflops, fwd_gflops),
+    ]:
+      rows.append(
+        {
+          "size": size,
+          "what": what,
+          "ours /s": per / sec["ours"],
+          "official /s": per / sec["official"],
+          "ours/official": sec["official"] / sec["ours"],
+          "GFLOP/sample": gf,
+          "ours GFLOP/s": gf * per / sec["ours"],
+          "official GFLOP/s": gf_off * per / sec["official"],
+        }
+      )
     achieved_xla = xla_gflops * b / steps["ours"]
     figures[size] = {
-        "step_ratio": steps["official"] / steps["ours"],
-        "forward_ratio": fwds["official"] / fwds["ours"],
-        "ours_samples_per_sec": b / steps["ours"], "official_samples_per_sec": b / steps["official"],
-        "model_gflops_per_sample": model_gflops, "xla_gflops_per_sample": xla_gflops,
-        "ours_achieved_gflops_xla": achieved_xla,
-        "ours_achieved_over_matmul_rate": achieved_xla / (jax_mm / 1e9)}
+      "step_ratio": steps["official"] / steps["ours"],
+      "forward_ratio": fwds["official"] / fwds["ours"],
+      "ours_samples_per_sec": b / steps["ours"],
+      "official_samples_per_sec": b / steps["official"],
+      "model_gflops_per_sample": model_gflops,
+      "xla_gflops_per_sample": xla_gflops,
+      "ours_achieved_gflops_xla": achieved_xla,
+      "ours_achieved_over_matmul_rate": achieved_xla / (jax_mm / 1e9),
+    }
   figures["load_avg_before"], figures["load_avg_after"] = load0, os.getloadavg()
-  print(f"fp32 matmul 1024^3 on this machine: JAX {jax_mm / 1e9:.1f} GFLOP/s, torch "
-        f"{torch_mm / 1e9:.1f} GFLOP/s; load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+  print(
+    f"fp32 matmul 1024^3 on this machine: JAX {jax_mm / 1e9:.1f} GFLOP/s, torch "
+    f"{torch_mm / 1e9:.1f} GFLOP/s; load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+  )
   for size in _SIZES.value:
     f = figures[size]
-    print(f"{size}: our step achieves {f['ours_achieved_gflops_xla']:.1f} GFLOP/s by XLA's cost "
-          f"analysis ({f['xla_gflops_per_sample']:.2f} GFLOP/sample) = "
-          f"{100 * f['ours_achieved_over_matmul_rate']:.0f}% of the measured matmul rate")
+    print(
+      f"{size}: our step achieves {f['ours_achieved_gflops_xla']:.1f} GFLOP/s by XLA's cost "
+      f"analysis ({f['xla_gflops_per_sample']:.2f} GFLOP/sample) = "
+      f"{100 * f['ours_achieved_over_matmul_rate']:.0f}% of the measured matmul rate"
+    )
   common.print_table(rows, figures)
 
 

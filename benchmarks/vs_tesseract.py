@@ -44,14 +44,17 @@ _HEIGHT = flags.DEFINE_integer("render_height", 32, "height the lines are render
 _PSM = flags.DEFINE_integer("psm", 7, "Tesseract page segmentation mode (7: one text line)")
 _TESSERACT = flags.DEFINE_string("tesseract", "tesseract", "Tesseract executable")
 
-INSTALL = ("Tesseract is not installed: `apt-get install tesseract-ocr` (Debian/Ubuntu), "
-           "`brew install tesseract` (macOS); then rerun to add its row.")
+INSTALL = (
+  "Tesseract is not installed: `apt-get install tesseract-ocr` (Debian/Ubuntu), "
+  "`brew install tesseract` (macOS); then rerun to add its row."
+)
 
 
 def test_lines(n: int, seed: int, word_prob: float, height: int):
   """(images uint8 [H, W, 3], labels, left out): held-out-font lines with >= 1 alphanumeric."""
-  src = sources.SyntheticSource(n, seed=seed, font_split="heldout", word_prob=word_prob,
-                                height=height)
+  src = sources.SyntheticSource(
+    n, seed=seed, font_split="heldout", word_prob=word_prob, height=height
+  )
   images, labels, left_out = [], [], 0
   for i in range(n):
     r = src[i]
@@ -74,17 +77,23 @@ def tesseract_read(images, exe: str, psm: int) -> list[str]:
     listing = os.path.join(tmp, "list.txt")
     with open(listing, "w") as f:
       f.write("\n".join(paths) + "\n")
-    out = subprocess.run([exe, listing, "stdout", "--psm", str(psm)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+      [exe, listing, "stdout", "--psm", str(psm)], capture_output=True, text=True, check=True
+    ).stdout
     pages = out.split("\f")
-    if len(pages) >= len(images) and all(not p.strip() for p in pages[len(images):]):
-      return [p.strip() for p in pages[:len(images)]]
-    return [subprocess.run([exe, p, "stdout", "--psm", str(psm)], capture_output=True,
-                           text=True, check=True).stdout.strip() for p in paths]
+    if len(pages) >= len(images) and all(not p.strip() for p in pages[len(images) :]):
+      return [p.strip() for p in pages[: len(images)]]
+    return [
+      subprocess.run(
+        [exe, p, "stdout", "--psm", str(psm)], capture_output=True, text=True, check=True
+      ).stdout.strip()
+      for p in paths
+    ]
 
 
 def ours_read(checkpoint: str, images) -> list[str]:
   from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
+
   rec = predict.Recognizer.from_checkpoint(checkpoint)
   return [text for text, _ in rec(images)]
 
@@ -99,27 +108,49 @@ def main(argv):
     preds = read()
     seconds = time.perf_counter() - t
     r = metrics.score(preds, labels).report()
-    rows.append({"system": name, "lines": r["samples"], "word_accuracy": r["accuracy"],
-                 "one_minus_ned": r["one_minus_ned"], "seconds": round(seconds, 1)})
+    rows.append(
+      {
+        "system": name,
+        "lines": r["samples"],
+        "word_accuracy": r["accuracy"],
+        "one_minus_ned": r["one_minus_ned"],
+        "seconds": round(seconds, 1),
+      }
+    )
 
   if shutil.which(_TESSERACT.value):
-    version = subprocess.run([_TESSERACT.value, "--version"], capture_output=True, check=False,
-                             text=True).stdout.splitlines()[0]
-    add(f"{version} --psm {_PSM.value}",
-        lambda: tesseract_read(images, _TESSERACT.value, _PSM.value))
+    version = subprocess.run(
+      [_TESSERACT.value, "--version"], capture_output=True, check=False, text=True
+    ).stdout.splitlines()[0]
+    add(
+      f"{version} --psm {_PSM.value}", lambda: tesseract_read(images, _TESSERACT.value, _PSM.value)
+    )
   else:
     print(INSTALL)
   for ckpt in _CHECKPOINTS.value:
     add(ckpt, lambda ckpt=ckpt: ours_read(ckpt, images))
-  print(f"{len(labels)} held-out-font lines (seed {_SEED.value}, word_prob {_WORD_PROB.value}, "
-        f"height {_HEIGHT.value}; {left_out} without [0-9a-z] left out), lowercase [0-9a-z] "
-        "scoring")
+  print(
+    f"{len(labels)} held-out-font lines (seed {_SEED.value}, word_prob {_WORD_PROB.value}, "
+    f"height {_HEIGHT.value}; {left_out} without [0-9a-z] left out), lowercase [0-9a-z] "
+    "scoring"
+  )
   print(f"{'system':<44} {'lines':>6} {'word acc. %':>12} {'1-NED %':>8} {'seconds':>8}")
   for r in rows:
-    print(f"{r['system']:<44} {r['lines']:>6} {r['word_accuracy']:>12.2f} "
-          f"{r['one_minus_ned']:>8.2f} {r['seconds']:>8.1f}")
-  print(json.dumps({"seed": _SEED.value, "word_prob": _WORD_PROB.value,
-                    "render_height": _HEIGHT.value, "left_out": left_out, "rows": rows}))
+    print(
+      f"{r['system']:<44} {r['lines']:>6} {r['word_accuracy']:>12.2f} "
+      f"{r['one_minus_ned']:>8.2f} {r['seconds']:>8.1f}"
+    )
+  print(
+    json.dumps(
+      {
+        "seed": _SEED.value,
+        "word_prob": _WORD_PROB.value,
+        "render_height": _HEIGHT.value,
+        "left_out": left_out,
+        "rows": rows,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

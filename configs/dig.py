@@ -27,15 +27,22 @@ def get_config(arg=None):
   c.image_height, c.image_width = 32, 128
 
   # Encoder (models/vit.py).
-  c.model = ml_collections.ConfigDict(dict(
-      name="vit", **cu.vit_size(vit.SIZES, a.size), mlp_ratio=4.0, patch_size=4,
-      drop_path_rate=0.0, remat="none"))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="vit",
+      **cu.vit_size(vit.SIZES, a.size),
+      mlp_ratio=4.0,
+      patch_size=4,
+      drop_path_rate=0.0,
+      remat="none",
+    )
+  )
 
   # DiG objective (names as in the paper / official release).
-  c.mask_ratio = 0.7           # fraction of the 256 patches masked in view 1
-  c.num_windows = 4            # patch-wise instance mapping: 8x32 tokens -> 1 x num_windows
-                               # (adaptive average pooling: any value 1..32)
-  c.temperature = 0.2          # InfoNCE temperature; the loss is scaled by 2T
+  c.mask_ratio = 0.7  # fraction of the 256 patches masked in view 1
+  c.num_windows = 4  # patch-wise instance mapping: 8x32 tokens -> 1 x num_windows
+  # (adaptive average pooling: any value 1..32)
+  c.temperature = 0.2  # InfoNCE temperature; the loss is scaled by 2T
   # Branches (ablation arms as the release builds them, modeling_pretrain_moco_mim_ori.py):
   #   both          MIM + contrast (DiG);
   #   contrastive   `use_pixel_target=False`: MoCo v3 on the original and the augmented view,
@@ -45,16 +52,27 @@ def get_config(arg=None):
   c.branches = "both"
   c.mim_weight = 1.0
   c.contrastive_weight = 0.1
-  c.momentum = 0.99            # key-encoder momentum at step 0, cosine schedule to 1.0
+  c.momentum = 0.99  # key-encoder momentum at step 0, cosine schedule to 1.0
   c.mim_hidden_dim = 192
   c.pix_hidden_dim = 512
   c.proj_hidden_dim = 4096
   c.proj_dim = 256
   c.pred_hidden_dim = 4096
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1.5e-4, lr_batch_base=256, warmup_steps=0, warmup_fraction=0.03,
-      end_lr=1e-5, weight_decay=0.1, b1=0.9, b2=0.999, grad_clip=0.0))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=1.5e-4,
+      lr_batch_base=256,
+      warmup_steps=0,
+      warmup_fraction=0.03,
+      end_lr=1e-5,
+      weight_decay=0.1,
+      b1=0.9,
+      b2=0.999,
+      grad_clip=0.0,
+    )
+  )
 
   cu.add_run_fields(c, checkpoint_every=1000)
 

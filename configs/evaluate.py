@@ -45,8 +45,15 @@ def get_config(arg=None):
       c.transformer[key] = default
   if dig_official:  # the release's `--decoder_name tf_decoder` (models/decoder.py)
     c.decoder = "transformer"
-    c.transformer.update(style="dig", d_model=512, num_layers=6, num_heads=8, mlp_dim=256,
-                         n_position=200, dropout_rate=0.1)
+    c.transformer.update(
+      style="dig",
+      d_model=512,
+      num_layers=6,
+      num_heads=8,
+      mlp_dim=256,
+      n_position=200,
+      dropout_rate=0.1,
+    )
   c.task = "evaluate"
   c.checkpoint = ""
   c.use_best = True

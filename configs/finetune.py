@@ -64,21 +64,34 @@ import ml_collections
 
 def model_block(size: str, encoder: str) -> ml_collections.ConfigDict:
   """Encoder fields of both kinds; `name` picks one (models/encoders.py)."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name=encoder,
       # ViT (models/vit.py)
       # DiG fine-tuning: --drop 0.1 --attn_drop_rate 0.1 --drop_path 0.1 (README); no dropout
       # on the position table (modeling_pretrain_vit.py PretrainVisionTransformerEncoder).
-      **cu.vit_size(vit.SIZES, size), mlp_ratio=4.0, patch_size=4, drop_path_rate=0.1,
-      dropout_rate=0.1, attn_dropout_rate=0.1, pos_dropout=False, remat="none",
+      **cu.vit_size(vit.SIZES, size),
+      mlp_ratio=4.0,
+      patch_size=4,
+      drop_path_rate=0.1,
+      dropout_rate=0.1,
+      attn_dropout_rate=0.1,
+      pos_dropout=False,
+      remat="none",
       # CNN + BiLSTM (models/resnet.py)
-      channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2, tps=True,
-      num_fiducials=20, tps_channels=512))
+      channels=512,
+      blocks=(1, 2, 5, 3),
+      lstm_hidden=256,
+      lstm_layers=2,
+      tps=True,
+      num_fiducials=20,
+      tps_channels=512,
+    )
+  )
 
 
 def get_config(arg=None):
-  a = cu.parse_arg(arg, size="small", decoder="", encoder="", cpu=False, cpu60=False,
-                   smoke=False)
+  a = cu.parse_arg(arg, size="small", decoder="", encoder="", cpu=False, cpu60=False, smoke=False)
   a.cpu = a.cpu or a.cpu60
   a.encoder = a.encoder or ("resnet" if a.cpu60 else "vit")
   if a.encoder not in ("vit", "resnet"):
@@ -112,18 +125,37 @@ def get_config(arg=None):
   c.attention = ml_collections.ConfigDict(dict(hidden_dim=512, attention_dim=512))
   # The official TFDecoder (models/decoder.py: n_layers 6, d_model 512, n_head 8, d_inner 256,
   # dropout 0.1, n_position 200); style "nrtr" is the older NRTR-style decoder (mlp_dim 2048).
-  c.transformer = ml_collections.ConfigDict(dict(
-      d_model=512, num_layers=6, num_heads=8, mlp_dim=256, dropout_rate=0.1,
-      style="dig", n_position=200))
+  c.transformer = ml_collections.ConfigDict(
+    dict(
+      d_model=512,
+      num_layers=6,
+      num_heads=8,
+      mlp_dim=256,
+      dropout_rate=0.1,
+      style="dig",
+      n_position=200,
+    )
+  )
   c.ctc = ml_collections.ConfigDict(dict(head="dig", hidden_dim=512))  # CTCRecModel's head
 
   # run_class_finetuning.py: args.lr * total_batch / 256 with --lr 1e-4, --warmup_epochs 1 of
   # --epochs 10, min_lr 1e-6, --layer_decay 0.75 (default), --weight_decay 0.05.
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-4, lr_batch_base=256, warmup_steps=0,
-      warmup_fraction=1.0 / epochs, end_lr=1e-6, weight_decay=0.05, b1=0.9, b2=0.999,
-      grad_clip=0.0, layer_decay=0.75,
-      lr_mult=dict(encoder=1.0)))  # ours: e.g. 0.3 = a pretrained encoder 3x slower than the head
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=1e-4,
+      lr_batch_base=256,
+      warmup_steps=0,
+      warmup_fraction=1.0 / epochs,
+      end_lr=1e-6,
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.999,
+      grad_clip=0.0,
+      layer_decay=0.75,
+      lr_mult=dict(encoder=1.0),
+    )
+  )  # ours: e.g. 0.3 = a pretrained encoder 3x slower than the head
 
   c.eval_every = 2000
   c.eval_batch_size = 512
@@ -132,10 +164,15 @@ def get_config(arg=None):
   cu.add_run_fields(c, checkpoint_every=2000, viz_every=None)
 
   if a.cpu:
-    c.model.update(cu.vit_size(vit.SIZES, "cpu"),  # = dig.py:cpu
-                   drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
-    c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1,
-                   tps=False, tps_channels=64)  # = seqclr.py:cpu, siman.py:cpu
+    c.model.update(
+      cu.vit_size(vit.SIZES, "cpu"),  # = dig.py:cpu
+      drop_path_rate=0.0,
+      dropout_rate=0.0,
+      attn_dropout_rate=0.0,
+    )
+    c.model.update(
+      channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1, tps=False, tps_channels=64
+    )  # = seqclr.py:cpu, siman.py:cpu
     c.attention.update(hidden_dim=128, attention_dim=128)
     c.transformer.update(d_model=128, num_layers=2, num_heads=4, mlp_dim=256, dropout_rate=0.0)
     # An easier task than the default's, sized for a 2-core CPU: mostly dictionary words, the
@@ -154,8 +191,7 @@ def get_config(arg=None):
     c.val_data.word_prob = 0.9
     c.batch_size = 32
     c.total_steps = 2000
-    c.optim.update(base_lr=1e-3, lr_batch_base=0, warmup_steps=200, end_lr=1e-5,
-                   layer_decay=1.0)
+    c.optim.update(base_lr=1e-3, lr_batch_base=0, warmup_steps=200, end_lr=1e-5, layer_decay=1.0)
     c.eval_every = 500
     c.eval_batch_size = 128
     c.log_every = 25
@@ -174,14 +210,20 @@ def get_config(arg=None):
     c.val_data.num_samples, c.val_data.word_prob = 1000, 0.6
     c.batch_size = 64 if resnet else 32
     c.total_steps = 5000 if resnet else 2500
-    c.optim.update(base_lr=1.5e-3 if resnet else 1e-3, warmup_steps=0, warmup_fraction=0.02,
-                   grad_clip=5.0)
+    c.optim.update(
+      base_lr=1.5e-3 if resnet else 1e-3, warmup_steps=0, warmup_fraction=0.02, grad_clip=5.0
+    )
     c.eval_every = c.checkpoint_every = 1000 if resnet else 500
   if a.smoke:
-    c.model.update(cu.vit_size(vit.SIZES, "smoke"),  # = dig.py:smoke
-                   drop_path_rate=0.0, dropout_rate=0.0, attn_dropout_rate=0.0)
-    c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
-                   tps=False, tps_channels=32)  # = seqclr.py:smoke
+    c.model.update(
+      cu.vit_size(vit.SIZES, "smoke"),  # = dig.py:smoke
+      drop_path_rate=0.0,
+      dropout_rate=0.0,
+      attn_dropout_rate=0.0,
+    )
+    c.model.update(
+      channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1, tps=False, tps_channels=32
+    )  # = seqclr.py:smoke
     c.attention.update(hidden_dim=32, attention_dim=32)
     c.transformer.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64, dropout_rate=0.0)
     # The older heads and loss (the tests of export and overfitting were built on them); the

@@ -48,9 +48,19 @@ def get_config(arg=None):
   c.image_height, c.image_width = 32, 128
 
   # Encoder (models/resnet.py): TPS + ResNet + 2-layer BiLSTM, 33 frames for 32x128.
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
-      tps=tps, num_fiducials=20, tps_channels=512, remat="none"))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name="resnet",
+      channels=512,
+      blocks=(1, 2, 5, 3),
+      lstm_hidden=256,
+      lstm_layers=2,
+      tps=tps,
+      num_fiducials=20,
+      tps_channels=512,
+      remat="none",
+    )
+  )
 
   # SeqCLR objective (names as in the paper).
   c.seqclr_encoder_stage = "lstm"
@@ -61,15 +71,24 @@ def get_config(arg=None):
   c.num_windows = 5
   c.temperature = 0.1
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-3, lr_batch_base=256, warmup_steps=2000, end_lr=1e-5,
-      weight_decay=1e-4, b1=0.9, b2=0.999, grad_clip=5.0))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=1e-3,
+      lr_batch_base=256,
+      warmup_steps=2000,
+      end_lr=1e-5,
+      weight_decay=1e-4,
+      b1=0.9,
+      b2=0.999,
+      grad_clip=5.0,
+    )
+  )
 
   cu.add_run_fields(c, checkpoint_every=1000)
 
   if a.cpu:
-    c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1,
-                   tps_channels=64)
+    c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1, tps_channels=64)
     c.proj_hidden_dim, c.proj_dim = 128, 64
     c.data = cu.synthetic_data(num_samples=200_000, num_workers=0)
     c.batch_size = 32
@@ -79,8 +98,7 @@ def get_config(arg=None):
     c.checkpoint_every = 100
     c.viz_every = 100
   if a.smoke:
-    c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
-                   tps_channels=32)
+    c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1, tps_channels=32)
     c.proj_hidden_dim, c.proj_dim = 32, 16
     c.data = cu.synthetic_data(num_samples=512, num_workers=0)
     c.batch_size = 8

@@ -34,13 +34,30 @@ import ml_collections
 
 def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict:
   if encoder == "resnet":
-    return ml_collections.ConfigDict(dict(
-        name="resnet", channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
-        tps=tps, num_fiducials=20, tps_channels=512, remat="none"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="resnet",
+        channels=512,
+        blocks=(1, 2, 5, 3),
+        lstm_hidden=256,
+        lstm_layers=2,
+        tps=tps,
+        num_fiducials=20,
+        tps_channels=512,
+        remat="none",
+      )
+    )
   if encoder == "vit":
-    return ml_collections.ConfigDict(dict(
-        name="vit", **cu.vit_size(vit.SIZES, size), mlp_ratio=4.0, patch_size=4,
-        drop_path_rate=0.0, remat="none"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="vit",
+        **cu.vit_size(vit.SIZES, size),
+        mlp_ratio=4.0,
+        patch_size=4,
+        drop_path_rate=0.0,
+        remat="none",
+      )
+    )
   raise ValueError(f"encoder={encoder!r} is unknown; valid: resnet, vit")
 
 
@@ -73,12 +90,32 @@ def get_config(arg=None):
 
   # One optimizer per phase (ours): GAN-style b1 = 0.5; equal peak lrs (a 5x slower
   # discriminator fell to chance as soon as the adversarial term started, docs/siman.md).
-  c.optim = ml_collections.ConfigDict({
-      "generator": dict(name="adamw", base_lr=1e-3, lr_batch_base=256, warmup_steps=2000,
-                        end_lr=1e-5, weight_decay=1e-4, b1=0.5, b2=0.999, grad_clip=5.0),
-      "discriminator": dict(name="adamw", base_lr=1e-3, lr_batch_base=256, warmup_steps=2000,
-                            end_lr=1e-5, weight_decay=0.0, b1=0.5, b2=0.999, grad_clip=0.0),
-  })
+  c.optim = ml_collections.ConfigDict(
+    {
+      "generator": dict(
+        name="adamw",
+        base_lr=1e-3,
+        lr_batch_base=256,
+        warmup_steps=2000,
+        end_lr=1e-5,
+        weight_decay=1e-4,
+        b1=0.5,
+        b2=0.999,
+        grad_clip=5.0,
+      ),
+      "discriminator": dict(
+        name="adamw",
+        base_lr=1e-3,
+        lr_batch_base=256,
+        warmup_steps=2000,
+        end_lr=1e-5,
+        weight_decay=0.0,
+        b1=0.5,
+        b2=0.999,
+        grad_clip=0.0,
+      ),
+    }
+  )
 
   cu.add_run_fields(c, checkpoint_every=1000)
 
@@ -101,8 +138,9 @@ def get_config(arg=None):
     if a.encoder == "vit":  # = finetune.py:smoke (and dig.py:smoke)
       c.model.update(cu.vit_size(vit.SIZES, "smoke"))
     else:  # = finetune.py:smoke (and seqclr.py:smoke)
-      c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1,
-                     tps_channels=32)
+      c.model.update(
+        channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1, tps_channels=32
+      )
     c.san_dim, c.decoder_width, c.disc_width = 16, 32, 16
     c.data = cu.synthetic_data(num_samples=64, num_workers=0)  # lines repeat: a clear drop
     c.batch_size = 16
@@ -115,4 +153,3 @@ def get_config(arg=None):
     c.checkpoint_every = 12
     c.viz_every = 24
   return c
-

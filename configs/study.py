@@ -49,8 +49,13 @@ TEST_SEED = 2_000_003
 
 
 def _arm(name, config, encoder, overrides=(), protocols=None):
-  return dict(name=name, config=config, encoder=encoder, overrides=tuple(overrides),
-              protocols=tuple(protocols) if protocols is not None else None)
+  return dict(
+    name=name,
+    config=config,
+    encoder=encoder,
+    overrides=tuple(overrides),
+    protocols=tuple(protocols) if protocols is not None else None,
+  )
 
 
 def _arms(variant: str) -> list:
@@ -58,25 +63,25 @@ def _arms(variant: str) -> list:
   v = f":{variant}" if variant else ""
   scratch = ["full"]  # a frozen random encoder is not a baseline worth its runs
   return [
-      _arm("dig", f"configs/dig.py{v}", "vit"),
-      # The release's halves (methods/dig.py `branches`): contrastive = no mask, no pix
-      # projector; mim = no contrastive networks.
-      _arm("dig_contrastive_only", f"configs/dig.py{v}", "vit", ["branches=contrastive"]),
-      _arm("dig_mim_only", f"configs/dig.py{v}", "vit", ["branches=mim"]),
-      _arm("seqclr_window", f"configs/seqclr.py{v}", "resnet",
-           ["instance_mapping=window"]),
-      _arm("seqclr_frame", f"configs/seqclr.py{v}", "resnet",
-           ["instance_mapping=frame"]),
-      _arm("seqclr_all", f"configs/seqclr.py{v}", "resnet", ["instance_mapping=all"]),
-      _arm("siman", f"configs/siman.py{v}", "resnet"),
-      _arm("scratch_vit", "", "vit", protocols=scratch),
-      _arm("scratch_resnet", "", "resnet", protocols=scratch),
+    _arm("dig", f"configs/dig.py{v}", "vit"),
+    # The release's halves (methods/dig.py `branches`): contrastive = no mask, no pix
+    # projector; mim = no contrastive networks.
+    _arm("dig_contrastive_only", f"configs/dig.py{v}", "vit", ["branches=contrastive"]),
+    _arm("dig_mim_only", f"configs/dig.py{v}", "vit", ["branches=mim"]),
+    _arm("seqclr_window", f"configs/seqclr.py{v}", "resnet", ["instance_mapping=window"]),
+    _arm("seqclr_frame", f"configs/seqclr.py{v}", "resnet", ["instance_mapping=frame"]),
+    _arm("seqclr_all", f"configs/seqclr.py{v}", "resnet", ["instance_mapping=all"]),
+    _arm("siman", f"configs/siman.py{v}", "resnet"),
+    _arm("scratch_vit", "", "vit", protocols=scratch),
+    _arm("scratch_resnet", "", "resnet", protocols=scratch),
   ]
 
 
 def _protocols() -> list:
-  return [dict(name="full", overrides=("freeze_encoder=False",)),
-          dict(name="frozen", overrides=("freeze_encoder=True",))]
+  return [
+    dict(name="full", overrides=("freeze_encoder=False",)),
+    dict(name="frozen", overrides=("freeze_encoder=True",)),
+  ]
 
 
 def get_config(arg=None):
@@ -90,25 +95,36 @@ def get_config(arg=None):
   c.pretrain_seeds = (0,)
   c.protocols = _protocols()
   c.lmdb_roots = ()
-  c.test = ml_collections.ConfigDict(dict(
-      name="synthetic_heldout_test", num_samples=10_000, seed=TEST_SEED, font_split="heldout",
-      word_prob=0.6))
+  c.test = ml_collections.ConfigDict(
+    dict(
+      name="synthetic_heldout_test",
+      num_samples=10_000,
+      seed=TEST_SEED,
+      font_split="heldout",
+      word_prob=0.6,
+    )
+  )
   c.evaluate = ml_collections.ConfigDict(dict(config="configs/evaluate.py", overrides=()))
 
   if variant == "smoke":
-    c.arms = [_arm("dig", "configs/dig.py:smoke", "vit", ["total_steps=4", "log_every=1"]),
-              _arm("scratch_vit", "", "vit")]
-    c.finetune = ml_collections.ConfigDict({
-        "vit": dict(config="configs/finetune.py:smoke",
-                    overrides=("total_steps=2", "eval_every=2", "log_every=1")),
+    c.arms = [
+      _arm("dig", "configs/dig.py:smoke", "vit", ["total_steps=4", "log_every=1"]),
+      _arm("scratch_vit", "", "vit"),
+    ]
+    c.finetune = ml_collections.ConfigDict(
+      {
+        "vit": dict(
+          config="configs/finetune.py:smoke",
+          overrides=("total_steps=2", "eval_every=2", "log_every=1"),
+        ),
         "resnet": dict(config="configs/finetune.py:smoke,encoder=resnet", overrides=()),
-    })
+      }
+    )
     c.protocols = c.protocols[:1]
     c.fractions = (0.1,)
     c.seeds = (0,)
     c.test.num_samples = 32
-    c.evaluate = ml_collections.ConfigDict(dict(config="configs/evaluate.py:smoke",
-                                                overrides=()))
+    c.evaluate = ml_collections.ConfigDict(dict(config="configs/evaluate.py:smoke", overrides=()))
     return c
 
   pilot = variant == "pilot"
@@ -116,10 +132,12 @@ def get_config(arg=None):
   c.arms = _arms(variant)
   ft = "configs/finetune.py" + (":cpu" if variant == "cpu" else "")
   sep = "," if variant == "cpu" else ":"
-  c.finetune = ml_collections.ConfigDict({
+  c.finetune = ml_collections.ConfigDict(
+    {
       "vit": dict(config=ft, overrides=()),
       "resnet": dict(config=f"{ft}{sep}encoder=resnet", overrides=()),
-  })
+    }
+  )
   if variant == "cpu":
     c.test.num_samples = 2000
     c.test.word_prob = 0.9  # as finetune.py:cpu's training and validation lines

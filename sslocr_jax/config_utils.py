@@ -62,27 +62,37 @@ def mesh_block(data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
 
 def sharding_block() -> ml_collections.ConfigDict:
   """Logical axis name -> mesh axes (maxtext style). Edit to change the parallelism."""
-  return ml_collections.ConfigDict({"fsdp_min_size": 2**16, "logical_rules": [
-      ["batch", ["data", "fsdp"]],
-      ["embed", "fsdp"],
-      ["mlp", None],
-      ["heads", None],
-      ["vocab", None],
-      ["conv_in", None],
-      ["conv_out", "fsdp"],
-  ]})
+  return ml_collections.ConfigDict(
+    {
+      "fsdp_min_size": 2**16,
+      "logical_rules": [
+        ["batch", ["data", "fsdp"]],
+        ["embed", "fsdp"],
+        ["mlp", None],
+        ["heads", None],
+        ["vocab", None],
+        ["conv_in", None],
+        ["conv_out", "fsdp"],
+      ],
+    }
+  )
 
 
-def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
-                   font_split: str = "train", word_prob: float = 0.6
-                   ) -> ml_collections.ConfigDict:
+def synthetic_data(
+  num_samples: int,
+  seed: int = 0,
+  num_workers: int = 0,
+  font_split: str = "train",
+  word_prob: float = 0.6,
+) -> ml_collections.ConfigDict:
   """The built-in synthetic text lines (default source); `source` switches to lmdb/tfds.
 
   `word_prob`: share of dictionary words among the lines (the rest are numbers, codes and
   random strings; data/render.py). `num_workers`: grain worker processes per host; -1 sizes
   them from the host's cores (data/pipeline.py `resolve_num_workers`), 0 = none.
   """
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "source": "synthetic",
       "num_samples": num_samples,
       "seed": seed,
@@ -96,11 +106,13 @@ def synthetic_data(num_samples: int, seed: int = 0, num_workers: int = 0,
       "num_workers": num_workers,
       "num_threads": 4,
       "prefetch": 64,
-  })
+    }
+  )
 
 
-def header(task: str, method: str, *, batch_size: int, epochs: int = 10,
-           num_samples: int = 2_000_000) -> ml_collections.ConfigDict:
+def header(
+  task: str, method: str, *, batch_size: int, epochs: int = 10, num_samples: int = 2_000_000
+) -> ml_collections.ConfigDict:
   """The fields every training config starts with: task, method, seed, distributed, dtype,
   the built-in synthetic lines as data (`num_samples` virtual samples), batch_size, and
   total_steps for `epochs` passes over them (schedule_steps 0: the schedules follow it)."""
@@ -120,8 +132,8 @@ def header(task: str, method: str, *, batch_size: int, epochs: int = 10,
 # ViT sizes of the `cpu` and `smoke` variants, the same in every config (an encoder pretrained
 # with `dig.py:smoke` fine-tunes with `finetune.py:smoke`).
 SMALL_VIT_SIZES = {
-    "cpu": dict(embed_dim=128, depth=4, num_heads=4),
-    "smoke": dict(embed_dim=32, depth=2, num_heads=2),
+  "cpu": dict(embed_dim=128, depth=4, num_heads=4),
+  "smoke": dict(embed_dim=32, depth=2, num_heads=2),
 }
 
 
@@ -134,8 +146,9 @@ def vit_size(sizes: dict, size: str) -> dict:
   return dict(size=size, **table[size])
 
 
-def add_run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 1000,
-                   viz_every: int | None = 1000) -> None:
+def add_run_fields(
+  c: ml_collections.ConfigDict, checkpoint_every: int = 1000, viz_every: int | None = 1000
+) -> None:
   """The run fields every config has: mesh, sharding, accumulation, logging, checkpoints."""
   c.mesh = mesh_block()
   c.grad_accum_steps = 1  # micro-batches per step (train/step.py)
@@ -160,9 +173,16 @@ def schedule_steps(config) -> int:
 
 # Fields that make an encoder's parameters (models/vit.py, models/resnet.py).
 ENCODER_KEYS = {
-    "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size"),
-    "resnet": ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "num_fiducials",
-               "tps_channels"),
+  "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size"),
+  "resnet": (
+    "channels",
+    "blocks",
+    "lstm_hidden",
+    "lstm_layers",
+    "tps",
+    "num_fiducials",
+    "tps_channels",
+  ),
 }
 
 

@@ -46,7 +46,8 @@ class PretrainView:
     if not hasattr(self.method, "visualize"):
       raise ValueError(f"method {config.method!r} has no visualize()")
     self._visualize = jax.jit(
-        lambda p, s, b: self.method.visualize(p, s, b, None, self.config, num_images=1))
+      lambda p, s, b: self.method.visualize(p, s, b, None, self.config, num_images=1)
+    )
 
   @property
   def mask_ratio(self) -> float | None:
@@ -58,8 +59,9 @@ class PretrainView:
       config = config.copy_and_resolve_references()
       config.mask_ratio = float(mask_ratio)
     image = augment.to_rgb_uint8(np.asarray(image))
-    views = self.method.make_views({"image": image, "label": ""},
-                                   np.random.default_rng(int(seed)), config)
+    views = self.method.make_views(
+      {"image": image, "label": ""}, np.random.default_rng(int(seed)), config
+    )
     batch = {k: np.asarray(v)[None] for k, v in views.items()}
     grids = self._visualize(self.params, self.model_state, batch)
     return np.asarray(next(iter(grids.values())))
@@ -88,8 +90,9 @@ def load_models(checkpoint: str, pretrained: str = "", batch_size: int = 16):
   if pretrained and view is None:
     pc, pp, pm = load(pretrained)
     if pc.get("method") != "dig":
-      logging.warning("%s is a %s checkpoint, not DiG: no reconstruction view", pretrained,
-                      pc.get("method"))
+      logging.warning(
+        "%s is a %s checkpoint, not DiG: no reconstruction view", pretrained, pc.get("method")
+      )
     else:
       view = PretrainView(pc, pp, pm)
   return recognizer, view
@@ -132,24 +135,43 @@ def build(recognizer=None, view=None, example=None):
   first_grid = reconstruct(example, ratio0, 0) if view is not None else None
 
   with gr.Blocks(title="sslocr_jax demo", analytics_enabled=False) as demo:
-    gr.Markdown("## sslocr_jax: text recognition demo\nUpload, paste or drop a cropped word "
-                "or line image.")
+    gr.Markdown(
+      "## sslocr_jax: text recognition demo\nUpload, paste or drop a cropped word or line image."
+    )
     with gr.Row():
-      image = gr.Image(label="image", type="numpy", image_mode="RGB",
-                       sources=["upload", "clipboard"], value=example, height=160)
+      image = gr.Image(
+        label="image",
+        type="numpy",
+        image_mode="RGB",
+        sources=["upload", "clipboard"],
+        value=example,
+        height=160,
+      )
       with gr.Column():
         text = gr.Textbox(label="text", value=first_text, visible=recognizer is not None)
-        conf = gr.Number(label="confidence", value=first_conf, precision=4,
-                         visible=recognizer is not None)
+        conf = gr.Number(
+          label="confidence", value=first_conf, precision=4, visible=recognizer is not None
+        )
     run = gr.Button("Recognize", variant="primary")
     if view is not None:
       with gr.Row():
-        ratio = gr.Slider(0.0, 0.95, value=ratio0, step=0.05, label="mask ratio",
-                          visible=view.mask_ratio is not None)
+        ratio = gr.Slider(
+          0.0,
+          0.95,
+          value=ratio0,
+          step=0.05,
+          label="mask ratio",
+          visible=view.mask_ratio is not None,
+        )
         seed = gr.Number(value=0, precision=0, label="mask seed")
-      grid = gr.Image(label="original | masked | reconstruction | augmented view",
-                      value=first_grid, type="numpy", format="png", interactive=False,
-                      height=150)
+      grid = gr.Image(
+        label="original | masked | reconstruction | augmented view",
+        value=first_grid,
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=150,
+      )
       run.click(reconstruct, [image, ratio, seed], grid, api_name="reconstruct")
       image.upload(reconstruct, [image, ratio, seed], grid, api_name=False)
     if recognizer is not None:
@@ -163,22 +185,41 @@ def build(recognizer=None, view=None, example=None):
   return demo
 
 
-def serve(checkpoint: str, pretrained: str = "", host: str = "127.0.0.1", port: int = 7860,
-          batch_size: int = 16, block: bool = True, example: bool = True):
+def serve(
+  checkpoint: str,
+  pretrained: str = "",
+  host: str = "127.0.0.1",
+  port: int = 7860,
+  batch_size: int = 16,
+  block: bool = True,
+  example: bool = True,
+):
   """Loads the models, builds and launches the app; returns it (when `block` is False)."""
   recognizer, view = load_models(checkpoint, pretrained, batch_size)
   demo = build(recognizer, view, example_image() if example else None)
-  demo.queue().launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-                      show_error=True, quiet=not block)
+  demo.queue().launch(
+    server_name=host,
+    server_port=port,
+    prevent_thread_lock=not block,
+    show_error=True,
+    quiet=not block,
+  )
   return demo
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m sslocr_jax.demo", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m sslocr_jax.demo",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--checkpoint", required=True, help="a fine-tuning (or DiG) checkpoint")
-  p.add_argument("--pretrained", default="", help="DiG pretraining checkpoint for the "
-                 "reconstruction view (default: the fine-tuning run's init_from)")
+  p.add_argument(
+    "--pretrained",
+    default="",
+    help="DiG pretraining checkpoint for the "
+    "reconstruction view (default: the fine-tuning run's init_from)",
+  )
   p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all)")
   p.add_argument("--port", type=int, default=7860)
   p.add_argument("--batch_size", type=int, default=16, help="recognition batch (padded)")

@@ -16,8 +16,11 @@ EXIT_USER_ERROR = 2
 
 # One definition for the absl CLIs (main, predict); export (argparse) has its own --verbose.
 VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Show the traceback of a user error (bad path, flag, config value or "
-    "workdir), which otherwise ends the program with a one-line message and exit status 2.")
+  "verbose",
+  False,
+  "Show the traceback of a user error (bad path, flag, config value or "
+  "workdir), which otherwise ends the program with a one-line message and exit status 2.",
+)
 
 
 class UserError(ValueError):

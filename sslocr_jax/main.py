@@ -49,6 +49,7 @@ class _ListParser(flags.ArgumentParser):
     text = str(argument).strip()
     if text[:1] in "[(":
       import ast  # pylint: disable=g-import-not-at-top
+
       try:
         value = ast.literal_eval(text)
       except (ValueError, SyntaxError) as e:
@@ -62,20 +63,30 @@ class _ListParser(flags.ArgumentParser):
 
 config_flags.register_flag_parser_for_type(list, _ListParser())
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder, local or gs://bucket/run "
-                                "(default: runs/<method>-<time>).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (path[:variant]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Output folder, local or gs://bucket/run (default: runs/<method>-<time>)."
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: HOST:PORT of process 0 (default: "
-    "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs / SLURM / Open MPI).")
+  "coordinator_address",
+  None,
+  "Multi-host: HOST:PORT of process 0 (default: "
+  "$JAX_COORDINATOR_ADDRESS, or auto-detected on TPU VMs / SLURM / Open MPI).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES).")
+  "num_processes", None, "Multi-host: number of processes (default: $JAX_NUM_PROCESSES)."
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID).")
+  "process_id", None, "Multi-host: this process's index (default: $JAX_PROCESS_ID)."
+)
 _LOCAL_DEVICES = flags.DEFINE_integer(
-    "local_devices", None, "Devices each process must see; stop with an error otherwise "
-    "(default: $SSLOCR_LOCAL_DEVICES; unset: no check).")
+  "local_devices",
+  None,
+  "Devices each process must see; stop with an error otherwise "
+  "(default: $SSLOCR_LOCAL_DEVICES; unset: no check).",
+)
 
 
 def check_overrides(argv, config) -> None:
@@ -89,8 +100,10 @@ def check_overrides(argv, config) -> None:
       if not hasattr(node, "keys") or key not in node:
         parent = ".".join(path[:i]) or "config"
         valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        raise errors.UserError(f"unknown config field '{'.'.join(path[:i + 1])}'. "
-                               f"Valid fields of {parent}: {', '.join(valid)}")
+        raise errors.UserError(
+          f"unknown config field '{'.'.join(path[: i + 1])}'. "
+          f"Valid fields of {parent}: {', '.join(valid)}"
+        )
       node = node[key]
 
 
@@ -104,9 +117,11 @@ def _env_int(name: str) -> int | None:
   return int(value) if value.strip() else None
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """`jax.distributed.initialize` with the coordinator from arguments, else JAX_* environment.
 
   Arguments left None (and unset in the environment) are auto-detected by JAX: on a TPU VM a
@@ -114,44 +129,57 @@ def initialize_distributed(coordinator_address: str | None = None,
   On CPU (tests, two local processes) cross-process collectives use gloo.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.distributed.is_initialized():
     return
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = dict(
-      coordinator_address=coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
-      num_processes=num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
-      process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"))
+    coordinator_address=coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    num_processes=num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
+    process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"),
+  )
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def check_local_devices(expected: int | None) -> str:
   """Returns this process's device line; SystemExit when it sees not `expected` local devices."""
   import jax  # pylint: disable=g-import-not-at-top
+
   local = jax.local_devices()
-  line = (f"process {jax.process_index()} of {jax.process_count()}: {len(local)} local / "
-          f"{jax.device_count()} devices ({local[0].platform}: {local[0].device_kind})")
+  line = (
+    f"process {jax.process_index()} of {jax.process_count()}: {len(local)} local / "
+    f"{jax.device_count()} devices ({local[0].platform}: {local[0].device_kind})"
+  )
   if expected is not None and len(local) != expected:
     raise SystemExit(
-        f"error: {line}, but the launcher asked for {expected} per process. Under SLURM with "
-        "one task per node, JAX restricts each process to GPU $SLURM_LOCALID: pass every local "
-        f"GPU (JAX_LOCAL_DEVICE_IDS=0,...,{expected - 1}, as launch/gpu.sh does) or launch one "
-        "task per GPU; check CUDA_VISIBLE_DEVICES.")
+      f"error: {line}, but the launcher asked for {expected} per process. Under SLURM with "
+      "one task per node, JAX restricts each process to GPU $SLURM_LOCALID: pass every local "
+      f"GPU (JAX_LOCAL_DEVICE_IDS=0,...,{expected - 1}, as launch/gpu.sh does) or launch one "
+      "task per GPU; check CUDA_VISIBLE_DEVICES."
+    )
   return line
 
 
 def run(config, workdir: str):
   if config.task in ("pretrain", "finetune"):
     from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
+
     return loop.train(config, workdir)
   if config.task == "evaluate":
     from sslocr_jax.evaluate import benchmarks  # pylint: disable=g-import-not-at-top
+
     return benchmarks.run(config, workdir)
-  raise errors.UserError(f"config.task={config.task!r} is unknown; valid: pretrain, finetune, "
-                         "evaluate")
+  raise errors.UserError(
+    f"config.task={config.task!r} is unknown; valid: pretrain, finetune, evaluate"
+  )
 
 
 def main(argv):
@@ -161,15 +189,21 @@ def main(argv):
 
 
 def _main(config):
-  distributed = bool(config.get("distributed", False) or _COORDINATOR.value or
-                     os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  distributed = bool(
+    config.get("distributed", False)
+    or _COORDINATOR.value
+    or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  )
   if distributed:
     if not _WORKDIR.value:  # hosts would each pick their own timestamped folder
-      raise errors.UserError("a multi-host run needs --workdir, a folder every host sees "
-                             "(gs://bucket/run, a shared file system or a gcsfuse mount)")
+      raise errors.UserError(
+        "a multi-host run needs --workdir, a folder every host sees "
+        "(gs://bucket/run, a shared file system or a gcsfuse mount)"
+      )
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  expected = (_LOCAL_DEVICES.value if _LOCAL_DEVICES.value is not None
-              else _env_int("SSLOCR_LOCAL_DEVICES"))
+  expected = (
+    _LOCAL_DEVICES.value if _LOCAL_DEVICES.value is not None else _env_int("SSLOCR_LOCAL_DEVICES")
+  )
   print(check_local_devices(expected), flush=True)
   workdir = _WORKDIR.value or default_workdir(config)
   if not _WORKDIR.value:

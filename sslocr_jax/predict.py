@@ -73,7 +73,7 @@ def describe_choice(workdir, directory, step, use_best: bool) -> str:
       why = "best validation"
     return f"step {step} from {directory} ({why}; {latest_text}; --nouse_best for the latest)"
   if directory.name == "checkpoints":
-    reason = ("use_best off" if not use_best else "no best/ checkpoint")
+    reason = "use_best off" if not use_best else "no best/ checkpoint"
     return f"step {step} from {directory} (the newest that restores; {reason})"
   return f"step {step} from {directory}"
 
@@ -86,11 +86,14 @@ class Recognizer:
     step: the training step of the loaded weights (or None).
   """
 
-  def __init__(self, config, params, model_state, batch_size: int = 256, mesh=None, step=None,
-               origin: str = ""):
+  def __init__(
+    self, config, params, model_state, batch_size: int = 256, mesh=None, step=None, origin: str = ""
+  ):
     if config.get("method") != "recognition":
-      raise ValueError(f"the checkpoint was written by method={config.get('method')!r}, not by "
-                       "fine-tuning (configs/finetune.py): it has no decoder")
+      raise ValueError(
+        f"the checkpoint was written by method={config.get('method')!r}, not by "
+        "fine-tuning (configs/finetune.py): it has no decoder"
+      )
     self.config, self.step = config, step
     self.origin = origin  # which weights were loaded and why (describe_choice)
     self.charset = recognition.charset_from_config(config)
@@ -98,13 +101,11 @@ class Recognizer:
     replicated = NamedSharding(self.mesh, PartitionSpec())
     self.params = jax.device_put(params, replicated)
     self.model_state = jax.device_put(model_state, replicated)
-    self.predict_batch = evaluation.make_batch_predictor(recognition, config, self.mesh,
-                                                         batch_size)
+    self.predict_batch = evaluation.make_batch_predictor(recognition, config, self.mesh, batch_size)
     self.batch_size = self.predict_batch.batch_size
 
   @classmethod
-  def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256,
-                      config=None):
+  def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256, config=None):
     """Loads anything train/resolve.py resolves: a fine-tuning workdir (config.json + best/ or
     checkpoints/), its checkpoints/ or one step folder, an exported state dict with its model
     JSON (file or folder), or a PyTorch state dict (`.pth` / `.pt` / `.safetensors`: e.g. an
@@ -114,14 +115,15 @@ class Recognizer:
     if not resolve.is_torch_file(ckpt.path):
       origin = describe_choice(workdir, ckpt.path, ckpt.step, use_best)
     logging.info("loaded %s", origin)
-    return cls(ckpt.config, ckpt.params, ckpt.model_state, batch_size, step=ckpt.step,
-               origin=origin)
+    return cls(
+      ckpt.config, ckpt.params, ckpt.model_state, batch_size, step=ckpt.step, origin=origin
+    )
 
   def recognize(self, images: np.ndarray):
     """uint8 [n, H, W, 3] already at the model's size -> (texts [n], confidences float [n])."""
     texts, confs = [], []
     for i in range(0, len(images), self.batch_size):
-      ids, conf = self.predict_batch(self.params, self.model_state, images[i:i + self.batch_size])
+      ids, conf = self.predict_batch(self.params, self.model_state, images[i : i + self.batch_size])
       texts += [self.charset.decode(row) for row in ids]
       confs += [float(c) for c in conf]
     return texts, confs
@@ -176,27 +178,37 @@ def _load(path: str, height: int, width: int):
 
 def _write(out, fmt: str, path: str, text: str, conf: float) -> None:
   if fmt == "jsonl":
-    out.write(json.dumps({"path": path, "text": text, "confidence": round(conf, 4)},
-                         ensure_ascii=False) + "\n")
+    out.write(
+      json.dumps({"path": path, "text": text, "confidence": round(conf, 4)}, ensure_ascii=False)
+      + "\n"
+    )
   else:
     out.write(f"{path}\t{text}\t{conf:.4f}\n")
 
 
-def run(checkpoint: str, paths, use_best: bool = True, batch_size: int = 64, out=None,
-        fmt: str = "tsv", config=None, stdin=None) -> int:
+def run(
+  checkpoint: str,
+  paths,
+  use_best: bool = True,
+  batch_size: int = 64,
+  out=None,
+  fmt: str = "tsv",
+  config=None,
+  stdin=None,
+) -> int:
   """Prints one line per image (`fmt` tsv or jsonl); returns the number of skipped inputs."""
   files, missing = expand_inputs(paths, stdin)
   for p, reason in missing:
     print(f"warning: {p}: {reason}, skipped", file=sys.stderr)
   if not files:
     raise errors.MissingPath(f"no images found in {list(paths)}")
-  rec = Recognizer.from_checkpoint(checkpoint, use_best=use_best, batch_size=batch_size,
-                                   config=config)
+  rec = Recognizer.from_checkpoint(
+    checkpoint, use_best=use_best, batch_size=batch_size, config=config
+  )
   print(f"loaded {rec.origin}", file=sys.stderr, flush=True)
   bad = len(missing) + recognize_files(rec, files, out, fmt)
   if bad:
-    print(f"{bad} of {len(files) + len(missing)} inputs could not be recognized",
-          file=sys.stderr)
+    print(f"{bad} of {len(files) + len(missing)} inputs could not be recognized", file=sys.stderr)
   return bad
 
 
@@ -208,11 +220,17 @@ def recognize_files(rec: Recognizer, files, out=None, fmt: str = "tsv") -> int:
   out = out or sys.stdout
   h, w = rec.config.image_height, rec.config.image_width
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   screenful = shutil.get_terminal_size().lines
-  bar = tqdm(total=len(files), unit="img", file=sys.stderr, leave=False,
-             disable=None if len(files) > screenful else True)
+  bar = tqdm(
+    total=len(files),
+    unit="img",
+    file=sys.stderr,
+    leave=False,
+    disable=None if len(files) > screenful else True,
+  )
   bad = 0
-  chunks = [files[i:i + rec.batch_size] for i in range(0, len(files), rec.batch_size)]
+  chunks = [files[i : i + rec.batch_size] for i in range(0, len(files), rec.batch_size)]
   with concurrent.futures.ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
     submit = lambda chunk: [pool.submit(_load, f, h, w) for f in chunk]
     pending = submit(chunks[0]) if chunks else []
@@ -235,15 +253,26 @@ def recognize_files(rec: Recognizer, files, out=None, fmt: str = "tsv") -> int:
 
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Fine-tuning workdir, its checkpoints/ or step folder, an exported "
-    ".safetensors (+ .json) file or folder, or a .pth with --model_config.")
+  "checkpoint",
+  None,
+  "Fine-tuning workdir, its checkpoints/ or step folder, an exported "
+  ".safetensors (+ .json) file or folder, or a .pth with --model_config.",
+)
 _MODEL_CONFIG = config_flags.DEFINE_config_file(
-    "model_config", None, "The model of a checkpoint that carries no config, e.g. "
-    "configs/evaluate.py:dig_official for an official DiG fine-tuned .pth.")
-_FORMAT = flags.DEFINE_enum("format", "tsv", ["tsv", "jsonl"],
-                            "tsv: path<TAB>text<TAB>confidence; jsonl: {path, text, confidence}.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per device batch, all devices together "
-                              "(fixed; the last one padded).")
+  "model_config",
+  None,
+  "The model of a checkpoint that carries no config, e.g. "
+  "configs/evaluate.py:dig_official for an official DiG fine-tuned .pth.",
+)
+_FORMAT = flags.DEFINE_enum(
+  "format",
+  "tsv",
+  ["tsv", "jsonl"],
+  "tsv: path<TAB>text<TAB>confidence; jsonl: {path, text, confidence}.",
+)
+_BATCH = flags.DEFINE_integer(
+  "batch_size", 64, "Images per device batch, all devices together (fixed; the last one padded)."
+)
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
 
 
@@ -253,8 +282,14 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("give at least one image file, folder, glob or - (paths on stdin)")
   with errors.exit_on_user_error(errors.VERBOSE.value):
-    bad = run(_CHECKPOINT.value, argv[1:], use_best=_BEST.value, batch_size=_BATCH.value,
-              fmt=_FORMAT.value, config=_MODEL_CONFIG.value)
+    bad = run(
+      _CHECKPOINT.value,
+      argv[1:],
+      use_best=_BEST.value,
+      batch_size=_BATCH.value,
+      fmt=_FORMAT.value,
+      config=_MODEL_CONFIG.value,
+    )
   return 1 if bad else 0
 
 

@@ -30,12 +30,17 @@ flags.FLAGS.mark_as_parsed()
 # The smoke run of each method (tests/test_method_contract.py runs and resumes it); other tests
 # that need a trained smoke state of that method take it from here instead of training again.
 # Recognition is the frozen-encoder decoder evaluation of the DiG run (`init_from`).
-SMOKE_RUNS = {"dig": ("dig", "smoke"), "seqclr": ("seqclr", "smoke"),
-              "siman": ("siman", "smoke"), "recognition": ("finetune", "smoke")}
+SMOKE_RUNS = {
+  "dig": ("dig", "smoke"),
+  "seqclr": ("seqclr", "smoke"),
+  "siman": ("siman", "smoke"),
+  "recognition": ("finetune", "smoke"),
+}
 
 
 def smoke_config(method: str, workdirs: dict):
   from tests.helpers import load_config  # pylint: disable=g-import-not-at-top
+
   config = load_config(*SMOKE_RUNS[method])
   if method == "recognition":
     config.init_from, config.freeze_encoder = workdirs["dig"], True
@@ -47,6 +52,7 @@ def smoke_run(tmp_path_factory):
   """smoke_run(method) -> workdir of its smoke config trained straight through, once a session."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   workdirs = {}
 
   def run(method: str) -> str:
@@ -58,5 +64,6 @@ def smoke_run(tmp_path_factory):
       loop.train(config, epath.Path(workdir))  # an epath.Path workdir, as a CLI may pass
       workdirs[method] = workdir
     return workdirs[method]
+
   run.config = lambda method: smoke_config(method, workdirs)
   return run

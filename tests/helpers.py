@@ -21,6 +21,7 @@ def fill_like(tree, seed: int = 0):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
 
   def value(path, leaf):
@@ -30,6 +31,7 @@ def fill_like(tree, seed: int = 0):
     if name in ("bias", "mean"):
       return jnp.zeros(leaf.shape, leaf.dtype)
     return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
+
   return jax.tree_util.tree_map_with_path(value, tree)
 
 
@@ -39,6 +41,7 @@ def random_state(config, seed: int = 0) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sslocr_jax.models import torch_mapping  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   out = {}
   for k, (shape, _) in torch_state.abstract_state(config).items():

@@ -20,9 +20,11 @@ import sys
 import time
 
 # One CPU device per process; cheap XLA optimisation (compile time dominates this test).
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 "
-                           "--xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true")
+os.environ["XLA_FLAGS"] = (
+  "--xla_force_host_platform_device_count=1 "
+  "--xla_backend_optimization_level=0 "
+  "--xla_llvm_disable_expensive_passes=true"
+)
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,14 +58,22 @@ def main():
   def noting_handler(self, signum, frame):
     signals.append(signum)
     real_handler(self, signum, frame)
+
   sharding.global_batch, loop.setup = recording_global_batch, capturing_setup
   loop._Preemption._handler = noting_handler  # pylint: disable=protected-access
 
   sys.argv = [
-      "sslocr_jax.main", f"--config={sys.argv[6]}", f"--workdir={workdir}",
-      "--config.distributed=True", f"--coordinator_address=127.0.0.1:{port}",
-      f"--num_processes={num_processes}", f"--process_id={process_id}",
-      "--config.mesh.data=1", "--config.mesh.fsdp=-1", *sys.argv[7:]]
+    "sslocr_jax.main",
+    f"--config={sys.argv[6]}",
+    f"--workdir={workdir}",
+    "--config.distributed=True",
+    f"--coordinator_address=127.0.0.1:{port}",
+    f"--num_processes={num_processes}",
+    f"--process_id={process_id}",
+    "--config.mesh.data=1",
+    "--config.mesh.fsdp=-1",
+    *sys.argv[7:],
+  ]
   try:
     main_lib._entry()  # pylint: disable=protected-access
   except SystemExit as e:
@@ -73,7 +83,9 @@ def main():
   fc1 = lambda tree: tree["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # FSDP-sharded
   shape = fc1(captured["setup"].state.params).shape
   saved["fc1_kernel_shape"] = np.asarray(shape)  # global / this process's shard
-  saved["fc1_kernel_local_shape"] = np.asarray(fc1(captured["setup"].shardings.params).shard_shape(shape))
+  saved["fc1_kernel_local_shape"] = np.asarray(
+    fc1(captured["setup"].shardings.params).shard_shape(shape)
+  )
   saved["signals"] = np.asarray(signals, np.int64)
   np.savez(out, **saved)
   print(f"worker {jax.process_index()} done", flush=True)

@@ -37,8 +37,9 @@ def reference():
   s = loop.setup(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]))
   state0 = jax.tree.map(jnp.copy, s.state)
   spec = pipeline.batch_spec(config, s.method.make_views)
-  run_steps(s.train_step, s.state, [{k: np.zeros(v.shape, v.dtype)
-                                           for k, v in spec.items()}], s.mesh)  # compiles
+  run_steps(
+    s.train_step, s.state, [{k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}], s.mesh
+  )  # compiles
   return s, state0
 
 
@@ -57,8 +58,9 @@ def reference_losses(batches) -> list[dict]:
   return run_steps(s.train_step, jax.tree.map(jnp.copy, state0), batches, s.mesh)[0]
 
 
-def assert_same_losses(got: list[dict], want: list[dict], keys=("loss", "mim_loss",
-                                                                  "contrastive_loss")):
+def assert_same_losses(
+  got: list[dict], want: list[dict], keys=("loss", "mim_loss", "contrastive_loss")
+):
   assert len(got) == len(want)
   for i, (a, b) in enumerate(zip(got, want)):
     for k in keys:

@@ -31,10 +31,12 @@ def test_dig_small_step_flops_closed_form():
   block = 2 * n * (3 * d * d + d * d + 8 * d * d) + 4 * n * n * d
   patch = 2 * n * 48 * d
   encoder = 2 * (3 * 12 * block + 2 * patch) + 2 * (12 * block + patch)
-  heads = (4 * 2 * n * (d * 512 + 512 * 512 + 512 * d)            # pix projector, + momentum
-           + 4 * 2 * 8 * (d * 4096 + 4096 * 4096 + 4096 * 256)     # projector, + momentum
-           + 3 * 2 * 8 * (256 * 4096 * 2)                          # predictor
-           + 3 * 2 * n * (d * 192 + 192 * 192 + 192 * 48))         # MIM head, view 1
+  heads = (
+    4 * 2 * n * (d * 512 + 512 * 512 + 512 * d)  # pix projector, + momentum
+    + 4 * 2 * 8 * (d * 4096 + 4096 * 4096 + 4096 * 256)  # projector, + momentum
+    + 3 * 2 * 8 * (256 * 4096 * 2)  # predictor
+    + 3 * 2 * n * (d * 192 + 192 * 192 + 192 * 48)
+  )  # MIM head, view 1
   contrast = 8 * 4096 * 4096 * 256 // 1024
   got = common.dig_step_flops(config, 1024)
   assert got == encoder + heads + contrast
@@ -47,14 +49,15 @@ def test_mfu_uses_model_flops_and_all_devices_peak():
   config.batch_size, config.dtype = 1024, "bfloat16"
   per_sample = common.dig_step_flops(config, 1024)
   want = per_sample * 5000.0 / (8 * 989e12)
-  got = common.step_mfu(config, 5000.0, compiled_per_device=1.0, num_devices=8,
-                        device_kind=H100)
+  got = common.step_mfu(config, 5000.0, compiled_per_device=1.0, num_devices=8, device_kind=H100)
   np.testing.assert_allclose(got, want, rtol=1e-12)  # compiled FLOPs unused when a formula exists
   assert common.step_mfu(config, 5000.0, num_devices=8, device_kind="cpu") is None
   config.method = "seqclr"  # no formula: compiled per-device FLOPs x devices
   np.testing.assert_allclose(
-      common.step_mfu(config, 5000.0, compiled_per_device=2e12, num_devices=8, device_kind=H100),
-      2e12 * 8 / 1024 * 5000.0 / (8 * 989e12), rtol=1e-12)
+    common.step_mfu(config, 5000.0, compiled_per_device=2e12, num_devices=8, device_kind=H100),
+    2e12 * 8 / 1024 * 5000.0 / (8 * 989e12),
+    rtol=1e-12,
+  )
 
 
 def test_compiled_flops_are_one_devices_share_on_fake_devices():
@@ -74,6 +77,7 @@ def test_torch_baseline_has_official_layout_and_flops():
   from sslocr_jax.train import torch_state  # pylint: disable=g-import-not-at-top
   from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # a tiny model: thread start-up and spinning would dominate
   try:
@@ -102,8 +106,11 @@ def _check_torch_baseline(torch, dig_torch, torch_state, dig, state_lib):
   loss = dig_torch.make_step(model, lr=1e-3)(*dig_torch.example_inputs(4))
   assert np.isfinite(loss)
   after = model.state_dict()
-  assert not torch.equal(before["encoder.blocks.0.mlp.fc1.weight"],
-                         after["encoder.blocks.0.mlp.fc1.weight"])
+  assert not torch.equal(
+    before["encoder.blocks.0.mlp.fc1.weight"], after["encoder.blocks.0.mlp.fc1.weight"]
+  )
   # momentum copy moved by (1 - m) toward the online weights of before the update
-  torch.testing.assert_close(after["momentum_encoder.blocks.0.mlp.fc1.weight"],
-                             before["momentum_encoder.blocks.0.mlp.fc1.weight"])
+  torch.testing.assert_close(
+    after["momentum_encoder.blocks.0.mlp.fc1.weight"],
+    before["momentum_encoder.blocks.0.mlp.fc1.weight"],
+  )

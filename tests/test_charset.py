@@ -56,8 +56,16 @@ def test_lower36_and_file(tmp_path):
     cs.Charset.named("nope")
 
 
-@pytest.mark.parametrize("raw,filtered", [
-    ("Hello, World!", "helloworld"), ("U.S.A.", "usa"), ("$4.99", "499"),
-    ("café", "caf"), ("---", ""), ("AbC123", "abc123")])
+@pytest.mark.parametrize(
+  "raw,filtered",
+  [
+    ("Hello, World!", "helloworld"),
+    ("U.S.A.", "usa"),
+    ("$4.99", "499"),
+    ("café", "caf"),
+    ("---", ""),
+    ("AbC123", "abc123"),
+  ],
+)
 def test_filter_label_for_metric(raw, filtered):
   assert cs.filter_label_for_metric(raw) == filtered

@@ -29,9 +29,19 @@ def test_parse_arg_rejects_unknown_words():
 
 def test_cli_unknown_field_lists_valid_fields(tmp_path):
   out = subprocess.run(
-      [sys.executable, "-m", "sslocr_jax.main", "--config=configs/dig.py:smoke",
-       f"--workdir={tmp_path}", "--config.totl_steps=3"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "sslocr_jax.main",
+      "--config=configs/dig.py:smoke",
+      f"--workdir={tmp_path}",
+      "--config.totl_steps=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode != 0
   assert "unknown config field 'totl_steps'" in out.stderr
   assert "total_steps" in out.stderr
@@ -42,7 +52,9 @@ def test_every_training_config_accepts_the_launchers_flags(name):
   """launch/gpu.sh, launch/tpu_vm.sh and docs/scaling.md pass these to any config."""
   config = load_config(name)
   assert config.distributed is False
-  assert config.dtype == "auto" and config.mesh.fsdp == 1  # issue 19: bfloat16 on GPU/TPU, float32 on CPU
+  assert (
+    config.dtype == "auto" and config.mesh.fsdp == 1
+  )  # issue 19: bfloat16 on GPU/TPU, float32 on CPU
   for field in ("batch_size", "grad_accum_steps", "total_steps"):
     assert field in config, field
 
@@ -51,6 +63,7 @@ def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
   """DiG's release states warm-ups in epochs (fine-tuning: 1 of 10) or as 5000 of ~154k steps;
   a fixed step count would be a quarter of a short run."""
   from sslocr_jax.train import optim  # pylint: disable=g-import-not-at-top
+
   ft = load_config("finetune")
   assert ft.optim.base_lr == 1e-4 and ft.optim.lr_batch_base == 256
   assert optim.peak_lr(ft.optim, 2048) == pytest.approx(8e-4)  # the release's 8 x 256
@@ -62,7 +75,10 @@ def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
   assert float(sched(50)) == pytest.approx(0.5e-4)
   assert (ft.transformer.style, ft.transformer.mlp_dim, ft.ctc.head) == ("dig", 256, "dig")
   assert (ft.model.dropout_rate, ft.model.attn_dropout_rate, ft.model.drop_path_rate) == (
-      0.1, 0.1, 0.1)
+    0.1,
+    0.1,
+    0.1,
+  )
   assert not ft.model.pos_dropout and ft.loss_norm == "word" and ft.augment_recipe == "dig"
 
 
@@ -70,10 +86,14 @@ def test_lr_mult_scales_one_network_updates():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import optim  # pylint: disable=g-import-not-at-top
+
   params = {"encoder": {"w": jnp.ones((2, 2))}, "decoder": {"w": jnp.ones((2, 2))}}
   grads = {"encoder": {"w": jnp.full((2, 2), 0.5)}, "decoder": {"w": jnp.full((2, 2), 0.5)}}
-  cfg = ml_collections.ConfigDict(dict(name="sgd", momentum=0.0, base_lr=0.1, warmup_steps=0,
-                                       end_lr=0.1, lr_mult=dict(encoder=0.3)))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name="sgd", momentum=0.0, base_lr=0.1, warmup_steps=0, end_lr=0.1, lr_mult=dict(encoder=0.3)
+    )
+  )
   tx, _ = optim.make_optimizer(cfg, params, 1, 10)
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(updates["encoder"]["w"][0, 0]) == pytest.approx(-0.015)
@@ -85,16 +105,18 @@ def test_header_and_vit_sizes_come_from_one_place():
   cpu / smoke variants, which must agree for init_from) comes from `models/vit.SIZES` or
   `config_utils.SMALL_VIT_SIZES`."""
   from sslocr_jax.models import vit
+
   c = config_utils.header("pretrain", "x", batch_size=1000, epochs=2, num_samples=5000)
-  assert (c.task, c.method, c.seed, c.distributed, c.dtype) == ("pretrain", "x", 0, False,
-                                                                 "auto")
+  assert (c.task, c.method, c.seed, c.distributed, c.dtype) == ("pretrain", "x", 0, False, "auto")
   assert (c.data.num_samples, c.total_steps, c.schedule_steps) == (5000, 10, 0)
   assert config_utils.vit_size(vit.SIZES, "tiny") == dict(size="tiny", **vit.SIZES["tiny"])
   with pytest.raises(ValueError, match="size='huge' is unknown"):
     config_utils.vit_size(vit.SIZES, "huge")
   for variant in ("", "cpu", "smoke", "size=tiny"):
-    models = [load_config(n, ",".join(filter(None, [variant, e]))).model
-              for n, e in (("dig", ""), ("siman", "encoder=vit"), ("finetune", ""))]
+    models = [
+      load_config(n, ",".join(filter(None, [variant, e]))).model
+      for n, e in (("dig", ""), ("siman", "encoder=vit"), ("finetune", ""))
+    ]
     size = variant.removeprefix("size=") or "small"
     want = config_utils.vit_size(vit.SIZES, size)
     for m in models:

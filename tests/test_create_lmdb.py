@@ -37,17 +37,16 @@ def bad_image_files():
   palette = np.asarray(pal.convert("RGB"))
   jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
   return {
-      "rgb.png": (_png(rgb), rgb),
-      "gray.png": (_png(rgb[:, :, 0]), np.repeat(rgb[:, :, :1], 3, 2)),
-      "rgba.png": (_png(rgba), composited),
-      "gray16.png": (png16.tobytes(), np.repeat((gray16 // 257).astype(np.uint8)[:, :, None], 3,
-                                                2)),
-      "palette.png": (_save(pal), palette),
-      "tiny.png": (_png(rgb[:1, :1]), rgb[:1, :1]),
-      "empty.png": (b"", "empty image"),
-      "text.png": (b"this is not an image\n", "not an image"),
-      "truncated.jpg": (jpeg[:len(jpeg) // 2], "truncated or corrupt JPEG"),
-      "huge.png": (_png(np.zeros((1, 1), np.uint8))[:16] + _huge_ihdr(), "too large"),
+    "rgb.png": (_png(rgb), rgb),
+    "gray.png": (_png(rgb[:, :, 0]), np.repeat(rgb[:, :, :1], 3, 2)),
+    "rgba.png": (_png(rgba), composited),
+    "gray16.png": (png16.tobytes(), np.repeat((gray16 // 257).astype(np.uint8)[:, :, None], 3, 2)),
+    "palette.png": (_save(pal), palette),
+    "tiny.png": (_png(rgb[:1, :1]), rgb[:1, :1]),
+    "empty.png": (b"", "empty image"),
+    "text.png": (b"this is not an image\n", "not an image"),
+    "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated or corrupt JPEG"),
+    "huge.png": (_png(np.zeros((1, 1), np.uint8))[:16] + _huge_ihdr(), "too large"),
   }
 
 
@@ -61,11 +60,14 @@ def _huge_ihdr():
   """The rest of a PNG claiming 100000 x 100000 pixels (IHDR, an empty IDAT, IEND)."""
   import struct  # pylint: disable=g-import-not-at-top
   import zlib  # pylint: disable=g-import-not-at-top
+
   body = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
-  chunk = lambda kind, b: (struct.pack(">I", len(b)) + kind + b +
-                           struct.pack(">I", zlib.crc32(kind + b)))
-  return (body + struct.pack(">I", zlib.crc32(b"IHDR" + body)) + chunk(b"IDAT", b"") +
-          chunk(b"IEND", b""))
+  chunk = lambda kind, b: (
+    struct.pack(">I", len(b)) + kind + b + struct.pack(">I", zlib.crc32(kind + b))
+  )
+  return (
+    body + struct.pack(">I", zlib.crc32(b"IHDR" + body)) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+  )
 
 
 @pytest.mark.parametrize("name", sorted(bad_image_files()))
@@ -85,18 +87,20 @@ def _folder(tmp_path):
   files = bad_image_files()
   for name, (data, _) in files.items():
     (d / "sub" / name).write_bytes(data)
-  lines = ["sub/rgb.png\tHello_World!",      # 1 ok
-           "sub/gray.png\tcafe",            # 2 ok
-           "",                              # 3 blank: ignored
-           "sub/rgba.png\tRGBA",            # 4 ok, re-encoded (alpha)
-           "sub/missing.png\tgone",         # 5 missing file
-           "sub/empty.png\tx",              # 6 empty file
-           "sub/text.png\ty",               # 7 not an image
-           "sub/gray16.png\t",              # 8 empty label
-           "sub/palette.png\tcafé",         # 9 out of charset
-           "sub/truncated.jpg\tz",          # 10 truncated
-           "no tab here",                   # 11 no tab
-           "sub/tiny.png\t" + "a" * 30]     # 12 too long: kept, noted
+  lines = [
+    "sub/rgb.png\tHello_World!",  # 1 ok
+    "sub/gray.png\tcafe",  # 2 ok
+    "",  # 3 blank: ignored
+    "sub/rgba.png\tRGBA",  # 4 ok, re-encoded (alpha)
+    "sub/missing.png\tgone",  # 5 missing file
+    "sub/empty.png\tx",  # 6 empty file
+    "sub/text.png\ty",  # 7 not an image
+    "sub/gray16.png\t",  # 8 empty label
+    "sub/palette.png\tcafé",  # 9 out of charset
+    "sub/truncated.jpg\tz",  # 10 truncated
+    "no tab here",  # 11 no tab
+    "sub/tiny.png\t" + "a" * 30,
+  ]  # 12 too long: kept, noted
   labels = tmp_path / "gt.txt"
   labels.write_text("\n".join(lines) + "\n", encoding="utf-8")
   return d, labels, ["Hello_World!", "cafe", "RGBA", "a" * 30]
@@ -109,11 +113,14 @@ def test_create_from_label_file_with_bad_lines(tmp_path, capsys):
   text = capsys.readouterr().out
   assert rc == 1
   assert f"wrote {out}: 4 of 11 written" in text
-  for kind, where in [("missing files", "line 5 (sub/missing.png)"),
-                      ("images that do not decode", "line 6 (sub/empty.png) (empty image (0 bytes))"),
-                      ("empty labels", "line 8"), ("lines without a tab", "line 11"),
-                      ("labels with characters outside the charset", "line 9"),
-                      ("labels longer than max_len=25", "line 12")]:
+  for kind, where in [
+    ("missing files", "line 5 (sub/missing.png)"),
+    ("images that do not decode", "line 6 (sub/empty.png) (empty image (0 bytes))"),
+    ("empty labels", "line 8"),
+    ("lines without a tab", "line 11"),
+    ("labels with characters outside the charset", "line 9"),
+    ("labels longer than max_len=25", "line 12"),
+  ]:
     line = next(ln for ln in text.splitlines() if kind in ln)
     assert where in line, (kind, line)
   assert "skipped 3 images that do not decode" in text and "line 10" in text
@@ -123,8 +130,7 @@ def test_create_from_label_file_with_bad_lines(tmp_path, capsys):
   np.testing.assert_array_equal(src[2]["image"], bad_image_files()["rgba.png"][1])
   assert not (tmp_path / "lmdb.partial").exists()
   # An existing output is refused (exit 2), then --check validates it: every record good.
-  assert create_lmdb.main(["--images", str(d), "--labels", str(labels), "--output",
-                           str(out)]) == 2
+  assert create_lmdb.main(["--images", str(d), "--labels", str(labels), "--output", str(out)]) == 2
   assert "exists" in capsys.readouterr().err
   assert create_lmdb.main(["--check", str(out)]) == 0
   assert "check: 4 of 4 records good" in capsys.readouterr().out
@@ -138,24 +144,46 @@ def test_filename_labels_and_check_of_a_bad_lmdb(tmp_path, capsys):
   cv2.imwrite(str(d / "b" / "Hello.png"), _word(3))
   (d / "b" / "oops.png").write_bytes(b"")
   out = tmp_path / "lmdb"
-  assert create_lmdb.main(["--images", str(d), "--filename_labels", "--output", str(out),
-                           "--charset", "lower36"]) == 1
+  assert (
+    create_lmdb.main(
+      ["--images", str(d), "--filename_labels", "--output", str(out), "--charset", "lower36"]
+    )
+    == 1
+  )
   text = capsys.readouterr().out
   assert "2 of 3 written" in text and "b/oops.png (empty image (0 bytes))" in text
   assert [r["label"] for r in sources.LmdbSource(str(out))] == ["Hello", "Hello"]
   # A hand-made LMDB with bad records: --check names each by record number.
   bad = tmp_path / "bad"
-  sources.write_lmdb(str(bad), [(_word(4), "fine"), (b"junk", "x"), (_word(5), ""),
-                                (_word(6), "Straße")])
+  sources.write_lmdb(
+    str(bad), [(_word(4), "fine"), (b"junk", "x"), (_word(5), ""), (_word(6), "Straße")]
+  )
   assert create_lmdb.main(["--check", str(bad)]) == 1
   text = capsys.readouterr().out
   assert "check: 1 of 4 records good" in text
-  assert "record 2 (undecodable image (4 bytes): not an image" in text and "empty labels: record 3" in text
+  assert (
+    "record 2 (undecodable image (4 bytes): not an image" in text
+    and "empty labels: record 3" in text
+  )
   assert "record 4 'Straße'" in text
 
 
 def test_cli_usage_error_exit_code(tmp_path):
-  r = subprocess.run([sys.executable, "-m", "sslocr_jax.data.create_lmdb", "--images",
-                      str(tmp_path / "nope"), "--labels", "x", "--output", str(tmp_path / "o")],
-                     capture_output=True, text=True, cwd=ROOT, check=False)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sslocr_jax.data.create_lmdb",
+      "--images",
+      str(tmp_path / "nope"),
+      "--labels",
+      "x",
+      "--output",
+      str(tmp_path / "o"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   assert r.returncode == 2 and "is not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -30,7 +30,7 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
   ids, conf = decoders.ctc_greedy(logits, blank=PAD, eos=EOS, pad=PAD, length=5)
   np.testing.assert_array_equal(ids, [[A, A, B_, EOS, PAD], [EOS, PAD, PAD, PAD, PAD]])
   p_max = 1.0 / (1.0 + 3.0 * np.exp(-10.0))
-  np.testing.assert_allclose(conf, [p_max ** 8] * 2, rtol=1e-5)
+  np.testing.assert_allclose(conf, [p_max**8] * 2, rtol=1e-5)
 
 
 def test_official_ctc_head_shapes_and_formula():
@@ -40,10 +40,14 @@ def test_official_ctc_head_shapes_and_formula():
   feats = jax.random.normal(jax.random.PRNGKey(0), (3, 2 * 6, 8))
   params = nn.unbox(dec.init(jax.random.PRNGKey(1), feats))["params"]
   shapes = jax.tree.map(lambda a: a.shape, params)
-  assert shapes == {"encoder_norm": {"scale": (8,), "bias": (8,)},
-                    "ctc_classifier": {"layers_0": {"kernel": (8, 16), "bias": (16,)},
-                                       "layers_1": {"scale": (16,), "bias": (16,)},
-                                       "layers_3": {"kernel": (16, 5), "bias": (5,)}}}
+  assert shapes == {
+    "encoder_norm": {"scale": (8,), "bias": (8,)},
+    "ctc_classifier": {
+      "layers_0": {"kernel": (8, 16), "bias": (16,)},
+      "layers_1": {"scale": (16,), "bias": (16,)},
+      "layers_3": {"kernel": (16, 5), "bias": (5,)},
+    },
+  }
   params = jax.tree.map(lambda a: np.random.default_rng(a.size).normal(size=a.shape), params)
   out = dec.apply({"params": params}, feats)
   assert out.shape == (3, 6, 5) and out.dtype == jnp.float32
@@ -51,12 +55,14 @@ def test_official_ctc_head_shapes_and_formula():
   def ln(x, p):
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
     return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
   x = ln(np.asarray(feats, np.float64), params["encoder_norm"]).reshape(3, 2, 6, 8).mean(1)
   c = params["ctc_classifier"]
   h = ln(x @ c["layers_0"]["kernel"] + c["layers_0"]["bias"], c["layers_1"])
   h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
-  np.testing.assert_allclose(out, h @ c["layers_3"]["kernel"] + c["layers_3"]["bias"],
-                             rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(
+    out, h @ c["layers_3"]["kernel"] + c["layers_3"]["bias"], rtol=2e-4, atol=2e-4
+  )
   linear = decoders.CtcDecoder(5, grid_h=2, head="linear")
   assert set(linear.init(jax.random.PRNGKey(1), feats)["params"]) == {"classifier"}
 
@@ -64,8 +70,9 @@ def test_official_ctc_head_shapes_and_formula():
 def _decoder(name):
   if name == "attention":
     return decoders.AttentionDecoder(5, hidden_dim=16, attention_dim=12, grid_h=2)
-  return decoders.TransformerDecoder(5, d_model=16, num_layers=1, num_heads=2, mlp_dim=16,
-                                     dropout_rate=0.0)
+  return decoders.TransformerDecoder(
+    5, d_model=16, num_layers=1, num_heads=2, mlp_dim=16, dropout_rate=0.0
+  )
 
 
 def _features(b=3):
@@ -77,12 +84,15 @@ def built(request):
   """A tiny decoder, its variables and its jitted apply / greedy decoding (compiled once for
   all the tests of this module: 3 lines, 6 steps)."""
   dec, feats = _decoder(request.param), _features()
-  variables = nn.unbox(jax.jit(dec.init)(jax.random.PRNGKey(1), feats,
-                                         jnp.zeros((3, 6), jnp.int32)))
-  greedy = jax.jit(lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS,
-                                                       pad=PAD))
-  return dict(name=request.param, feats=feats, variables=variables, apply=jax.jit(dec.apply),
-              greedy=greedy)
+  variables = nn.unbox(
+    jax.jit(dec.init)(jax.random.PRNGKey(1), feats, jnp.zeros((3, 6), jnp.int32))
+  )
+  greedy = jax.jit(
+    lambda v, f: decoders.greedy_decode(dec, v, f, length=6, bos=BOS, eos=EOS, pad=PAD)
+  )
+  return dict(
+    name=request.param, feats=feats, variables=variables, apply=jax.jit(dec.apply), greedy=greedy
+  )
 
 
 def _eos_biased(built):
@@ -107,8 +117,9 @@ def test_greedy_decode_follows_teacher_forcing_and_stops_at_eos(built):
   feats, variables = built["feats"], built["variables"]
   ids, conf = built["greedy"](variables, feats)
   # The cached / recurrent step path picks what the training path predicts from those tokens.
-  tf_logits = built["apply"](variables, feats,
-                             jnp.concatenate([jnp.full((3, 1), BOS), ids[:, :-1]], 1))
+  tf_logits = built["apply"](
+    variables, feats, jnp.concatenate([jnp.full((3, 1), BOS), ids[:, :-1]], 1)
+  )
   for row, tf_row in zip(np.asarray(ids), np.argmax(tf_logits, -1)):
     n = list(row).index(EOS) + 1 if EOS in row else len(row)
     np.testing.assert_array_equal(row[:n], tf_row[:n])
@@ -153,12 +164,14 @@ class _Counter(nn.Module):
 
 
 def test_greedy_decode_pads_after_eos_and_exits_early():
-  run = lambda b: decoders.greedy_decode(_Counter(), {}, jnp.zeros((b, 1)), length=8, bos=BOS,
-                                         eos=EOS, pad=PAD)
+  run = lambda b: decoders.greedy_decode(
+    _Counter(), {}, jnp.zeros((b, 1)), length=8, bos=BOS, eos=EOS, pad=PAD
+  )
   _STEPS.clear()
   ids, _ = run(3)
-  np.testing.assert_array_equal(ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3,
-                                      [A] * 8])
+  np.testing.assert_array_equal(
+    ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3, [A] * 8]
+  )
   assert _STEPS == list(range(8))  # row 2 never stops: all 8 steps
   _STEPS.clear()
   ids, _ = run(2)

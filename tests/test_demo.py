@@ -56,35 +56,45 @@ def test_demo_over_http(tmp_path):
   paths = [_write_rgb(tmp_path / f"word{i}.png", im) for i, im in enumerate(images)]
   bad = tmp_path / "broken.png"
   bad.write_bytes(b"not an image")
-  expected = predict.Recognizer(ft_config, ft_state["params"], ft_state["model_state"],
-                                batch_size=16)(images)
+  expected = predict.Recognizer(
+    ft_config, ft_state["params"], ft_state["model_state"], batch_size=16
+  )(images)
 
   app = demo_lib.serve(str(tmp_path / "ft"), port=_free_port(), block=False)
   try:
     client = gradio_client.Client(app.local_url, verbose=False)
-    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) \
-        == {"/recognize", "/recognize_files", "/reconstruct"}
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+      "/recognize",
+      "/recognize_files",
+      "/reconstruct",
+    }
     text, conf = client.predict(gradio_client.handle_file(paths[0]), api_name="/recognize")
     assert text == expected[0][0] and conf == pytest.approx(expected[0][1], abs=1e-4)
-    table = client.predict([gradio_client.handle_file(p) for p in (paths[0], str(bad),
-                                                                    paths[1])],
-                           api_name="/recognize_files")
+    table = client.predict(
+      [gradio_client.handle_file(p) for p in (paths[0], str(bad), paths[1])],
+      api_name="/recognize_files",
+    )
     assert table["data"][0][0] == "broken.png" and table["data"][0][2] is None
     assert table["data"][0][1].startswith("(unreadable image: ")
-    assert table["data"][1:] == [["word0.png", expected[0][0], round(expected[0][1], 4)],
-                                 ["word1.png", expected[1][0], round(expected[1][1], 4)]]
-    grid_path = client.predict(gradio_client.handle_file(paths[1]), 0.5, 3,
-                               api_name="/reconstruct")
+    assert table["data"][1:] == [
+      ["word0.png", expected[0][0], round(expected[0][1], 4)],
+      ["word1.png", expected[1][0], round(expected[1][1], 4)],
+    ]
+    grid_path = client.predict(gradio_client.handle_file(paths[1]), 0.5, 3, api_name="/reconstruct")
     grid = cv2.cvtColor(cv2.imread(grid_path), cv2.COLOR_BGR2RGB)
   finally:
     app.close()
   # The same grid straight from the method: its views of the image (mask ratio 0.5, seed 3).
   dig_config.mask_ratio = 0.5
-  views = dig.make_views({"image": images[1], "label": ""}, np.random.default_rng(3),
-                         dig_config)
-  ref = dig.visualize(dig_state["params"], dig_state["model_state"],
-                      jax.tree.map(lambda v: np.asarray(v)[None], views), None, dig_config,
-                      num_images=1)["dig_reconstruction"]
+  views = dig.make_views({"image": images[1], "label": ""}, np.random.default_rng(3), dig_config)
+  ref = dig.visualize(
+    dig_state["params"],
+    dig_state["model_state"],
+    jax.tree.map(lambda v: np.asarray(v)[None], views),
+    None,
+    dig_config,
+    num_images=1,
+  )["dig_reconstruction"]
   assert grid.shape == ref.shape and np.array_equal(grid, np.asarray(ref))
   assert 0.4 < views["mask"].mean() < 0.6
 

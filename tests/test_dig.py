@@ -32,8 +32,9 @@ def _info_nce_numpy(q, k, t):
 def test_info_nce_matches_numpy_reference():
   rng = np.random.default_rng(0)
   q, k = rng.normal(size=(12, 8)), rng.normal(size=(12, 8))
-  np.testing.assert_allclose(dig.info_nce(jnp.asarray(q), jnp.asarray(k), 0.2),
-                             _info_nce_numpy(q, k, 0.2), rtol=1e-5)
+  np.testing.assert_allclose(
+    dig.info_nce(jnp.asarray(q), jnp.asarray(k), 0.2), _info_nce_numpy(q, k, 0.2), rtol=1e-5
+  )
 
 
 def test_info_nce_gathers_only_the_keys():
@@ -42,8 +43,9 @@ def test_info_nce_gathers_only_the_keys():
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("b",))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("b"))
   rng = np.random.default_rng(0)
-  q, k = (jax.device_put(jnp.asarray(rng.normal(size=(64, 16)), jnp.float32), rows)
-          for _ in range(2))
+  q, k = (
+    jax.device_put(jnp.asarray(rng.normal(size=(64, 16)), jnp.float32), rows) for _ in range(2)
+  )
   hlo = jax.jit(jax.grad(lambda q, k: dig.info_nce(q, k, 0.2))).lower(q, k).compile().as_text()
   assert re.findall(r"= (\S+) all-gather\(", hlo) == ["f32[64,16]{1,0}"]
   assert "all-to-all(" not in hlo and "collective-permute(" not in hlo
@@ -61,7 +63,7 @@ def test_windows_average_8x8_token_blocks():
   grid = np.asarray(tokens).reshape(2, 8, 32, 3)
   for b in range(2):
     for w in range(4):
-      np.testing.assert_allclose(out[b * 4 + w], grid[b, :, 8 * w:8 * (w + 1)].mean(axis=(0, 1)))
+      np.testing.assert_allclose(out[b * 4 + w], grid[b, :, 8 * w : 8 * (w + 1)].mean(axis=(0, 1)))
 
 
 def test_patchify_layout_and_inverse():
@@ -69,8 +71,9 @@ def test_patchify_layout_and_inverse():
   patches = dig.patchify(jnp.asarray(images))
   assert patches.shape == (2, 256, 48)
   # token = row * 32 + col; inside a patch (p1 p2 c)
-  np.testing.assert_allclose(patches[1, 2 * 32 + 5].reshape(4, 4, 3),
-                             images[1, 8:12, 20:24] / 255.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    patches[1, 2 * 32 + 5].reshape(4, 4, 3), images[1, 8:12, 20:24] / 255.0, rtol=1e-6
+  )
   np.testing.assert_allclose(dig.unpatchify(patches, 32, 128), images / 255.0, rtol=1e-6)
 
 
@@ -98,22 +101,36 @@ def test_make_views_shapes_and_mask_ratio():
 def test_loss_and_grads_are_finite_on_a_tiny_model():
   config = load_config("dig", "smoke")
   rng = np.random.default_rng(0)
-  batch = {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-           "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-           "mask": jnp.asarray(np.stack([np.random.default_rng(i).permutation(256) < 179
-                                         for i in range(4)]))}
+  batch = {
+    "image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "mask": jnp.asarray(
+      np.stack([np.random.default_rng(i).permutation(256) < 179 for i in range(4)])
+    ),
+  }
   import flax.linen as nn
+
   variables = nn.unbox(dig.init_variables(config, jax.random.PRNGKey(0), batch))
+
   def f(p):
-    return dig.loss_fn(p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0,
-                       phase="main", config=config)
+    return dig.loss_fn(
+      p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0, phase="main", config=config
+    )
+
   (loss, (metrics, state)), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
-      variables["params"])
+    variables["params"]
+  )
   assert np.isfinite(float(loss))
-  np.testing.assert_allclose(loss, metrics["mim_loss"] + 0.1 * metrics["contrastive_loss"],
-                             rtol=1e-5)
-  assert set(state["batch_stats"]) == {"pix_projector", "projector", "predictor",
-                                       "pix_projector_m", "projector_m"}
+  np.testing.assert_allclose(
+    loss, metrics["mim_loss"] + 0.1 * metrics["contrastive_loss"], rtol=1e-5
+  )
+  assert set(state["batch_stats"]) == {
+    "pix_projector",
+    "projector",
+    "predictor",
+    "pix_projector_m",
+    "projector_m",
+  }
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
@@ -130,16 +147,21 @@ def test_paired_views_give_the_concatenated_losses(monkeypatch):
   BatchNorm and windows: losses, grads and BN statistics equal the concatenated layout's."""
   config = load_config("dig", "smoke")
   rng = np.random.default_rng(0)
-  batch = {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-           "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-           "mask": jnp.asarray(rng.random((4, 256)) < 0.7)}
+  batch = {
+    "image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "mask": jnp.asarray(rng.random((4, 256)) < 0.7),
+  }
   import flax.linen as nn
+
   variables = nn.unbox(dig.init_variables(config, jax.random.PRNGKey(0), batch))
 
   def run():
-    f = lambda p: dig.loss_fn(p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0,
-                              phase="main", config=config)
+    f = lambda p: dig.loss_fn(
+      p, variables["model_state"], batch, jax.random.PRNGKey(1), step=0, phase="main", config=config
+    )
     return jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+
   paired = run()
   monkeypatch.setattr(dig, "pair", lambda a, b: jnp.concatenate([a, b]))
   monkeypatch.setattr(dig, "unpair", lambda x: tuple(jnp.split(x, 2)))
@@ -164,20 +186,27 @@ def test_windows_any_count_is_adaptive_pooling():
 
 def _arm_batch(mask_seed):
   rng = np.random.default_rng(0)
-  return {"image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-          "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
-          "mask": jnp.asarray(np.stack([np.random.default_rng(mask_seed + i).permutation(256)
-                                        < 179 for i in range(4)]))}
+  return {
+    "image1": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "image2": jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)),
+    "mask": jnp.asarray(
+      np.stack([np.random.default_rng(mask_seed + i).permutation(256) < 179 for i in range(4)])
+    ),
+  }
 
 
 def test_contrastive_and_mim_arms_are_the_release_ones():
   """branches=contrastive (use_pixel_target=False): no MIM head, no pix projector, and view 1 is
   not masked (the loss does not depend on the mask); branches=mim: no contrastive networks."""
   import flax.linen as nn
+
   config = load_config("dig", "smoke")
   config.branches = "contrastive"
-  variables = fill_like(nn.unbox(jax.eval_shape(
-      lambda r: dig.init_variables(config, r, _arm_batch(0)), jax.random.PRNGKey(0))))
+  variables = fill_like(
+    nn.unbox(
+      jax.eval_shape(lambda r: dig.init_variables(config, r, _arm_batch(0)), jax.random.PRNGKey(0))
+    )
+  )
   assert set(variables["params"]) == {"encoder", "projector", "predictor"}
   assert set(variables["model_state"]["ema"]) == {"encoder", "projector"}
   assert set(variables["model_state"]["batch_stats"]) == {"projector", "predictor", "projector_m"}
@@ -185,23 +214,33 @@ def test_contrastive_and_mim_arms_are_the_release_ones():
 
   @jax.jit
   def loss(batch):
-    return dig.loss_fn(variables["params"], variables["model_state"], batch,
-                       jax.random.PRNGKey(1), step=0, phase="main", config=config)[0]
+    return dig.loss_fn(
+      variables["params"],
+      variables["model_state"],
+      batch,
+      jax.random.PRNGKey(1),
+      step=0,
+      phase="main",
+      config=config,
+    )[0]
+
   l0, l1 = float(loss(_arm_batch(0))), float(loss(_arm_batch(100)))
   assert np.isfinite(l0) and l0 == l1  # another mask, the same loss: no mask is applied
   no_mask = dict(_arm_batch(0), mask=jnp.zeros((4, 256), bool))
   assert float(loss(no_mask)) == l0
   ema = dig.after_update(variables["params"], variables["model_state"], 0, config)["ema"]
   assert set(ema) == {"encoder", "projector"}
-  grid = dig.visualize(variables["params"], variables["model_state"], _arm_batch(0), None, config,
-                       num_images=2)["dig_views"]  # the two views, no reconstruction row
+  grid = dig.visualize(
+    variables["params"], variables["model_state"], _arm_batch(0), None, config, num_images=2
+  )["dig_views"]  # the two views, no reconstruction row
   batch = _arm_batch(0)
   assert grid.shape == (2 * (32 + 2), 2 * (128 + 2), 3) and grid.dtype == np.uint8
   np.testing.assert_array_equal(grid[:32, :128], batch["image1"][0])
   np.testing.assert_array_equal(grid[:32, 130:258], batch["image2"][0])
 
   config.branches = "mim"
-  params = jax.eval_shape(lambda r: dig.init_variables(config, r, _arm_batch(0)),
-                          jax.random.PRNGKey(0))
+  params = jax.eval_shape(
+    lambda r: dig.init_variables(config, r, _arm_batch(0)), jax.random.PRNGKey(0)
+  )
   assert set(params["params"]) == {"encoder", "mim_head"}
   assert params["model_state"]["ema"] == {} and params["model_state"]["batch_stats"] == {}

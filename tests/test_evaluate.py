@@ -19,17 +19,20 @@ from sslocr_jax.train import loop
 from tests.helpers import load_config
 
 
-@pytest.mark.parametrize("pred,gt,correct", [
-    ("hello", "Hello", True),        # case
-    ("HELLO!", "hello", True),       # punctuation
+@pytest.mark.parametrize(
+  "pred,gt,correct",
+  [
+    ("hello", "Hello", True),  # case
+    ("HELLO!", "hello", True),  # punctuation
     ("it's", "its", True),
-    ("hel lo", "Hel-lo", True),      # spaces / hyphens
+    ("hel lo", "Hel-lo", True),  # spaces / hyphens
     ("$12.50", "1250", True),
-    ("hell0", "hello", False),       # a digit is a character
-    ("héllo", "hello", False),       # accents are dropped, not mapped: "hllo"
-    ("", "...", True),               # both empty after filtering
+    ("hell0", "hello", False),  # a digit is a character
+    ("héllo", "hello", False),  # accents are dropped, not mapped: "hllo"
+    ("", "...", True),  # both empty after filtering
     ("a", "", False),
-])
+  ],
+)
 def test_metric_filtering(pred, gt, correct):
   assert metrics.score([pred], [gt]).correct == int(correct)
 
@@ -85,8 +88,9 @@ def test_benchmark_evaluation_over_lmdbs(finetuned, tmp_path, capsys):
   assert results["more/SVT"]["samples"] == 5 and results["more/SVT"]["skipped"] == 1
   assert results["average"]["samples"] == 12
   # Folders named like standard benchmarks with other sample counts are warned about.
-  assert results["IIIT5k_3000"]["warning"].startswith("IIIT5k_3000 holds 7 samples; the "
-                                                      "standard IIIT5K benchmark has 3000")
+  assert results["IIIT5k_3000"]["warning"].startswith(
+    "IIIT5k_3000 holds 7 samples; the standard IIIT5K benchmark has 3000"
+  )
   assert "more/SVT holds 6 samples" in results["more/SVT"]["warning"]
   # The figures are those of the recognizer on the same images (labels never shifted).
   rec = predict.Recognizer.from_checkpoint(finetuned, batch_size=16)
@@ -94,8 +98,11 @@ def test_benchmark_evaluation_over_lmdbs(finetuned, tmp_path, capsys):
   for name, lines in (("IIIT5k_3000", a), ("more/SVT", b)):
     texts = [t for t, _ in rec([im for im, _ in lines])]
     per_set.append(metrics.score(texts, [label for _, label in lines]))
-    assert results[name] == {**per_set[-1].report(), "skipped": results[name]["skipped"],
-                             "warning": results[name]["warning"]}
+    assert results[name] == {
+      **per_set[-1].report(),
+      "skipped": results[name]["skipped"],
+      "warning": results[name]["warning"],
+    }
     rows = [json.loads(ln) for ln in (tmp_path / "out" / name / "predictions.jsonl").open()]
     assert [r["prediction"] for r in rows] == texts
     assert [r["label"] for r in rows] == [label for _, label in lines]
@@ -123,37 +130,52 @@ class _Oracle:
       del params, model_state
       k = images[:, 0, 0, 0].astype(int)
       return np.array([ids[i] for i in k]), np.linspace(0.9, 0.5, len(self.preds))[k]
+
     self.predict_batch = predict_batch
 
 
 # label, prediction, correct in lower36 / cased62 / printable94
-_KNOWN = [("Hello", "hello", (1, 0, 0)),
-          ("World!", "World", (1, 1, 0)),
-          ("abc", "abd", (0, 0, 0)),
-          ("IC13", "IC13", (1, 1, 1)),
-          ("it's", "its", (1, 1, 0)),
-          ("Ok.", "OK.", (1, 0, 0))]
+_KNOWN = [
+  ("Hello", "hello", (1, 0, 0)),
+  ("World!", "World", (1, 1, 0)),
+  ("abc", "abd", (0, 0, 0)),
+  ("IC13", "IC13", (1, 1, 1)),
+  ("it's", "its", (1, 1, 0)),
+  ("Ok.", "OK.", (1, 0, 0)),
+]
 
 
-@pytest.mark.parametrize("mode,accuracy", [("lower36", 5 / 6), ("cased62", 3 / 6),
-                                           ("printable94", 1 / 6)])
+@pytest.mark.parametrize(
+  "mode,accuracy", [("lower36", 5 / 6), ("cased62", 3 / 6), ("printable94", 1 / 6)]
+)
 def test_eval_charset_modes_on_a_hand_made_lmdb(mode, accuracy, tmp_path, monkeypatch, capsys):
   col = ("lower36", "cased62", "printable94").index(mode)
   root = tmp_path / "root"
-  sources.write_lmdb(str(root / "mine"), [(np.full((8, 24, 3), k, np.uint8), label)
-                                          for k, (label, _, _) in enumerate(_KNOWN)])
+  sources.write_lmdb(
+    str(root / "mine"),
+    [(np.full((8, 24, 3), k, np.uint8), label) for k, (label, _, _) in enumerate(_KNOWN)],
+  )
   config = load_config("evaluate", "smoke")
   config.checkpoint, config.data.lmdb_root, config.eval_charset = "oracle", str(root), mode
-  monkeypatch.setattr(predict.Recognizer, "from_checkpoint",
-                      lambda *a, **k: _Oracle([p for _, p, _ in _KNOWN], config))
+  monkeypatch.setattr(
+    predict.Recognizer,
+    "from_checkpoint",
+    lambda *a, **k: _Oracle([p for _, p, _ in _KNOWN], config),
+  )
   results = benchmarks.run(config, str(tmp_path / "out"))
   assert results["eval_charset"] == mode and "warning" not in results["mine"]
   assert results["mine"]["accuracy"] == round(100 * accuracy, 2)
   assert f"eval_charset={mode} (" in capsys.readouterr().out
   rows = [json.loads(ln) for ln in (tmp_path / "out" / "mine" / "predictions.jsonl").open()]
   assert [r["correct"] for r in rows] == [bool(c[col]) for _, _, c in _KNOWN]
-  assert rows[2] == {"index": 2, "label": "abc", "prediction": "abd", "confidence": 0.74,
-                     "correct": False, "ned": 0.3333}
+  assert rows[2] == {
+    "index": 2,
+    "label": "abc",
+    "prediction": "abd",
+    "confidence": 0.74,
+    "correct": False,
+    "ned": 0.3333,
+  }
   grid = cv2.imread(str(tmp_path / "out" / "mine" / "worst_failures.png"))
   assert grid is not None and grid.shape[0] > 50
 
@@ -161,8 +183,9 @@ def test_eval_charset_modes_on_a_hand_made_lmdb(mode, accuracy, tmp_path, monkey
 def test_worst_failures_order_and_count_warnings():
   s = failures.Samples("lower36", keep_worst=2)
   image = np.zeros((4, 4, 3), np.uint8)
-  for i, (label, pred, conf) in enumerate([("abcd", "abcx", 0.9), ("ab", "xy", 0.1),
-                                           ("ab", "ab", 0.99), ("abcd", "xxxx", 0.8)]):
+  for i, (label, pred, conf) in enumerate(
+    [("abcd", "abcx", 0.9), ("ab", "xy", 0.1), ("ab", "ab", 0.99), ("abcd", "xxxx", 0.8)]
+  ):
     s.add(i, label, pred, conf, image)
   assert [(label, pred) for _, label, pred, _, _ in s.worst()] == [("abcd", "xxxx"), ("ab", "xy")]
   assert s.counts.samples == 4 and s.counts.correct == 1
@@ -170,7 +193,9 @@ def test_worst_failures_order_and_count_warnings():
   assert benchmarks.count_warning("IC13_1015", 1015) is None
   assert "has 857" in benchmarks.count_warning("eval/IC13_857", 1015)
   assert benchmarks.count_warning("IC15", 2077) is None
-  assert benchmarks.count_warning("SVTP", 645) is None and benchmarks.count_warning("svt", 647) is None
+  assert (
+    benchmarks.count_warning("SVTP", 645) is None and benchmarks.count_warning("svt", 647) is None
+  )
   assert "has 645" in benchmarks.count_warning("SVTP", 647)
   assert benchmarks.count_warning("my_words", 12) is None
 

@@ -36,7 +36,8 @@ def _random_state(config, method, seed=0):
 
 def _images(config, b=3, seed=1):
   return np.random.default_rng(seed).integers(
-      0, 256, (b, config.image_height, config.image_width, 3), dtype=np.uint8)
+    0, 256, (b, config.image_height, config.image_width, 3), dtype=np.uint8
+  )
 
 
 def _to_torch_images(images):
@@ -45,8 +46,7 @@ def _to_torch_images(images):
 
 def _load(flat, cfg_json):
   model = torch_modules.build(cfg_json).eval()
-  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
-                        strict=True)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()}, strict=True)
   return model
 
 
@@ -85,23 +85,43 @@ def _dig_outputs_match(config, state, model, tag):
     ti, tm = _to_torch_images(images), torch.from_numpy(mask)
     tok = model.encoder(ti, tm).numpy()
     _diff(f"{tag} encoder", nets["encoder"].apply({"params": p["encoder"]}, x, mask), tok)
-    _diff(f"{tag} momentum_encoder",
-          nets["encoder"].apply({"params": ms["ema"]["encoder"]}, x), model.momentum_encoder(ti))
-    _diff(f"{tag} pix_decoder", nets["mim_head"].apply({"params": p["mim_head"]}, tok),
-          model.pix_decoder(torch.from_numpy(tok)))
+    _diff(
+      f"{tag} momentum_encoder",
+      nets["encoder"].apply({"params": ms["ema"]["encoder"]}, x),
+      model.momentum_encoder(ti),
+    )
+    _diff(
+      f"{tag} pix_decoder",
+      nets["mim_head"].apply({"params": p["mim_head"]}, tok),
+      model.pix_decoder(torch.from_numpy(tok)),
+    )
     feats = np.random.default_rng(3).normal(size=(6, config.model.embed_dim)).astype(np.float32)
     z = np.random.default_rng(4).normal(size=(6, config.proj_dim)).astype(np.float32)
     tf, tz = torch.from_numpy(feats), torch.from_numpy(z)
     for jname, jparams, jstats, tmod, inp, tinp in [
-        ("pix_projector", p["pix_projector"], bs["pix_projector"], model.pix_projector, feats, tf),
-        ("pix_projector", ms["ema"]["pix_projector"], bs["pix_projector_m"],
-         model.pix_projector_m, feats, tf),
-        ("projector", p["projector"], bs["projector"], model.encoder_projection_layer, feats, tf),
-        ("projector", ms["ema"]["projector"], bs["projector_m"], model.momentum_projection_layer,
-         feats, tf),
-        ("predictor", p["predictor"], bs["predictor"], model.predictor, z, tz)]:
-      _diff(f"{tag} {jname} heads (eval BN)", _mlp_apply(nets[jname], jparams, jstats, inp),
-            tmod(tinp))
+      ("pix_projector", p["pix_projector"], bs["pix_projector"], model.pix_projector, feats, tf),
+      (
+        "pix_projector",
+        ms["ema"]["pix_projector"],
+        bs["pix_projector_m"],
+        model.pix_projector_m,
+        feats,
+        tf,
+      ),
+      ("projector", p["projector"], bs["projector"], model.encoder_projection_layer, feats, tf),
+      (
+        "projector",
+        ms["ema"]["projector"],
+        bs["projector_m"],
+        model.momentum_projection_layer,
+        feats,
+        tf,
+      ),
+      ("predictor", p["predictor"], bs["predictor"], model.predictor, z, tz),
+    ]:
+      _diff(
+        f"{tag} {jname} heads (eval BN)", _mlp_apply(nets[jname], jparams, jstats, inp), tmod(tinp)
+      )
 
 
 def test_dig_export_strict_load_outputs_and_round_trip():
@@ -119,8 +139,10 @@ def test_dig_export_strict_load_outputs_and_round_trip():
   enc = torch_state.export_state(state, config, include="encoder")
   assert all(k.startswith("encoder.") for k in enc)
   _load(enc, cli.model_json(config, "encoder"))
-  _bits_equal(torch_state.import_params(enc, config, include="encoder"),
-              {"encoder": state["params"]["encoder"]})
+  _bits_equal(
+    torch_state.import_params(enc, config, include="encoder"),
+    {"encoder": state["params"]["encoder"]},
+  )
 
 
 def test_official_dig_layout_pth_imports_and_reproduces_pytorch(tmp_path):
@@ -199,8 +221,11 @@ def _recognition_case(arg, official_layout=False, **model_overrides):
     else:
       labels = np.random.default_rng(5).integers(0, cs.num_classes, (3, config.max_len + 1))
       inputs = recognition.decoder_inputs(jnp.asarray(labels, jnp.int32), cs.bos)
-      _diff(f"{tag} logits (teacher forcing)", decoder.apply(dec_vars, features, inputs),
-            model.logits(ti, torch.from_numpy(np.array(inputs)).long()))
+      _diff(
+        f"{tag} logits (teacher forcing)",
+        decoder.apply(dec_vars, features, inputs),
+        model.logits(ti, torch.from_numpy(np.array(inputs)).long()),
+      )
     ids_t, _ = model(ti)
   predict = jax.jit(lambda p, s, x: recognition.predict(p, s, x, config))
   ids_j, _ = predict(state["params"], state["model_state"], jnp.asarray(images))
@@ -210,8 +235,10 @@ def _recognition_case(arg, official_layout=False, **model_overrides):
   STRINGS[arg] = strings_j
   assert np.array_equal(np.asarray(ids_j), ids_t.numpy())
   if official_layout:
-    _bits_equal(torch_mapping.unflatten(torch_state.export_state(state, config)),
-                torch_mapping.unflatten(flat))
+    _bits_equal(
+      torch_mapping.unflatten(torch_state.export_state(state, config)),
+      torch_mapping.unflatten(flat),
+    )
   else:
     _bits_equal(torch_state.import_state(flat, config), state)
   return flat
@@ -238,16 +265,21 @@ def test_recognition_official_ctc_head():
   state = _random_state(config, recognition)
   flat = torch_state.export_state(state, config)
   assert {k for k in flat if k.startswith("decoder.")} == {
-      "decoder.encoder_norm.weight", "decoder.encoder_norm.bias"} | {
-          f"decoder.ctc_classifier.{i}.{w}" for i in (0, 1, 3) for w in ("weight", "bias")}
+    "decoder.encoder_norm.weight",
+    "decoder.encoder_norm.bias",
+  } | {f"decoder.ctc_classifier.{i}.{w}" for i in (0, 1, 3) for w in ("weight", "bias")}
   model = _load(flat, cli.model_json(config))
   images = _images(config)
-  features = recognition.encode(state["params"], state["model_state"], jnp.asarray(images),
-                                config, train=False)[0]
+  features = recognition.encode(
+    state["params"], state["model_state"], jnp.asarray(images), config, train=False
+  )[0]
   _, _, decoder = recognition.networks(config)
   with torch.no_grad():
-    _diff("ctc head=dig logits", decoder.apply({"params": state["params"]["decoder"]}, features),
-          model.logits(_to_torch_images(images)))
+    _diff(
+      "ctc head=dig logits",
+      decoder.apply({"params": state["params"]["decoder"]}, features),
+      model.logits(_to_torch_images(images)),
+    )
 
 
 def test_recognition_resnet_bilstm_encoder():
@@ -261,6 +293,7 @@ def test_recognition_resnet_bilstm_encoder():
 # ----------------------------------------------------------------------------- files and CLI
 def test_cli_export_and_recognition_init_from(tmp_path):
   from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
   config = load_config("dig", "smoke")
   state = _random_state(config, dig)
   workdir = tmp_path / "dig"
@@ -299,8 +332,9 @@ def test_cli_export_and_recognition_init_from(tmp_path):
   config.init_from = out
   fresh = jax.tree.map(jnp.asarray, _random_state(config, dig, seed=1))
   loaded = resolve.load_pretrained(dig, _State(fresh["params"], fresh["model_state"]), config)
-  _bits_equal(jax.tree.map(np.asarray, {"params": loaded.params,
-                                        "model_state": loaded.model_state}), state)
+  _bits_equal(
+    jax.tree.map(np.asarray, {"params": loaded.params, "model_state": loaded.model_state}), state
+  )
   config.init_from = enc
   loaded = resolve.load_pretrained(dig, _State(fresh["params"], fresh["model_state"]), config)
   for tree in (loaded.params["encoder"], loaded.model_state["ema"]["encoder"]):

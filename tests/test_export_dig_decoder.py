@@ -33,22 +33,40 @@ def _config(num_layers=2):
 def _official_keys(config) -> set:
   """The state-dict keys of the release's RecModel (modeling_pretrain_vit encoder with its
   final norm, linear_norm, models/decoder.py TFDecoder), written out by hand."""
-  keys = {"encoder.mask_token", "encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias",
-          "encoder.norm.weight", "encoder.norm.bias", "decoder.trg_word_emb.weight",
-          "decoder.position_enc.position_table", "decoder.layer_norm.weight",
-          "decoder.layer_norm.bias", "decoder.classifier.weight", "decoder.classifier.bias"}
+  keys = {
+    "encoder.mask_token",
+    "encoder.patch_embed.proj.weight",
+    "encoder.patch_embed.proj.bias",
+    "encoder.norm.weight",
+    "encoder.norm.bias",
+    "decoder.trg_word_emb.weight",
+    "decoder.position_enc.position_table",
+    "decoder.layer_norm.weight",
+    "decoder.layer_norm.bias",
+    "decoder.classifier.weight",
+    "decoder.classifier.bias",
+  }
   keys |= {f"linear_norm.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
   for i in range(config.model.depth):
     b = f"encoder.blocks.{i}."
     keys |= {b + "attn.qkv.weight", b + "attn.q_bias", b + "attn.v_bias"}
-    keys |= {b + m + p for m in ("norm1.", "norm2.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")
-             for p in ("weight", "bias")}
+    keys |= {
+      b + m + p
+      for m in ("norm1.", "norm2.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")
+      for p in ("weight", "bias")
+    }
   for i in range(config.transformer.num_layers):
     b = f"decoder.layer_stack.{i}."
-    keys |= {f"{b}{a}.{lin}.weight" for a in ("self_attn", "enc_attn")
-             for lin in ("linear_q", "linear_k", "linear_v", "fc")}
-    keys |= {f"{b}{m}.{p}" for m in ("norm1", "norm2", "norm3", "mlp.w_1", "mlp.w_2")
-             for p in ("weight", "bias")}
+    keys |= {
+      f"{b}{a}.{lin}.weight"
+      for a in ("self_attn", "enc_attn")
+      for lin in ("linear_q", "linear_k", "linear_v", "fc")
+    }
+    keys |= {
+      f"{b}{m}.{p}"
+      for m in ("norm1", "norm2", "norm3", "mlp.w_1", "mlp.w_2")
+      for p in ("weight", "bias")
+    }
   return keys
 
 
@@ -84,8 +102,9 @@ def _compare(config, state, model, tag):
   _, _, decoder = recognition.networks(config)
   images = _varied_images(config)
   ti = _to_torch_images(images)
-  features, _ = recognition.encode(state["params"], state["model_state"], jnp.asarray(images),
-                                   config, train=False)
+  features, _ = recognition.encode(
+    state["params"], state["model_state"], jnp.asarray(images), config, train=False
+  )
   dec_vars = {"params": state["params"]["decoder"]}
   labels = np.random.default_rng(5).integers(0, cs.num_classes, (3, config.max_len + 1))
   inputs = recognition.decoder_inputs(jnp.asarray(labels, jnp.int32), cs.bos)
@@ -95,15 +114,20 @@ def _compare(config, state, model, tag):
     t_feats = model.encoder(ti).numpy()
     t_logits = model.logits(ti, torch.from_numpy(np.array(inputs)).long()).numpy()
     ids_t, _ = model(ti)
-  diffs = {"encoder (+ final norm)": float(np.max(np.abs(np.asarray(normed) - t_feats))),
-           "logits (teacher forcing)": float(np.max(np.abs(np.asarray(logits) - t_logits)))}
+  diffs = {
+    "encoder (+ final norm)": float(np.max(np.abs(np.asarray(normed) - t_feats))),
+    "logits (teacher forcing)": float(np.max(np.abs(np.asarray(logits) - t_logits))),
+  }
   ids_j, _ = jax.jit(lambda p, s, x: recognition.predict(p, s, x, config))(
-      state["params"], state["model_state"], jnp.asarray(images))
+    state["params"], state["model_state"], jnp.asarray(images)
+  )
   strings_j = [cs.decode(r) for r in np.asarray(ids_j)]
   strings_t = [cs.decode(r) for r in ids_t.numpy()]
   for k, d in diffs.items():
-    print(f"\n{tag}: max |JAX - PyTorch| {k} = {d:.3g} (|out| <= "
-          f"{np.max(np.abs(t_logits if 'logits' in k else t_feats)):.3g})")
+    print(
+      f"\n{tag}: max |JAX - PyTorch| {k} = {d:.3g} (|out| <= "
+      f"{np.max(np.abs(t_logits if 'logits' in k else t_feats)):.3g})"
+    )
   print(f"{tag}: greedy JAX {strings_j} / PyTorch {strings_t}")
   assert all(d <= TOL for d in diffs.values()), diffs
   assert strings_j == strings_t
@@ -127,6 +151,7 @@ def test_official_finetuned_pth_and_safetensors_import_and_match(tmp_path):
   state = torch_state.import_state(flat, config)
   _compare(config, state, model, "official .pth")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+
   st = str(tmp_path / "official.safetensors")
   save_file({k: v.contiguous() for k, v in sd.items()}, st)
   _bits_equal(torch_state.import_state(torch_mapping.load_torch_state(st), config), state)
@@ -160,8 +185,11 @@ def test_missing_extra_and_learned_keys_fail_naming_them():
   with pytest.raises(torch_mapping.KeyMismatchError) as e:
     torch_state.import_state(bad, config)
   msg = str(e.value)
-  for k in ("decoder.layer_stack.0.norm3.bias", "decoder.layer_stack.0.self_attn.linear_q.bias",
-            "decoder.extra.weight"):
+  for k in (
+    "decoder.layer_stack.0.norm3.bias",
+    "decoder.layer_stack.0.self_attn.linear_q.bias",
+    "decoder.extra.weight",
+  ):
     assert k in msg, msg
   assert e.value.missing == ["decoder.layer_stack.0.norm3.bias"]
   table = flat["decoder.position_enc.position_table"]
@@ -171,14 +199,17 @@ def test_missing_extra_and_learned_keys_fail_naming_them():
   nrtr = load_config("evaluate", "smoke,decoder=transformer")
   nrtr.transformer.num_layers = 1
   with pytest.raises(torch_mapping.KeyMismatchError) as e:
-    torch_state.import_state(torch_state.export_state(_random_state(nrtr, recognition), nrtr), config)
+    torch_state.import_state(
+      torch_state.export_state(_random_state(nrtr, recognition), nrtr), config
+    )
   assert "decoder.layer_stack.0.slf_attn.w_qs.weight" in str(e.value)
   assert "decoder.layer_stack.0.norm1.weight" in str(e.value)
 
 
 def test_dig_decoder_causal_and_greedy_matches_teacher_forcing():
-  m = decoders.DigTransformerDecoder(7, d_model=16, num_layers=2, num_heads=2, mlp_dim=24,
-                                     dropout_rate=0.1, n_position=12)
+  m = decoders.DigTransformerDecoder(
+    7, d_model=16, num_layers=2, num_heads=2, mlp_dim=24, dropout_rate=0.1, n_position=12
+  )
   rng = np.random.default_rng(0)
   features = jnp.asarray(rng.normal(size=(2, 12, 8)), jnp.float32)
   inputs = jnp.asarray(rng.integers(0, 7, (2, 6)), jnp.int32)
@@ -201,6 +232,7 @@ def test_dig_decoder_causal_and_greedy_matches_teacher_forcing():
 
 def test_predict_recognizer_reads_an_official_file(tmp_path):
   from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
+
   config = _config(num_layers=1)
   model = _official_model(config, seed=3)
   path = str(tmp_path / "official.pth")

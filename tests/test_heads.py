@@ -15,8 +15,12 @@ def _x(shape, seed=0):
 
 
 def _names(tree):
-  return {jax.tree_util.keystr(k): v.names for k, v in jax.tree_util.tree_leaves_with_path(
-      tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))}
+  return {
+    jax.tree_util.keystr(k): v.names
+    for k, v in jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+  }
 
 
 def test_mlp_tree_and_shapes():
@@ -63,8 +67,13 @@ def test_batchnorm_stats_train_vs_eval():
   new_mean = new["batch_stats"]["bn_1"]["mean"]
   assert not np.allclose(old_mean, new_mean)
   # PyTorch momentum 0.1 == flax momentum 0.9: new = 0.9 old + 0.1 batch_mean.
-  h = mlp.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                capture_intermediates=lambda m, _: m.name == "linear_1")[1]
+  h = mlp.apply(
+    variables,
+    x,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=lambda m, _: m.name == "linear_1",
+  )[1]
   batch_mean = h["intermediates"]["linear_1"]["__call__"][0].mean(0)
   np.testing.assert_allclose(new_mean, 0.9 * old_mean + 0.1 * batch_mean, atol=1e-5)
   # Eval mode uses and keeps the running statistics.
@@ -91,11 +100,18 @@ def test_dig_mlps():
 
 def test_dig_mlp_param_counts_full_size():
   d, h, o = 384, 4096, 256
-  count = lambda m, x: sum(math.prod(l.shape) for l in jax.tree.leaves(nn.unbox(
-      jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, train=False))["params"])))
+  count = lambda m, x: sum(
+    math.prod(l.shape)
+    for l in jax.tree.leaves(
+      nn.unbox(jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), x, train=False))["params"])
+    )
+  )
   assert count(heads.projector(), jnp.zeros((2, d))) == d * h + 2 * h + h * h + 2 * h + h * o
   assert count(heads.predictor(), jnp.zeros((2, o))) == o * h + 2 * h + h * o
-  assert count(heads.pix_projector(d), jnp.zeros((2, d))) == d * 512 + 2 * 512 + 512 * 512 + 2 * 512 + 512 * d
+  assert (
+    count(heads.pix_projector(d), jnp.zeros((2, d)))
+    == d * 512 + 2 * 512 + 512 * 512 + 2 * 512 + 512 * d
+  )
 
 
 def test_mim_head():

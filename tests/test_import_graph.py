@@ -9,8 +9,18 @@ import sslocr_jax
 ROOT = os.path.dirname(sslocr_jax.__file__)
 # data 0 (and base utilities sslocr_jax/*.py), models 1, methods 2, train 3,
 # evaluate / export / predict 4, study / demo 5, main 6.
-LAYERS = {"data": 0, "models": 1, "methods": 2, "train": 3, "evaluate": 4, "export": 4,
-          "predict": 4, "study": 5, "demo": 5, "main": 6}
+LAYERS = {
+  "data": 0,
+  "models": 1,
+  "methods": 2,
+  "train": 3,
+  "evaluate": 4,
+  "export": 4,
+  "predict": 4,
+  "study": 5,
+  "demo": 5,
+  "main": 6,
+}
 
 
 def _modules() -> dict:
@@ -36,7 +46,7 @@ def _imports(mods: dict, name: str) -> set:
       base = node.module or ""
       if node.level:
         parts = name.split(".") if path.endswith("__init__.py") else name.split(".")[:-1]
-        parts = parts[:len(parts) - node.level + 1]
+        parts = parts[: len(parts) - node.level + 1]
         base = ".".join(parts + ([base] if base else []))
       out |= {base} | {f"{base}.{a.name}" for a in node.names}
   return {m for m in out if m in mods and m != name}
@@ -93,9 +103,12 @@ def test_checker_sees_lazy_imports_and_cycles(tmp_path):
   lazy.write_text("def f():\n  from sslocr_jax.train import b  # lazy\n  from . import c\n")
   mods = {"sslocr_jax.methods.a": str(lazy), "sslocr_jax.train.b": "", "sslocr_jax.methods.c": ""}
   assert _imports(mods, "sslocr_jax.methods.a") == {"sslocr_jax.train.b", "sslocr_jax.methods.c"}
-  graph = {"sslocr_jax.methods.a": {"sslocr_jax.train.b"}, "sslocr_jax.train.b": set(),
-           "sslocr_jax.models.c": {"sslocr_jax.models.d"},
-           "sslocr_jax.models.d": {"sslocr_jax.models.c"}}
+  graph = {
+    "sslocr_jax.methods.a": {"sslocr_jax.train.b"},
+    "sslocr_jax.train.b": set(),
+    "sslocr_jax.models.c": {"sslocr_jax.models.d"},
+    "sslocr_jax.models.d": {"sslocr_jax.models.c"},
+  }
   assert _violations(graph) == ["sslocr_jax.methods.a -> sslocr_jax.train.b"]
   assert _cycles(graph) == [["sslocr_jax.models.c", "sslocr_jax.models.d"]]
   assert _layer("sslocr_jax.paths") == 0 and _layer("sslocr_jax.predict") == 4

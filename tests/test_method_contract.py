@@ -49,8 +49,9 @@ def _recognition(rows, workdir, workdirs):
   (the online encoder, not its momentum copy); validation every eval_every; best/ kept."""
   final, dig_state = ckpt_lib.restore_params(workdir), ckpt_lib.restore_params(workdirs("dig"))
   assert int(final["step"]) == 8
-  jax.tree.map(np.testing.assert_array_equal, final["params"]["encoder"],
-               dig_state["params"]["encoder"])
+  jax.tree.map(
+    np.testing.assert_array_equal, final["params"]["encoder"], dig_state["params"]["encoder"]
+  )
   assert [r["step"] for r in rows if "val_accuracy" in r] == [4, 8]
   assert all(0.0 <= r["val_accuracy"] <= 100.0 for r in rows if "val_accuracy" in r)
   assert any("train_accuracy" in r and "loss" in r for r in rows)
@@ -61,23 +62,46 @@ def _recognition(rows, workdir, workdirs):
 
 # method: (logged steps, finite metrics, sample image prefix, method-specific checks)
 EXPECTED = {
-    "dig": ([2, 4, 6, 8, 10, 12], ("loss", "mim_loss", "contrastive_loss", "lr", "grad_norm"),
-            "dig_reconstruction", _dig),
-    "seqclr": ([2, 4, 6, 8, 10, 12], ("loss", "contrastive_acc", "lr", "grad_norm"),
-               "seqclr_views", _seqclr),
-    "siman": ([4, 8, 12, 16, 20, 24],
-              ("loss", "pixel_loss", "adv_loss", "adv_weight", "disc_accuracy",
-               "disc_real_loss", "disc_fake_loss", "generator/loss", "discriminator/loss",
-               "generator/lr", "discriminator/lr"),
-              "siman_restoration", _siman),
-    "recognition": ([2, 4, 6, 8], ("loss", "train_accuracy"), None, _recognition),
+  "dig": (
+    [2, 4, 6, 8, 10, 12],
+    ("loss", "mim_loss", "contrastive_loss", "lr", "grad_norm"),
+    "dig_reconstruction",
+    _dig,
+  ),
+  "seqclr": (
+    [2, 4, 6, 8, 10, 12],
+    ("loss", "contrastive_acc", "lr", "grad_norm"),
+    "seqclr_views",
+    _seqclr,
+  ),
+  "siman": (
+    [4, 8, 12, 16, 20, 24],
+    (
+      "loss",
+      "pixel_loss",
+      "adv_loss",
+      "adv_weight",
+      "disc_accuracy",
+      "disc_real_loss",
+      "disc_fake_loss",
+      "generator/loss",
+      "discriminator/loss",
+      "generator/lr",
+      "discriminator/lr",
+    ),
+    "siman_restoration",
+    _siman,
+  ),
+  "recognition": ([2, 4, 6, 8], ("loss", "train_accuracy"), None, _recognition),
 }
 
 
 def _bits(tree):
   """{path: raw bytes} of every array leaf (optax states included)."""
-  return {jax.tree_util.keystr(p): np.asarray(v).tobytes()
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(v).tobytes()
+    for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -107,6 +131,7 @@ def test_method_contract(name, smoke_run, tmp_path):
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", str(checkpoints[0])))
   from sslocr_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   loop.train(smoke_run.config(name), resumed)
   assert writers.read_metrics(resumed) == rows
   a, b = ckpt_lib.restore_params(straight), ckpt_lib.restore_params(resumed)
@@ -116,8 +141,9 @@ def test_method_contract(name, smoke_run, tmp_path):
   # Exports what it declares (all its networks with `export_networks`, else the encoder) and
   # imports it back unchanged.
   include = "all" if hasattr(method, "export_networks") else "encoder"
-  flat = torch_state.export_state({"params": a["params"], "model_state": a["model_state"]},
-                                  config, include)
+  flat = torch_state.export_state(
+    {"params": a["params"], "model_state": a["model_state"]}, config, include
+  )
   specs, _ = torch_state.network_specs(config, include)
   for prefix, _, _ in specs:
     assert any(k.startswith(prefix) for k in flat), prefix

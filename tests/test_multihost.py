@@ -33,10 +33,21 @@ from tests import scale_helpers
 from tests.helpers import ROOT, load_config
 
 NUM_PROCESSES, STEPS, LOCAL_BATCH, SIGNAL_AFTER = 2, 6, 4, 3
-DIG = ("configs/dig.py:smoke", f"--config.total_steps={STEPS}", "--config.schedule_steps=12",
-       "--config.log_every=1", "--config.checkpoint_every=3", f"--config.viz_every={STEPS}")
-FINETUNE = ("configs/finetune.py:smoke,decoder=ctc", "--config.total_steps=2",
-            "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=1")
+DIG = (
+  "configs/dig.py:smoke",
+  f"--config.total_steps={STEPS}",
+  "--config.schedule_steps=12",
+  "--config.log_every=1",
+  "--config.checkpoint_every=3",
+  f"--config.viz_every={STEPS}",
+)
+FINETUNE = (
+  "configs/finetune.py:smoke,decoder=ctc",
+  "--config.total_steps=2",
+  "--config.eval_every=2",
+  "--config.checkpoint_every=2",
+  "--config.log_every=1",
+)
 # The preempted run: a grain worker per process; the stop flag agreed after every step.
 PREEMPTED_ARGS = ("--config.data.num_workers=1", "--config.stop_check_seconds=0")
 
@@ -62,11 +73,25 @@ def _launch(workdir, tag, args=DIG, env=None):
     logs.append(os.path.join(workdir, f"{tag}_process_{i}.log"))
     outs.append(os.path.join(workdir, f"{tag}_out_{i}.npz"))
     with open(logs[i], "w") as log:
-      procs.append(subprocess.Popen(
-          [sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"), str(port), str(i),
-           str(NUM_PROCESSES), workdir, outs[i], *args],
-          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-          process_group=0 if i == 0 else procs[0].pid))
+      procs.append(
+        subprocess.Popen(
+          [
+            sys.executable,
+            os.path.join(ROOT, "tests", "multihost_worker.py"),
+            str(port),
+            str(i),
+            str(NUM_PROCESSES),
+            workdir,
+            outs[i],
+            *args,
+          ],
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          cwd=ROOT,
+          env=env,
+          process_group=0 if i == 0 else procs[0].pid,
+        )
+      )
   return procs, logs, outs
 
 
@@ -115,8 +140,9 @@ def two_process_run(tmp_path_factory):
 def preempted_run(tmp_path_factory, two_process_run):
   """(workdir, outputs and results of the interrupted launch, of the resumed launch)."""
   workdir = str(tmp_path_factory.mktemp("preempted"))
-  procs, logs, outs = _launch(workdir, "first", DIG + PREEMPTED_ARGS,
-                              {"MULTIHOST_WAIT_FOR_SIGNAL_AT": str(SIGNAL_AFTER)})
+  procs, logs, outs = _launch(
+    workdir, "first", DIG + PREEMPTED_ARGS, {"MULTIHOST_WAIT_FOR_SIGNAL_AT": str(SIGNAL_AFTER)}
+  )
   # Each process waits for the signal before its 4th batch. Once step 3 is logged both have
   # passed step 3's stop check: signal the whole group (grain workers included) then.
   deadline = time.time() + 400
@@ -134,8 +160,9 @@ def test_same_losses_as_one_process(two_process_run):
   """The global batch of two processes replayed on one process gives the same losses."""
   workdir, _, results = two_process_run
   fed = [_local_batches(r, "fed", range(1, STEPS + 1)) for r in results]
-  global_batches = [{k: np.concatenate([fed[0][s][k], fed[1][s][k]]) for k in fed[0][s]}
-                    for s in range(STEPS)]
+  global_batches = [
+    {k: np.concatenate([fed[0][s][k], fed[1][s][k]]) for k in fed[0][s]} for s in range(STEPS)
+  ]
   rows = writers.read_metrics(workdir)
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # written once, by process 0
   scale_helpers.assert_same_losses(rows, scale_helpers.reference_losses(global_batches))
@@ -160,7 +187,8 @@ def test_checkpoint_saved_by_both_hosts_params_sharded(two_process_run):
   ckpt = os.path.join(workdir, "checkpoints")
   assert sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) == [3, 6]
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
-      os.listdir(os.path.join(ckpt, "3", "data")))
+    os.listdir(os.path.join(ckpt, "3", "data"))
+  )
   for result in results:  # FSDP over the 2 processes: each holds half of fc1's [32, 128] kernel
     assert list(result["fc1_kernel_shape"]) == [32, 128]
     assert list(result["fc1_kernel_local_shape"]) == [16, 128]
@@ -191,8 +219,9 @@ def test_views_are_seeded_by_global_position(monkeypatch):
       np.testing.assert_array_equal(local[k], one[k][p::2])
 
 
-def test_sigterm_to_the_process_group_then_resume_equals_straight_run(two_process_run,
-                                                                     preempted_run):
+def test_sigterm_to_the_process_group_then_resume_equals_straight_run(
+  two_process_run, preempted_run
+):
   straight_dir, _, straight = two_process_run
   workdir, (first_out, first), (second_out, second) = preempted_run
   # The first launch stopped mid-run (step 4, not a checkpoint step), on both hosts, saved ...
@@ -233,6 +262,7 @@ def test_validation_on_every_process_reduced_writes_best(finetune_run):
   from sslocr_jax.methods import recognition  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import evaluation  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import sharding  # pylint: disable=g-import-not-at-top
+
   workdir, outputs = finetune_run
   assert "eval step 2:" in outputs[0] and "skipped" not in outputs[0] + outputs[1]
   best = json.loads(open(os.path.join(workdir, "best", "best.json")).read())
@@ -243,7 +273,8 @@ def test_validation_on_every_process_reduced_writes_best(finetune_run):
   state = ckpt_lib.restore_params(os.path.join(workdir, "best"))
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
   want = evaluation.make_evaluator(recognition, config, mesh)(
-      types.SimpleNamespace(params=state["params"], model_state=state["model_state"]))
+    types.SimpleNamespace(params=state["params"], model_state=state["model_state"])
+  )
   assert {k: got[0][k] for k in want} == want
   assert best["value"] == want["val_accuracy"]
 

@@ -54,19 +54,22 @@ def _jax_predict(config, state, images):
 def test_ctc_collapse_is_ctc_greedy():
   """Repeats merge, blanks and EOS frames separate, text past `length` is cut (no EOS)."""
   chars, eos, pad = 3, 3, 4  # ids 0..2 characters, 3 EOS, 4 PAD = blank
-  paths = [[0, 0, 4, 0, 1, 1, 4, 4, 2, 2],   # -> 0 0 1 2 EOS
-           [3, 1, 3, 1, 4, 4, 4, 4, 4, 4],   # EOS frames act as blanks -> 1 1 EOS
-           [0, 1, 0, 1, 0, 1, 0, 1, 0, 1],   # 10 characters, length 5 -> 0 1 0 1 0
-           [4] * 10]                         # nothing -> EOS
+  paths = [
+    [0, 0, 4, 0, 1, 1, 4, 4, 2, 2],  # -> 0 0 1 2 EOS
+    [3, 1, 3, 1, 4, 4, 4, 4, 4, 4],  # EOS frames act as blanks -> 1 1 EOS
+    [0, 1, 0, 1, 0, 1, 0, 1, 0, 1],  # 10 characters, length 5 -> 0 1 0 1 0
+    [4] * 10,
+  ]  # nothing -> EOS
   logits = np.full((4, 10, chars + 2), -3.0, np.float32)
   for b, path in enumerate(paths):
     logits[b, np.arange(10), path] = 2.0 + 0.1 * b
-  expected = [[0, 0, 1, 2, eos], [1, 1, eos, pad, pad], [0, 1, 0, 1, 0],
-              [eos, pad, pad, pad, pad]]
-  ids_t, conf_t = torch_modules.ctc_collapse(torch.from_numpy(logits), blank=pad, eos=eos,
-                                             pad=pad, length=5)
-  ids_j, conf_j = jax.jit(functools.partial(decoders.ctc_greedy, blank=pad, eos=eos, pad=pad,
-                                            length=5))(logits)
+  expected = [[0, 0, 1, 2, eos], [1, 1, eos, pad, pad], [0, 1, 0, 1, 0], [eos, pad, pad, pad, pad]]
+  ids_t, conf_t = torch_modules.ctc_collapse(
+    torch.from_numpy(logits), blank=pad, eos=eos, pad=pad, length=5
+  )
+  ids_j, conf_j = jax.jit(
+    functools.partial(decoders.ctc_greedy, blank=pad, eos=eos, pad=pad, length=5)
+  )(logits)
   assert ids_t.tolist() == expected == np.asarray(ids_j).tolist()
   np.testing.assert_allclose(conf_t.numpy(), np.asarray(conf_j), rtol=1e-6)
 
@@ -96,9 +99,11 @@ def test_onnx_graph_gives_jax_words_and_confidence(tmp_path, decoder):
     enc_meta = cli.model_json(config, "encoder")
     onnx_export.to_onnx(torch_state.export_state(state, config, "encoder"), enc_meta, enc_path)
     (feats,) = ort.InferenceSession(enc_path, providers=["CPUExecutionProvider"]).run(
-        None, {"images": images})
+      None, {"images": images}
+    )
     ref, _ = jax.jit(lambda p, s, x: recognition.encode(p, s, x, config, train=False))(
-        state["params"], state["model_state"], jnp.asarray(images))
+      state["params"], state["model_state"], jnp.asarray(images)
+    )
     np.testing.assert_allclose(feats, np.asarray(ref), atol=1e-4)
     with pytest.raises(ValueError, match="include=encoder"):
       onnx_export.output_names({"method": "dig", "include": "all"})
@@ -134,6 +139,7 @@ def test_cli_onnx_and_torch_only_process(tmp_path):
   """`--format=onnx` on a workdir writes .onnx + .safetensors + .json; the PyTorch model of
   those files runs in a process that cannot import JAX and gives JAX's words."""
   from sslocr_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
   config, state, _, _ = _model("ctc")
   workdir = tmp_path / "ft"
   ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), async_save=False)
@@ -148,9 +154,21 @@ def test_cli_onnx_and_torch_only_process(tmp_path):
   np.save(tmp_path / "images.npy", images)
   ids_j, conf_j = _jax_predict(config, state, images)
   env = {**os.environ, "PYTHONPATH": ROOT}
-  proc = subprocess.run([sys.executable, "-c", TORCH_ONLY, str(out) + ".json",
-                         str(out) + ".safetensors", str(tmp_path / "images.npy")],
-                        capture_output=True, text=True, env=env, timeout=120, check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      TORCH_ONLY,
+      str(out) + ".json",
+      str(out) + ".safetensors",
+      str(tmp_path / "images.npy"),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads(proc.stdout.strip().splitlines()[-1])
   assert got["jax_loaded"] == []

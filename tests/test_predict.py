@@ -31,8 +31,9 @@ def kinds(tmp_path_factory):
   root = tmp_path_factory.mktemp("kinds")
   config = load_config("finetune", ARG)
   batch = {"image": np.zeros((2, 32, 128, 3), np.uint8)}
-  abstract = jax.eval_shape(lambda r: nn.unbox(recognition.init_variables(config, r, batch)),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda r: nn.unbox(recognition.init_variables(config, r, batch)), jax.random.key(0)
+  )
   state = {**fill_like(abstract, seed=1), "step": np.int64(7)}  # no init compile
   workdir = root / "ft"
   workdir.mkdir()
@@ -43,19 +44,22 @@ def kinds(tmp_path_factory):
   export_cli.export_checkpoint(str(workdir), str(root / "export" / "model.safetensors"))
   export_cli.export_checkpoint(str(workdir), str(root / "official.pth"), fmt="pt")
   os.remove(root / "official.json")  # an official release has no model JSON
-  return {"workdir": (str(workdir), None),
-          "checkpoints folder": (str(workdir / "checkpoints"), None),
-          "step folder": (str(workdir / "checkpoints" / "7"), None),
-          "exported file": (str(root / "export" / "model.safetensors"), None),
-          "exported folder": (str(root / "export"), None),
-          "official .pth + config": (str(root / "official.pth"), config)}
+  return {
+    "workdir": (str(workdir), None),
+    "checkpoints folder": (str(workdir / "checkpoints"), None),
+    "step folder": (str(workdir / "checkpoints" / "7"), None),
+    "exported file": (str(root / "export" / "model.safetensors"), None),
+    "exported folder": (str(root / "export"), None),
+    "official .pth + config": (str(root / "official.pth"), config),
+  }
 
 
 def test_resolve_every_checkpoint_kind(kinds):
   ref = resolve.resolve(*kinds["workdir"])
   assert ref.step == 7 and ref.config.decoder == "ctc"
-  flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v)
-                       for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  flat = lambda tree: {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
   want = flat(ref.params)
   for kind, (path, config) in kinds.items():
     r = resolve.resolve(path, config)
@@ -64,7 +68,10 @@ def test_resolve_every_checkpoint_kind(kinds):
     for k in want:
       np.testing.assert_array_equal(got[k], want[k], err_msg=f"{kind}: {k}")
     assert (r.config.model.embed_dim, r.config.charset, r.config.max_len) == (
-        32, "printable94", 25), kind
+      32,
+      "printable94",
+      25,
+    ), kind
   with pytest.raises(ValueError, match="config"):
     resolve.resolve(kinds["official .pth + config"][0])
   with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -84,21 +91,28 @@ def test_predict_every_bad_image_kind_and_inputs(kinds, tmp_path, capsys):
   rec = predict.Recognizer.from_checkpoint(kinds["exported folder"][0], batch_size=4)
   out = io.StringIO()
   stdin = io.StringIO(f"{folder / 'sub' / 'rgb.png'}\n\n{folder / 'nope.png'}\n")
-  bad = predict.run(kinds["exported folder"][0], [str(folder), str(folder / "sub" / "g*.png"),
-                                                   "-"], batch_size=4, out=out, fmt="jsonl",
-                    stdin=stdin)
+  bad = predict.run(
+    kinds["exported folder"][0],
+    [str(folder), str(folder / "sub" / "g*.png"), "-"],
+    batch_size=4,
+    out=out,
+    fmt="jsonl",
+    stdin=stdin,
+  )
   err = capsys.readouterr().err
   rows = [json.loads(ln) for ln in out.getvalue().splitlines()]
   names = [os.path.relpath(r["path"], folder) for r in rows]
   good = sorted(f"sub/{n}" for n, (_, want) in files.items() if not isinstance(want, str))
   # Folder (sorted, recursive), then the glob's gray*.png, then stdin's path; input order kept.
-  assert names == good + ["tall.png", "wide.png", "sub/gray.png", "sub/gray16.png",
-                          "sub/rgb.png"]
+  assert names == good + ["tall.png", "wide.png", "sub/gray.png", "sub/gray16.png", "sub/rgb.png"]
   assert bad == 5
   for n, (_, want) in files.items():
     if isinstance(want, str):
-      line = next(ln for ln in err.splitlines()
-                  if f"warning: cannot decode image {folder / 'sub' / n}: " in ln)
+      line = next(
+        ln
+        for ln in err.splitlines()
+        if f"warning: cannot decode image {folder / 'sub' / n}: " in ln
+      )
       assert want in line and line.endswith(", skipped"), line
   assert f"warning: {folder / 'nope.png'}: no such file or folder, skipped" in err
   assert "5 of 16 inputs could not be recognized" in err
@@ -107,7 +121,7 @@ def test_predict_every_bad_image_kind_and_inputs(kinds, tmp_path, capsys):
   by_name = {n: r for n, r in zip(names, rows)}
   for n, (_, want) in files.items():
     if not isinstance(want, str):
-      (text, conf), = rec([want])
+      ((text, conf),) = rec([want])
       assert by_name[f"sub/{n}"]["text"] == text, n
       assert by_name[f"sub/{n}"]["confidence"] == pytest.approx(conf, abs=2e-4), n
 
@@ -134,7 +148,8 @@ def test_cli_exit_codes_tsv_and_stdin(kinds, tmp_path, monkeypatch, capsys):
   with flagsaver.flagsaver(checkpoint=pth), pytest.raises(SystemExit) as e:  # no --model_config
     predict.main(["predict", str(good)])
   assert e.value.code == 2 and "--model_config=configs/evaluate.py:dig_official" in (
-      capsys.readouterr().err)
+    capsys.readouterr().err
+  )
   with flagsaver.flagsaver(checkpoint=kinds["workdir"][0]), pytest.raises(SystemExit) as e:
     predict.main(["predict", str(tmp_path / "*.jpg")])
   err = capsys.readouterr().err

@@ -23,8 +23,8 @@ from tests.helpers import load_config
 def _bits_equal(a, b) -> bool:
   fa, fb = recognition._flat(a), recognition._flat(b)  # pylint: disable=protected-access
   return fa.keys() == fb.keys() and all(
-      np.array_equal(np.asarray(fa[k]).view(np.uint8), np.asarray(fb[k]).view(np.uint8))
-      for k in fa)
+    np.array_equal(np.asarray(fa[k]).view(np.uint8), np.asarray(fb[k]).view(np.uint8)) for k in fa
+  )
 
 
 def test_make_views_drops_bad_labels_by_index(caplog):
@@ -38,16 +38,23 @@ def test_make_views_drops_bad_labels_by_index(caplog):
   before = dict(recognition.DROPPED)
   with caplog.at_level(logging.WARNING):
     for index, label in [(11, ""), (12, "x" * 26), (13, "caf\u00e9")]:
-      assert recognition.make_views({"image": image, "label": label, "index": index}, rng,
-                                    config) is None
+      assert (
+        recognition.make_views({"image": image, "label": label, "index": index}, rng, config)
+        is None
+      )
   for reason in ("empty", "too_long", "out_of_charset"):
     assert recognition.DROPPED[reason] == before.get(reason, 0) + 1
   text = caplog.text
   assert "record 11" in text and "record 12" in text and "record 13" in text
   config.oov = "unk"  # the other policy: unknown characters become UNK, nothing dropped
   unk = recognition.make_views({"image": image, "label": "caf\u00e9", "index": 14}, rng, config)
-  assert list(unk["label"][:5]) == [cs.encode("caf", 25)[0], cs.encode("caf", 25)[1],
-                                    cs.encode("caf", 25)[2], cs.unk, cs.eos]
+  assert list(unk["label"][:5]) == [
+    cs.encode("caf", 25)[0],
+    cs.encode("caf", 25)[1],
+    cs.encode("caf", 25)[2],
+    cs.unk,
+    cs.eos,
+  ]
 
 
 def _short_words(n=64, size=(16, 64)):
@@ -64,8 +71,9 @@ def _short_words(n=64, size=(16, 64)):
   return np.stack(images), labels
 
 
-@pytest.mark.parametrize("decoder,depth,steps", [("ctc", 2, 175), ("attention", 1, 150),
-                                                 ("transformer", 1, 120)])
+@pytest.mark.parametrize(
+  "decoder,depth,steps", [("ctc", 2, 175), ("attention", 1, 150), ("transformer", 1, 120)]
+)
 def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   """A tiny ViT (16x64 input, 64 tokens) + decoder learns 64 labeled lines by heart.
 
@@ -76,15 +84,15 @@ def test_tiny_model_overfits_64_lines(decoder, depth, steps):
   config.augment, config.max_len, config.batch_size, config.total_steps = False, 8, 64, steps
   config.model.update(embed_dim=64, depth=depth, drop_path_rate=0.0)
   config.transformer.d_model = config.attention.hidden_dim = config.attention.attention_dim = 64
-  config.optim.update(base_lr=1e-2, warmup_steps=10, end_lr=1e-3, weight_decay=0.0,
-                      layer_decay=1.0)
+  config.optim.update(base_lr=1e-2, warmup_steps=10, end_lr=1e-3, weight_decay=0.0, layer_decay=1.0)
   images, labels = _short_words()
   cs = recognition.charset_from_config(config)
   mesh = sharding_lib.make_mesh(config.mesh, jax.devices()[:1])  # no collectives: faster
   s = loop.setup(config, mesh=mesh)
   state, train_step = s.state, s.train_step
   batch = sharding_lib.global_batch(
-      {"image": images, "label": np.stack([cs.encode(t, config.max_len) for t in labels])}, mesh)
+    {"image": images, "label": np.stack([cs.encode(t, config.max_len) for t in labels])}, mesh
+  )
   for _ in range(config.total_steps):
     state, m = train_step(state, batch)
   predict = evaluation.make_batch_predictor(recognition, config, mesh, 64)
@@ -98,10 +106,13 @@ def test_init_from_another_size_says_what_differs(smoke_run):
   config = load_config("finetune", "smoke")
   config.init_from = smoke_run("dig")
   config.model.update(embed_dim=48, depth=3)
-  batch = {"image": np.zeros((2, 32, 128, 3), np.uint8),
-           "label": np.zeros((2, config.max_len + 1), np.int32)}
-  params = jax.eval_shape(lambda r: recognition.init_variables(config, r, batch),
-                          jax.random.PRNGKey(0))["params"]
+  batch = {
+    "image": np.zeros((2, 32, 128, 3), np.uint8),
+    "label": np.zeros((2, config.max_len + 1), np.int32),
+  }
+  params = jax.eval_shape(
+    lambda r: recognition.init_variables(config, r, batch), jax.random.PRNGKey(0)
+  )["params"]
   state = state_lib.TrainState(step=0, params=params, opt_state={}, model_state={}, rng=None)
   with pytest.raises(ValueError) as e:
     resolve.load_pretrained(recognition, state, config)
@@ -128,6 +139,7 @@ def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm():
   decoder, also when the encoder is frozen."""
   from sslocr_jax.methods import seqclr  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   key = jax.random.PRNGKey(0)
   sc = load_config("seqclr", "smoke")
   sc.seqclr_encoder_stage = "cnn"
@@ -137,19 +149,25 @@ def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm():
   config.decoder_bilstm_layers, config.init_from = 1, "seqclr-cnn-run"
   cs = recognition.charset_from_config(config)
   labels = np.stack([cs.encode(t, config.max_len) for t in ("ab", "c1")])
-  batch = {"image": np.random.default_rng(0).integers(0, 256, (2, 32, 128, 3), np.uint8),
-           "label": labels}
-  fresh = fill_like(nn.unbox(jax.eval_shape(
-      lambda r: recognition.init_variables(config, r, batch), key)), seed=1)
+  batch = {
+    "image": np.random.default_rng(0).integers(0, 256, (2, 32, 128, 3), np.uint8),
+    "label": labels,
+  }
+  fresh = fill_like(
+    nn.unbox(jax.eval_shape(lambda r: recognition.init_variables(config, r, batch), key)), seed=1
+  )
   assert set(fresh["params"]) == {"encoder", "sequence", "decoder"}
   assert set(fresh["params"]["sequence"]) == {"lstm_0"}
   assert not any(k.startswith("lstm_") for k in fresh["params"]["encoder"])
   assert recognition.phases(config) == [("main", ["encoder", "sequence", "decoder"])]
   import types  # pylint: disable=g-import-not-at-top
-  source = types.SimpleNamespace(params=pre["params"], model_state=pre["model_state"],
-                                 origin="seqclr smoke, cnn stage")
-  state = state_lib.TrainState(step=0, params=fresh["params"], opt_state={},
-                               model_state=fresh["model_state"], rng=None)
+
+  source = types.SimpleNamespace(
+    params=pre["params"], model_state=pre["model_state"], origin="seqclr smoke, cnn stage"
+  )
+  state = state_lib.TrainState(
+    step=0, params=fresh["params"], opt_state={}, model_state=fresh["model_state"], rng=None
+  )
   state = recognition.load_pretrained(state, config, source)  # would raise on any mismatch
   assert _bits_equal(state.params["encoder"], pre["params"]["encoder"])
 
@@ -157,8 +175,10 @@ def test_cnn_only_seqclr_encoder_finetunes_with_the_decoder_bilstm():
   assert recognition.phases(config) == [("main", ["sequence", "decoder"])]
 
   def loss(params):
-    return recognition.loss_fn(params, state.model_state, batch, jax.random.PRNGKey(1),
-                               step=0, phase="main", config=config)[0]
+    return recognition.loss_fn(
+      params, state.model_state, batch, jax.random.PRNGKey(1), step=0, phase="main", config=config
+    )[0]
+
   value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
   assert np.isfinite(float(value))
   assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))

@@ -82,8 +82,7 @@ def test_font_dirs_split_by_family(tmp_path):
 
 def test_unsupported_glyphs_are_dropped_from_the_label():
   # STIXSizOneSymReg maps only ()/[\]_{} of the 94 characters.
-  r = render.Renderer(seed=0, fonts=[os.path.join(_MPL_TTF, "STIXSizOneSymReg.ttf")],
-                      word_prob=0.0)
+  r = render.Renderer(seed=0, fonts=[os.path.join(_MPL_TTF, "STIXSizOneSymReg.ttf")], word_prob=0.0)
   labels = [r.render(i)[1] for i in range(30)]
   assert all(set(l) <= set("()/[\\]_{}") and l for l in labels)
 
@@ -108,4 +107,4 @@ def test_computer_modern_faces_are_held_out_and_skip_their_tex_glyphs():
   r = render.Renderer(seed=0, fonts=None, font_split="heldout")
   supported = {f.name: r._face_data(i)[1] for i, f in enumerate(r.faces)}  # pylint: disable=protected-access
   assert not set('<>{}|_\\"') & supported["cmr10"] and "$" not in supported["cmti10"]
-  assert set('<>{}|_') <= supported["cmtt10"] and set("azAZ09.,!?") <= supported["cmr10"]
+  assert set("<>{}|_") <= supported["cmtt10"] and set("azAZ09.,!?") <= supported["cmr10"]

@@ -29,12 +29,17 @@ def _apply(model, variables, x, **kw):
 
 
 def _names(tree):
-  return {jax.tree_util.keystr(k): v.names for k, v in jax.tree_util.tree_leaves_with_path(
-      tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))}
+  return {
+    jax.tree_util.keystr(k): v.names
+    for k, v in jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+  }
 
 
-@pytest.mark.parametrize("width,layers,frames,dim", [
-    (128, 2, 33, 8), (100, 2, 26, 8), (128, 0, 33, 32)])
+@pytest.mark.parametrize(
+  "width,layers,frames,dim", [(128, 2, 33, 8), (100, 2, 26, 8), (128, 0, 33, 32)]
+)
 def test_output_shapes(width, layers, frames, dim):
   model = resnet.Encoder(**{**TINY, "lstm_layers": layers})
   x = _images(w=width)
@@ -57,8 +62,14 @@ def tiny():
   tps_vars = jax.jit(lambda x: tps.init(jax.random.PRNGKey(1), x, train=False))(x)
   for col in ("params", "batch_stats"):
     variables[col] = {**variables[col], "tps": tps_vars[col]}
-  train = _apply(model, variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                 capture_intermediates=lambda m, _: m.name in ("conv0_1", "rectified"))
+  train = _apply(
+    model,
+    variables,
+    x,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=lambda m, _: m.name in ("conv0_1", "rectified"),
+  )
   return model, x, variables, train
 
 
@@ -67,10 +78,17 @@ def test_forward_and_param_tree(tiny):
   assert out.shape == (4, 33, 8) and np.isfinite(out).all()
   p = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]  # boxed, abstract
   assert set(p) == {"tps", "cnn", "lstm_0", "lstm_1"}
-  assert {"conv0_1", "bn0_1", "conv0_2", "layer1_0", "conv1", "conv4_1", "conv4_2",
-          "bn4_2"} <= set(p["cnn"])
-  assert set(p["cnn"]["layer1_0"]) == {"conv1", "bn1", "conv2", "bn2", "downsample_conv",
-                                       "downsample_bn"}
+  assert {"conv0_1", "bn0_1", "conv0_2", "layer1_0", "conv1", "conv4_1", "conv4_2", "bn4_2"} <= set(
+    p["cnn"]
+  )
+  assert set(p["cnn"]["layer1_0"]) == {
+    "conv1",
+    "bn1",
+    "conv2",
+    "bn2",
+    "downsample_conv",
+    "downsample_bn",
+  }
   assert "downsample_conv" not in p["cnn"]["layer4_0"]  # width unchanged in stage 4
   assert set(p["lstm_0"]) == {"forward", "backward", "linear"}
   assert set(p["lstm_0"]["forward"]) == {"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}
@@ -104,8 +122,9 @@ def test_tps_identity_at_init(tiny):
   np.testing.assert_allclose(rectified, x, atol=1e-4)
   # the grid matrix maps the base fiducials onto the output's pixel centres
   grid = resnet.tps_grid_matrix(20, 4, 8) @ resnet.fiducials(20)
-  centres = np.stack(np.meshgrid((np.arange(8) * 2 + 1) / 8 - 1, (np.arange(4) * 2 + 1) / 4 - 1),
-                     axis=2).reshape(-1, 2)
+  centres = np.stack(
+    np.meshgrid((np.arange(8) * 2 + 1) / 8 - 1, (np.arange(4) * 2 + 1) / 4 - 1), axis=2
+  ).reshape(-1, 2)
   np.testing.assert_allclose(grid, centres, atol=1e-4)
 
 
@@ -128,8 +147,9 @@ def test_batchnorm_updates_in_training_and_is_frozen_in_eval(tiny):
   assert all(jax.tree.leaves(changed))  # every BN's statistics moved
   # momentum 0.9: new mean = 0.9 * 0 + 0.1 * batch mean of the first conv's output
   conv = state["intermediates"]["cnn"]["conv0_1"]["__call__"][0]
-  np.testing.assert_allclose(new["cnn"]["bn0_1"]["mean"], 0.1 * conv.mean((0, 1, 2)),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    new["cnn"]["bn0_1"]["mean"], 0.1 * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
   # Eval: running statistics are used and left unchanged; outputs are per example (changing
   # the other examples of the batch changes nothing).
   trained = {"params": variables["params"], "batch_stats": new}
@@ -142,9 +162,14 @@ def test_batchnorm_updates_in_training_and_is_frozen_in_eval(tiny):
 
 
 def test_registry_builds_resnet_from_config():
-  config = ml_collections.ConfigDict(dict(
-      model=dict(name="resnet", **TINY, tps=False, num_fiducials=20), dtype="float32",
-      image_height=32, image_width=128))
+  config = ml_collections.ConfigDict(
+    dict(
+      model=dict(name="resnet", **TINY, tps=False, num_fiducials=20),
+      dtype="float32",
+      image_height=32,
+      image_width=128,
+    )
+  )
   enc, grid_h = encoders.build(config)
   assert grid_h == 1 and isinstance(enc, resnet.Encoder)
   assert enc.channels == 32 and enc.blocks == (1, 1, 1, 1) and enc.lstm_layers == 2
@@ -158,8 +183,9 @@ def test_bfloat16_compute():
   x = _images()
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(nn.unbox(variables)))
-  out, _ = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]),
-                          variables)
+  out, _ = jax.eval_shape(
+    lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables
+  )
   assert out.dtype == jnp.bfloat16
 
 
@@ -169,5 +195,6 @@ def test_remat_wraps_each_basic_block():
   model = resnet.Encoder(**{**TINY, "lstm_layers": 0}, remat="full")
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-      variables).jaxpr
+    variables
+  ).jaxpr
   assert sum(e.primitive.name.startswith("remat") for e in jaxpr.eqns) == 4  # blocks (1, 1, 1, 1)

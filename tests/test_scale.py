@@ -60,13 +60,14 @@ def test_mesh_same_losses_and_params_sharded(data, fsdp, reference_metrics):
     assert shard.data.shape == (32 // fsdp, 128)
   followers = [_get(state.model_state["ema"], FC1)]
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
-    if tuple(getattr(k, "key", None) for k in path[-len(FC1):]) == FC1:
+    if tuple(getattr(k, "key", None) for k in path[-len(FC1) :]) == FC1:
       followers.append(leaf)
   assert len(followers) == 3  # EMA, Adam mu, Adam nu
   for leaf in followers:
     assert leaf.sharding.is_equivalent_to(kernel.sharding, 2)
-  total = sharding.bytes_per_device(jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype), state.params))
+  total = sharding.bytes_per_device(
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
+  )
   per_device = sharding.bytes_per_device(state.params)
   if fsdp == 8:  # everything with an "embed" / "conv_out" axis is split 8 ways
     assert per_device < 0.3 * total, (per_device, total)
@@ -109,8 +110,9 @@ def test_grad_accumulation_equals_full_batch():
   for k in (1, 2):
     c = config.copy_and_resolve_references()
     c.grad_accum_steps = k
-    step = loop.jit_train_step(s.method, c, s.optimizers, s.schedules, s.phases,
-                               s.shardings, s.batch_shardings, s.mesh)
+    step = loop.jit_train_step(
+      s.method, c, s.optimizers, s.schedules, s.phases, s.shardings, s.batch_shardings, s.mesh
+    )
     compiled[k] = step.lower(s.state, batches[0]).compile()
   # Micro-batches stay spread over the 8 devices: accumulation adds no collectives.
   hlo = {k: c.as_text() for k, c in compiled.items()}
@@ -134,8 +136,9 @@ def test_grad_accumulation_equals_full_batch():
 
 def test_micro_batches_layout_and_errors():
   x = jnp.arange(8)
-  np.testing.assert_array_equal(step_lib.micro_batches({"x": x}, 2)["x"],
-                                [[0, 2, 4, 6], [1, 3, 5, 7]])
+  np.testing.assert_array_equal(
+    step_lib.micro_batches({"x": x}, 2)["x"], [[0, 2, 4, 6], [1, 3, 5, 7]]
+  )
   with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
     step_lib.micro_batches({"x": x}, 3)
 
@@ -152,6 +155,9 @@ def test_bfloat16_trains_with_float32_master_weights():
   assert all(np.isfinite(m["loss"]) for m in metrics)
   assert metrics[-1]["mim_loss"] < 0.9 * metrics[0]["mim_loss"]
   assert metrics[-1]["loss"] < metrics[0]["loss"]
-  floats = [x for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  floats = [
+    x
+    for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   assert floats and all(x.dtype == jnp.float32 for x in floats)

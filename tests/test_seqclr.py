@@ -1,7 +1,6 @@
 """SeqCLR: instance mappings, NT-Xent, views, loss wiring, and the smoke run end to end
 (loss falls, exact resume, 1 vs 8 devices) on 8 fake CPU devices."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,18 +23,21 @@ def test_window_pooling_equals_hand_computed_averages():
   # PyTorch adaptive_avg_pool1d(33 -> 5): [floor(33 i / 5), ceil(33 (i + 1) / 5))
   bounds = [(0, 7), (6, 14), (13, 20), (19, 27), (26, 33)]
   for i, (s, e) in enumerate(bounds):
-    np.testing.assert_allclose(out[:, i], np.asarray(frames)[:, s:e].mean(axis=1),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      out[:, i], np.asarray(frames)[:, s:e].mean(axis=1), rtol=1e-5, atol=1e-6
+    )
   # divisible case: plain non-overlapping averages
   x = jnp.arange(10, dtype=jnp.float32).reshape(1, 10, 1)
-  np.testing.assert_allclose(seqclr.instance_mapping(x, "window", 5)[0, :, 0],
-                             [0.5, 2.5, 4.5, 6.5, 8.5])
+  np.testing.assert_allclose(
+    seqclr.instance_mapping(x, "window", 5)[0, :, 0], [0.5, 2.5, 4.5, 6.5, 8.5]
+  )
 
 
 def test_all_and_frame_mappings():
   frames = jnp.asarray(np.random.default_rng(1).normal(size=(3, 33, 4)), jnp.float32)
-  np.testing.assert_allclose(seqclr.instance_mapping(frames, "all")[:, 0], frames.mean(axis=1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    seqclr.instance_mapping(frames, "all")[:, 0], frames.mean(axis=1), rtol=1e-6
+  )
   np.testing.assert_array_equal(seqclr.instance_mapping(frames, "frame"), frames)
   with pytest.raises(ValueError, match="valid: all, frame, window"):
     seqclr.instance_mapping(frames, "pixel")
@@ -86,33 +88,54 @@ def test_make_views_shapes():
   assert not np.array_equal(views["image1"], views["image2"])  # independent augmentations
 
 
-@pytest.mark.parametrize("projection,mapping,stage,instances", [
-    ("none", "all", "lstm", 1), ("bilstm", "frame", "cnn", 33), ("mlp", "window", "lstm", 5)])
+@pytest.mark.parametrize(
+  "projection,mapping,stage,instances",
+  [("none", "all", "lstm", 1), ("bilstm", "frame", "cnn", 33), ("mlp", "window", "lstm", 5)],
+)
 def test_networks_and_loss_wiring_per_option(projection, mapping, stage, instances):
   config = load_config("seqclr", "smoke")
   config.projection, config.instance_mapping, config.seqclr_encoder_stage = (
-      projection, mapping, stage)
+    projection,
+    mapping,
+    stage,
+  )
   rng = np.random.default_rng(0)
-  batch = {k: jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8))
-           for k in ("image1", "image2")}
+  batch = {
+    k: jnp.asarray(rng.integers(0, 256, (4, 32, 128, 3), dtype=np.uint8))
+    for k in ("image1", "image2")
+  }
   # Abstract (traced, not compiled: ~10-20 s per option on this CPU); the default options run
   # for real in the smoke run and test_one_vs_eight_devices_same_loss_grads_and_stats.
-  shapes = nn.unbox(jax.eval_shape(lambda r: seqclr.init_variables(config, r, batch),
-                                   jax.random.PRNGKey(0)))
+  shapes = nn.unbox(
+    jax.eval_shape(lambda r: seqclr.init_variables(config, r, batch), jax.random.PRNGKey(0))
+  )
   params, state = shapes["params"], shapes["model_state"]
-  nets = {"none": {"encoder"}, "bilstm": {"encoder", "projection"},
-          "mlp": {"encoder", "projection"}}[projection]
+  nets = {
+    "none": {"encoder"},
+    "bilstm": {"encoder", "projection"},
+    "mlp": {"encoder", "projection"},
+  }[projection]
   assert set(params) == nets == set(seqclr.phases(config)[0][1])
   assert ("lstm_0" in params["encoder"]) == (stage == "lstm")
-  assert set(state["batch_stats"]) == ({"encoder", "projection"} if projection == "mlp"
-                                       else {"encoder"})
+  assert set(state["batch_stats"]) == (
+    {"encoder", "projection"} if projection == "mlp" else {"encoder"}
+  )
 
   def f(p, st):
-    return jax.value_and_grad(lambda p: seqclr.loss_fn(
-        p, st, batch, jax.random.PRNGKey(1), step=0, phase="main", config=config),
-        has_aux=True)(p)
-  frames = jax.eval_shape(lambda p, st: seqclr.frames_of(
-      seqclr.networks(config), p, st["batch_stats"], batch["image1"], config)[0], params, state)
+    return jax.value_and_grad(
+      lambda p: seqclr.loss_fn(
+        p, st, batch, jax.random.PRNGKey(1), step=0, phase="main", config=config
+      ),
+      has_aux=True,
+    )(p)
+
+  frames = jax.eval_shape(
+    lambda p, st: seqclr.frames_of(
+      seqclr.networks(config), p, st["batch_stats"], batch["image1"], config
+    )[0],
+    params,
+    state,
+  )
   inst = jax.eval_shape(lambda f: seqclr.instance_mapping(f, mapping, config.num_windows), frames)
   assert frames.shape[:2] == (4, 33) and inst.shape[:2] == (4, instances)
   (loss, (metrics, new_state)), grads = jax.eval_shape(f, params, state)
@@ -124,10 +147,12 @@ def test_networks_and_loss_wiring_per_option(projection, mapping, stage, instanc
 def test_visualize_shows_tps_rectified_view():
   config = load_config("seqclr", "smoke,tps=true")
   batch = {k: jnp.zeros((4, 32, 128, 3), jnp.uint8) for k in ("image1", "image2")}
-  shapes = nn.unbox(jax.eval_shape(lambda r: seqclr.init_variables(config, r, batch),
-                                   jax.random.PRNGKey(0)))
-  grid = jax.eval_shape(lambda v: seqclr.visualize(v["params"], v["model_state"], batch, None,
-                                                    config), shapes)["seqclr_views"]
+  shapes = nn.unbox(
+    jax.eval_shape(lambda r: seqclr.init_variables(config, r, batch), jax.random.PRNGKey(0))
+  )
+  grid = jax.eval_shape(
+    lambda v: seqclr.visualize(v["params"], v["model_state"], batch, None, config), shapes
+  )["seqclr_views"]
   assert grid.shape == (4 * 34, 3 * 130, 3) and grid.dtype == jnp.uint8  # 3 panels, 2 px gaps
 
 
@@ -147,8 +172,15 @@ def test_config_variants():
   assert load_config("seqclr", "cpu,tps=true").model.tps
   assert not load_config("seqclr", "tps=false").model.tps
   smoke = load_config("seqclr", "smoke")
-  for field in ("instance_mapping", "num_windows", "projection", "temperature", "total_steps",
-                "seed", "seqclr_encoder_stage"):
+  for field in (
+    "instance_mapping",
+    "num_windows",
+    "projection",
+    "temperature",
+    "total_steps",
+    "seed",
+    "seqclr_encoder_stage",
+  ):
     assert field in smoke, field
 
 
@@ -169,14 +201,27 @@ def test_one_vs_eight_devices_same_loss_grads_and_stats(smoke_run):
 
   @jax.jit
   def one_device(params, model_state, batch):
-    return jax.value_and_grad(lambda p: seqclr.loss_fn(
-        p, model_state, batch, jax.random.fold_in(jax.random.fold_in(state0.rng, 0), 0),
-        step=0, phase="main", config=config), has_aux=True)(params)
+    return jax.value_and_grad(
+      lambda p: seqclr.loss_fn(
+        p,
+        model_state,
+        batch,
+        jax.random.fold_in(jax.random.fold_in(state0.rng, 0), 0),
+        step=0,
+        phase="main",
+        config=config,
+      ),
+      has_aux=True,
+    )(params)
+
   batch1 = jax.device_put(host_batch, jax.devices()[0])
   (loss1, (metrics1, stats1)), grads1 = one_device(state0.params, state0.model_state, batch1)
   assert np.isfinite(float(loss1)) and metrics1["num_instances"] == 2 * 8 * 5
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads1))
   np.testing.assert_allclose(metrics8["loss"], loss1, rtol=2e-4, atol=1e-5)
   np.testing.assert_allclose(metrics8["grad_norm"], optax.tree.norm(grads1), rtol=2e-3)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
-               jax.device_get(state8.model_state), jax.device_get(stats1))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+    jax.device_get(state8.model_state),
+    jax.device_get(stats1),
+  )

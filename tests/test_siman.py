@@ -1,6 +1,5 @@
 """SimAN: SAN's pure parts, the views, the alternating updates, the smoke run and its resume."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,7 +51,7 @@ def test_aligned_stats_are_the_attention_weighted_mean_and_std():
   mean, std = siman_nets.aligned_stats(a, fs, eps=0.0)
   a0, f0 = np.asarray(a[0], np.float64), np.asarray(fs[0], np.float64)
   want_mean = a0 @ f0
-  want_std = np.sqrt(np.maximum(a0 @ (f0 ** 2) - want_mean ** 2, 0.0))
+  want_std = np.sqrt(np.maximum(a0 @ (f0**2) - want_mean**2, 0.0))
   np.testing.assert_allclose(mean[0], want_mean, rtol=1e-5)
   np.testing.assert_allclose(std[0], want_std, rtol=1e-3, atol=1e-3)
   # one-hot attention: the picked location's value, zero spread
@@ -71,8 +70,10 @@ def test_san_returns_the_target_features_when_source_and_target_are_identical():
   f = jnp.asarray(base * rng.uniform(0.5, 2.0, size=d) + rng.normal(size=d) * 4, jnp.float32)[None]
   san = siman_nets.SAN(proj_dim=d, eps=1e-6)
   params = nn.unbox(san.init(jax.random.PRNGKey(0), f, f)["params"])
-  sharp = {"query": {"kernel": jnp.eye(d) * 6.0, "bias": jnp.zeros(d)},
-           "key": {"kernel": jnp.eye(d) * 6.0, "bias": jnp.zeros(d)}}
+  sharp = {
+    "query": {"kernel": jnp.eye(d) * 6.0, "bias": jnp.zeros(d)},
+    "key": {"kernel": jnp.eye(d) * 6.0, "bias": jnp.zeros(d)},
+  }
   params = jax.tree.map(lambda p, s: s.astype(p.dtype), params, sharp)
   out, attn = san.apply({"params": params}, f, f)
   assert float(jnp.min(jnp.diagonal(attn[0]))) > 0.99
@@ -94,6 +95,7 @@ def test_views_are_adjacent_patches_with_a_style_only_augmented_target():
   config = load_config("siman", "smoke")
   line = np.random.default_rng(0).integers(0, 256, (40, 300, 3), dtype=np.uint8)
   from sslocr_jax.data import augment
+
   resized = augment.resize(line, 32, 128)
   sides = set()
   for seed in range(8):
@@ -110,6 +112,7 @@ def test_views_are_adjacent_patches_with_a_style_only_augmented_target():
 def _batch(config, n: int = 8, seed: int = 0) -> dict:
   """n examples of the views of the synthetic lines, stacked: {name: uint8 [n, 32, W, 3]}."""
   from sslocr_jax.data import sources
+
   source = sources.make_source(config.data)
   rng = np.random.default_rng(seed)
   views = [siman.make_views(source[i], rng, config) for i in range(n)]
@@ -117,9 +120,12 @@ def _batch(config, n: int = 8, seed: int = 0) -> dict:
 
 
 def _changed(a, b) -> dict:
-  return {net: any(bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(a[net]),
-                                                          jax.tree.leaves(b[net])))
-          for net in a}
+  return {
+    net: any(
+      bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(a[net]), jax.tree.leaves(b[net]))
+    )
+    for net in a
+  }
 
 
 def test_each_phase_changes_only_its_own_networks():
@@ -128,19 +134,24 @@ def test_each_phase_changes_only_its_own_networks():
   compile on a CPU; the resnet one runs in the smoke run below)."""
   config = load_config("siman", "smoke,encoder=vit")
   batch = _batch(config)
-  variables = nn.unbox(jax.jit(lambda r: siman.init_variables(config, r, batch))(
-      jax.random.PRNGKey(0)))
+  variables = nn.unbox(
+    jax.jit(lambda r: siman.init_variables(config, r, batch))(jax.random.PRNGKey(0))
+  )
   assert variables["model_state"] == {}  # no BatchNorm in the ViT
   all_phases = siman.phases(config)
   assert [p for p, _ in all_phases] == ["generator", "discriminator"]
   for phase, keys in all_phases:
     opt, schedule = _optimizer(config, variables["params"], phase, keys)
     state = state_lib.TrainState(
-        step=jnp.asarray(20, jnp.int32), params=variables["params"],  # adversarial term on
-        opt_state={phase: opt.init({k: variables["params"][k] for k in keys})},
-        model_state=variables["model_state"], rng=jax.random.PRNGKey(1))
-    step_fn = jax.jit(step_lib.make_train_step(siman, config, {phase: opt}, {phase: schedule},
-                                               [(phase, keys)]))
+      step=jnp.asarray(20, jnp.int32),
+      params=variables["params"],  # adversarial term on
+      opt_state={phase: opt.init({k: variables["params"][k] for k in keys})},
+      model_state=variables["model_state"],
+      rng=jax.random.PRNGKey(1),
+    )
+    step_fn = jax.jit(
+      step_lib.make_train_step(siman, config, {phase: opt}, {phase: schedule}, [(phase, keys)])
+    )
     new, metrics = step_fn(state, batch)
     changed = _changed(state.params, new.params)
     assert changed == {net: net in keys for net in state.params}, (phase, changed)
@@ -151,10 +162,15 @@ def _optimizer(config, params, phase, keys):
   """The phase's optimizer without lr warm-up (the schedule runs on the optimizer's own count,
   so the loop's optimizers make a zero update on their first step)."""
   from sslocr_jax.train import optim
+
   optim_config = config.optim[phase].copy_and_resolve_references()
   optim_config.warmup_steps = 0
-  return optim.make_optimizer(optim_config, {k: params[k] for k in keys}, config.batch_size,
-                              config_utils.schedule_steps(config))
+  return optim.make_optimizer(
+    optim_config,
+    {k: params[k] for k in keys},
+    config.batch_size,
+    config_utils.schedule_steps(config),
+  )
 
 
 def test_discriminator_phase_uses_no_generator_gradient_and_keeps_batch_stats(smoke_run):
@@ -166,9 +182,17 @@ def test_discriminator_phase_uses_no_generator_gradient_and_keeps_batch_stats(sm
   batch = _batch(config)
 
   def disc_loss(params):
-    loss, (_, ms) = siman.loss_fn(params, model_state, batch, jax.random.PRNGKey(0),
-                                  step=0, phase="discriminator", config=config)
+    loss, (_, ms) = siman.loss_fn(
+      params,
+      model_state,
+      batch,
+      jax.random.PRNGKey(0),
+      step=0,
+      phase="discriminator",
+      config=config,
+    )
     return loss, ms
+
   grads, ms = jax.jit(jax.grad(disc_loss, has_aux=True))(params)
   for net in siman.GENERATOR:
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads[net])), net
@@ -183,8 +207,10 @@ def test_adversarial_weight_is_zero_during_the_warm_up():
 
 
 def test_cpu_and_smoke_encoders_match_finetune_for_init_from():
-  keys = {"resnet": ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "tps_channels"),
-          "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")}
+  keys = {
+    "resnet": ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "tps_channels"),
+    "vit": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size"),
+  }
   for variant in ("cpu", "smoke"):
     for encoder, fields in keys.items():
       ours = load_config("siman", f"{variant},encoder={encoder}").model

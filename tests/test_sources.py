@@ -82,9 +82,19 @@ def test_lmdb_missing_or_empty_path(tmp_path):
 
 
 def test_make_source_dispatch(tmp_path):
-  data = ml_collections.ConfigDict(dict(
-      source="synthetic", num_samples=5, seed=0, font_split="heldout", font_dirs=[],
-      lmdb_paths=[], tfds_name="", tfds_data_dir="", split="train"))
+  data = ml_collections.ConfigDict(
+    dict(
+      source="synthetic",
+      num_samples=5,
+      seed=0,
+      font_split="heldout",
+      font_dirs=[],
+      lmdb_paths=[],
+      tfds_name="",
+      tfds_data_dir="",
+      split="train",
+    )
+  )
   src = sources.make_source(data)
   assert isinstance(src, sources.SyntheticSource) and len(src) == 5
   path = str(tmp_path / "l")
@@ -99,10 +109,12 @@ def test_make_source_dispatch(tmp_path):
 def test_tfds_builders_round_trip(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from sslocr_jax.data import tfds_builders as tb  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path / "tfds")
   # synthetic_lines: what TfdsSource reads is exactly what the renderer drew.
-  d = tb.build(tb.SyntheticLines, data_dir,
-               tb.SyntheticLinesConfig(name="tiny", num_train=16, num_test=4))
+  d = tb.build(
+    tb.SyntheticLines, data_dir, tb.SyntheticLinesConfig(name="tiny", num_train=16, num_test=4)
+  )
   src = sources.TfdsSource(d, "train")
   assert len(src) == 16 and len(sources.TfdsSource(d, "test")) == 4
   raw = tfds.builder_from_directory(d).as_data_source(split="train")
@@ -116,8 +128,7 @@ def test_tfds_builders_round_trip(tmp_path):
   # lmdb_import: the corrupt record is skipped, the others keep their labels.
   lm = str(tmp_path / "lm")
   sources.write_lmdb(lm, [(_img(1), "one"), (b"junk", "bad"), (_img(3, True), "three")])
-  d2 = tb.build(tb.LmdbImport, data_dir,
-                tb.LmdbImportConfig(name="tiny", splits={"test": [lm]}))
+  d2 = tb.build(tb.LmdbImport, data_dir, tb.LmdbImportConfig(name="tiny", splits={"test": [lm]}))
   recs = [r for r in sources.TfdsSource(d2, "test")]
   got = {r["label"]: r["image"] for r in recs}
   assert sorted(got) == ["one", "three"]
@@ -132,6 +143,7 @@ def test_grain_worker_init_ignores_shutdown_signals_and_uses_one_opencv_thread()
   import signal  # pylint: disable=g-import-not-at-top
   import cv2  # pylint: disable=g-import-not-at-top
   from sslocr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   threads = cv2.getNumThreads()
   try:
@@ -147,6 +159,7 @@ def test_grain_worker_init_ignores_shutdown_signals_and_uses_one_opencv_thread()
 
 def test_num_workers_from_host_cores(monkeypatch):
   from sslocr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   data = lambda n: ml_collections.ConfigDict({"num_workers": n})
   for cores, want in ((1, 0), (2, 1), (16, 15), (240, pipeline.MAX_AUTO_WORKERS)):
     monkeypatch.setattr(pipeline, "host_cores", lambda c=cores: c)

@@ -7,17 +7,33 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = ["pretrain/dig-s0", "finetune/dig-f0.1-full-s0", "eval/dig-f0.1-full-s0/test",
-        "finetune/scratch_vit-f0.1-full-s0", "eval/scratch_vit-f0.1-full-s0/test"]
+RUNS = [
+  "pretrain/dig-s0",
+  "finetune/dig-f0.1-full-s0",
+  "eval/dig-f0.1-full-s0/test",
+  "finetune/scratch_vit-f0.1-full-s0",
+  "eval/scratch_vit-f0.1-full-s0/test",
+]
 
 
 def _driver(study_dir, results, *extra):
   """Runs `python -m sslocr_jax.study`; returns (seconds, stdout)."""
   t0 = time.time()
   proc = subprocess.run(
-      [sys.executable, "-m", "sslocr_jax.study", "--config=configs/study.py:smoke",
-       f"--study_dir={study_dir}", f"--results={results}", *extra],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "sslocr_jax.study",
+      "--config=configs/study.py:smoke",
+      f"--study_dir={study_dir}",
+      f"--results={results}",
+      *extra,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return time.time() - t0, proc.stdout
 

@@ -11,11 +11,13 @@ from tests.helpers import load_config
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   from sslocr_jax.methods import dig
+
   real = dig.loss_fn
 
   def nan_after_7(params, model_state, batch, rng, *, step, phase, config):
     loss, aux = real(params, model_state, batch, rng, step=step, phase=phase, config=config)
     return jax.numpy.where(step >= 7, jax.numpy.nan, loss), aux
+
   monkeypatch.setattr(dig, "loss_fn", nan_after_7)
   with pytest.raises(loop.NonFiniteLossError, match="step 8"):
     loop.train(load_config("dig", "smoke"), str(tmp_path))
@@ -27,11 +29,22 @@ def test_sigterm_saves_a_checkpoint_then_rerun_resumes(tmp_path):
   import subprocess
   import sys
   from tests.helpers import ROOT
-  cmd = [sys.executable, "-u", "-m", "sslocr_jax.main", "--config=configs/dig.py:smoke",
-         f"--workdir={tmp_path}", "--config.total_steps=100000", "--config.log_every=1",
-         "--config.checkpoint_every=0", "--config.viz_every=0"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+
+  cmd = [
+    sys.executable,
+    "-u",
+    "-m",
+    "sslocr_jax.main",
+    "--config=configs/dig.py:smoke",
+    f"--workdir={tmp_path}",
+    "--config.total_steps=100000",
+    "--config.log_every=1",
+    "--config.checkpoint_every=0",
+    "--config.viz_every=0",
+  ]
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   for line in proc.stdout:
     if line.startswith("step 3/"):
       proc.send_signal(signal.SIGTERM)
@@ -40,8 +53,13 @@ def test_sigterm_saves_a_checkpoint_then_rerun_resumes(tmp_path):
   assert proc.returncode == 0, out
   saved = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step()
   assert saved is not None and saved >= 3, out
-  rerun = subprocess.run(cmd[:-3] + ["--config.total_steps=" + str(saved + 2)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+  rerun = subprocess.run(
+    cmd[:-3] + ["--config.total_steps=" + str(saved + 2)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert f"steps {saved}->{saved + 2}" in rerun.stdout, rerun.stdout + rerun.stderr
 
 
@@ -58,6 +76,7 @@ def test_stop_flag_agreed_across_hosts(monkeypatch):
   smallest interval proposed; 1 s steps and 2 s budget here -> every 2 steps after the first
   two), and a signal on the other host alone stops this one at the next agreement."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   clock, gathered, other = [0.0], [], {"requested": 0}
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(loop, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
@@ -65,6 +84,7 @@ def test_stop_flag_agreed_across_hosts(monkeypatch):
   def allgather(mine):
     gathered.append(step)
     return np.stack([mine, np.asarray([other["requested"], 3])])
+
   monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
   p = loop._Preemption(check_seconds=2.0)  # pylint: disable=protected-access
   stops = {}
@@ -82,15 +102,20 @@ def test_layer_decay_counts_the_blocks_of_the_trainable_params():
   decay ** (depth + 1), the rest not at all; depth read from the param tree (no model field)."""
   import ml_collections
   from sslocr_jax.train import optim
+
   ones = lambda: {"kernel": np.ones((2, 2), np.float32)}
-  params = {"encoder": {"patch_embed": ones(), "blocks_0": ones(), "blocks_1": ones(),
-                        "blocks_2": ones()}, "head": ones()}
+  params = {
+    "encoder": {"patch_embed": ones(), "blocks_0": ones(), "blocks_1": ones(), "blocks_2": ones()},
+    "head": ones(),
+  }
   assert optim.num_blocks(params) == 3 and optim.num_blocks({"head": ones()}) == 0
-  config = ml_collections.ConfigDict(dict(name="sgd", momentum=0.0, base_lr=1.0,
-                                          warmup_steps=0, layer_decay=0.5))
+  config = ml_collections.ConfigDict(
+    dict(name="sgd", momentum=0.0, base_lr=1.0, warmup_steps=0, layer_decay=0.5)
+  )
   tx, _ = optim.make_optimizer(config, params, global_batch=1, total_steps=10)
   updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
   scale = {k: float(-v["kernel"][0, 0]) for k, v in updates["encoder"].items()}
-  assert scale == pytest.approx({"patch_embed": 0.5 ** 4, "blocks_0": 0.5 ** 3,
-                                 "blocks_1": 0.5 ** 2, "blocks_2": 0.5})
+  assert scale == pytest.approx(
+    {"patch_embed": 0.5**4, "blocks_0": 0.5**3, "blocks_1": 0.5**2, "blocks_2": 0.5}
+  )
   assert float(-updates["head"]["kernel"][0, 0]) == pytest.approx(1.0)

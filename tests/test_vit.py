@@ -47,8 +47,12 @@ def test_param_tree_names_and_logical_axes():
   assert set(p["blocks_0"]["attn"]["qkv"]) == {"kernel"}
   assert set(p["blocks_0"]["mlp"]) == {"fc1", "fc2"}
   assert p["patch_embed"]["proj"]["kernel"].value.shape == (4, 4, 3, 16)
-  names = {jax.tree_util.keystr(k): v.names for k, v in jax.tree_util.tree_leaves_with_path(
-      p, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))}
+  names = {
+    jax.tree_util.keystr(k): v.names
+    for k, v in jax.tree_util.tree_leaves_with_path(
+      p, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+  }
   assert names["['blocks_0']['attn']['qkv']['kernel']"] == ("embed", "heads")
   assert names["['blocks_0']['attn']['proj']['kernel']"] == ("heads", "embed")
   assert names["['blocks_0']['mlp']['fc1']['kernel']"] == ("embed", "mlp")
@@ -64,8 +68,9 @@ def _closed_form_count(d, depth):
   return (3 * 16 * d + d) + d + depth * per_block  # = 50 D + depth (12 D^2 + 12 D)
 
 
-@pytest.mark.parametrize("size,expected", [
-    ("tiny", 5_345_664), ("small", 21_308_160), ("base", 37_848_064)])
+@pytest.mark.parametrize(
+  "size,expected", [("tiny", 5_345_664), ("small", 21_308_160), ("base", 37_848_064)]
+)
 def test_param_counts(size, expected):
   kw = vit.encoder_kwargs(size)
   shapes = jax.eval_shape(vit.Encoder(**kw).init, jax.random.PRNGKey(0), _images(1))
@@ -126,11 +131,13 @@ def test_masking_semantics():
   x1, x2 = _images(2, seed=0), _images(2, seed=5)
   variables = _init(model, x1)
   all_masked = jnp.ones((2, 256), bool)
-  np.testing.assert_allclose(model.apply(variables, x1, all_masked),
-                             model.apply(variables, x2, all_masked), atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply(variables, x1, all_masked), model.apply(variables, x2, all_masked), atol=1e-6
+  )
   none_masked = jnp.zeros((2, 256), bool)
-  np.testing.assert_allclose(model.apply(variables, x1, None),
-                             model.apply(variables, x1, none_masked), atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply(variables, x1, None), model.apply(variables, x1, none_masked), atol=1e-6
+  )
 
 
 def _numpy_reference(params, images, num_heads):
@@ -178,8 +185,9 @@ def test_matches_pytorch_formula_reference():
   # Random non-zero biases / norms so every param matters.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    treedef, [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]
+  )
   got = model.apply({"params": params}, x)
   want = _numpy_reference(params, x, num_heads=2)
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
@@ -231,8 +239,9 @@ def test_remat_policies_wrap_each_block_and_keep_the_gradients():
   x, kw = _images(1), dict(SMALL, depth=2, drop_path_rate=0.2)
   plain = vit.Encoder(**kw)
   variables = nn.unbox(_init(plain, x))
-  loss = lambda m: lambda v: m.apply(v, x, train=True,
-                                     rngs={"dropout": jax.random.PRNGKey(0)}).sum()
+  loss = lambda m: (
+    lambda v: m.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}).sum()
+  )
   assert not _remat_policies(jax.make_jaxpr(loss(plain))(variables).jaxpr)
   for remat in ("full", "save_dots", True):
     model = vit.Encoder(**kw, remat=remat)
@@ -241,13 +250,20 @@ def test_remat_policies_wrap_each_block_and_keep_the_gradients():
   model = vit.Encoder(**kw, remat="save_dots")
   assert jax.tree.structure(nn.unbox(_init(model, x))) == jax.tree.structure(variables)
   grads = jax.jit(jax.grad(loss(model)))(variables)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               grads, jax.jit(jax.grad(loss(plain)))(variables))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    grads,
+    jax.jit(jax.grad(loss(plain)))(variables),
+  )
 
 
 def test_remat_names():
   assert [encoders.remat_name(r) for r in (False, True, "none", "save_dots")] == [
-      "none", "full", "none", "save_dots"]
+    "none",
+    "full",
+    "none",
+    "save_dots",
+  ]
   with pytest.raises(ValueError, match="remat='dots'.*none, full, save_dots"):
     encoders.remat_name("dots")
 
@@ -270,12 +286,14 @@ def test_attention_dropout_path_matches_fused_path():
   variables = _init(vit.Encoder(embed_dim=16, depth=1, num_heads=2), x)
   fused = vit.Encoder(embed_dim=16, depth=1, num_heads=2).apply(variables, x, train=True)
   explicit = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=1e-9).apply(
-      variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}
+  )
   np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=2e-6, rtol=1e-6)
 
 
 def test_dtype_auto_is_bfloat16_on_accelerators_float32_on_cpu(monkeypatch):
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   config = lambda d: ml_collections.ConfigDict({"dtype": d})
   assert encoders.compute_dtype(config("auto")) == jnp.float32  # the tests' CPU devices
   assert encoders.compute_dtype(config("bfloat16")) == jnp.bfloat16

@@ -19,13 +19,14 @@ from sslocr_jax.train import writers
 
 class _FakeBucket(MemoryFileSystem):
   """`gs://bucket/x` -> `/bucket/x` in memory; opening for append fails (as on GCS)."""
+
   protocol = ("fakegs",)
   store, pseudo_dirs = {}, [""]
 
   @classmethod
   def _strip_protocol(cls, path):
     path = str(path)
-    return "/" + (path[len("gs://"):] if path.startswith("gs://") else path).strip("/")
+    return "/" + (path[len("gs://") :] if path.startswith("gs://") else path).strip("/")
 
   def _open(self, path, mode="rb", **kwargs):
     if "a" in mode:
@@ -39,6 +40,7 @@ def bucket(monkeypatch, tmp_path):
   fs.store.clear()
   monkeypatch.setattr(type(epath_backend.fsspec_backend), "fs", lambda self, path: fs)
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
   monkeypatch.chdir(tmp_path)  # a local `gs:` folder would land here
   yield fs
@@ -60,13 +62,17 @@ def test_writers_on_a_gs_workdir(bucket, monkeypatch):
   assert bucket.cat("/bucket/run/samples/grid_0000006.png")[:4] == b"\x89PNG"
   assert [r["step"] for r in writers.read_metrics(workdir)] == [2, 4, 6]
   writers.truncate_metrics(workdir, 4)
-  assert writers.read_metrics(epath.Path(workdir)) == [{"step": 2, "loss": 0.5},
-                                                       {"step": 4, "loss": 0.25}]
+  assert writers.read_metrics(epath.Path(workdir)) == [
+    {"step": 2, "loss": 0.5},
+    {"step": 4, "loss": 0.25},
+  ]
   assert resolve.load_run_config(workdir + "/checkpoints").method == "dig"  # found one level up
   assert str(resolve.checkpoint_dir(workdir)) == workdir  # no best/ or checkpoints/ there
-  assert bucket.ls("/bucket/run", detail=False) == ["/bucket/run/config.json",
-                                                    "/bucket/run/metrics.jsonl",
-                                                    "/bucket/run/samples"]
+  assert bucket.ls("/bucket/run", detail=False) == [
+    "/bucket/run/config.json",
+    "/bucket/run/metrics.jsonl",
+    "/bucket/run/samples",
+  ]
 
 
 def test_local_workdir_appends_and_keeps_tensorboard(tmp_path):

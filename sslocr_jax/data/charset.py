@@ -25,8 +25,8 @@ import numpy as np
 
 PRINTABLE94 = string.printable[:-6]
 NAMED = {
-    "printable94": (PRINTABLE94, False),
-    "lower36": (string.digits + string.ascii_lowercase, True),
+  "printable94": (PRINTABLE94, False),
+  "lower36": (string.digits + string.ascii_lowercase, True),
 }
 OOV_POLICIES = ("drop", "unk")
 REASONS = ("empty", "too_long", "out_of_charset")
@@ -35,14 +35,14 @@ UNK_STR = "\ufffd"  # what decode() writes for UNK
 # Scoring modes (`eval_charset`), as parseq's and mmocr's: what is compared after filtering
 # both prediction and label. lower36 is the standard 6-benchmark protocol.
 EVAL_CHARSETS = {
-    "lower36": "lowercase, keep only [0-9a-z]",
-    "cased62": "case kept, keep only [0-9a-zA-Z]",
-    "printable94": "case and punctuation kept: the 94 printable ASCII characters (no spaces)",
+  "lower36": "lowercase, keep only [0-9a-z]",
+  "cased62": "case kept, keep only [0-9a-zA-Z]",
+  "printable94": "case and punctuation kept: the 94 printable ASCII characters (no spaces)",
 }
 _METRIC_DROP = {
-    "lower36": re.compile(r"[^0-9a-z]"),
-    "cased62": re.compile(r"[^0-9a-zA-Z]"),
-    "printable94": re.compile("[^" + re.escape(PRINTABLE94) + "]"),
+  "lower36": re.compile(r"[^0-9a-z]"),
+  "cased62": re.compile(r"[^0-9a-zA-Z]"),
+  "printable94": re.compile("[^" + re.escape(PRINTABLE94) + "]"),
 }
 
 
@@ -155,7 +155,7 @@ class Charset:
     label = self.normalize(label)
     out = np.full((max_len + 1,), self.pad, np.int32)
     unk = self.unk
-    out[:len(label)] = [self._index.get(c, unk) for c in label]
+    out[: len(label)] = [self._index.get(c, unk) for c in label]
     out[len(label)] = self.eos
     return out
 

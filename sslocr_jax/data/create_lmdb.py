@@ -61,20 +61,28 @@ class Report:
     return sum(len(v) for v in self.problems.values())
 
   def summary(self, total: int, what: str) -> str:
-    lines = [f"{what}: {self.written} of {total} written" if what != "check"
-             else f"check: {total - self.num_problems} of {total} records good"]
+    lines = [
+      f"{what}: {self.written} of {total} written"
+      if what != "check"
+      else f"check: {total - self.num_problems} of {total} records good"
+    ]
     for title, table in (("skipped", self.problems), ("kept", self.notes)):
       for kind, items in sorted(table.items()):
-        lines.append(f"  {title} {len(items)} {kind}: " + "; ".join(
-            f"{w} {d}".strip() for w, d in items[:SHOW]) + (" ..." if len(items) > SHOW else ""))
+        lines.append(
+          f"  {title} {len(items)} {kind}: "
+          + "; ".join(f"{w} {d}".strip() for w, d in items[:SHOW])
+          + (" ..." if len(items) > SHOW else "")
+        )
     return "\n".join(lines)
 
 
 def _progress(iterable, total: int, desc: str):
   """A progress bar on stderr (tqdm; silent when stderr is not a terminal)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr, disable=None,
-              leave=False)
+
+  return tqdm(
+    iterable, total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False
+  )
 
 
 def load_charset(name_or_file: str) -> charset_lib.Charset:
@@ -82,8 +90,10 @@ def load_charset(name_or_file: str) -> charset_lib.Charset:
     return charset_lib.Charset.named(name_or_file)
   if os.path.isfile(name_or_file):
     return charset_lib.Charset.from_file(name_or_file)
-  raise ValueError(f"--charset {name_or_file!r} is neither a named charset "
-                   f"({', '.join(sorted(charset_lib.NAMED))}) nor a file")
+  raise ValueError(
+    f"--charset {name_or_file!r} is neither a named charset "
+    f"({', '.join(sorted(charset_lib.NAMED))}) nor a file"
+  )
 
 
 def read_labels(path: str, report: Report) -> list[tuple[str, str, str]]:
@@ -108,21 +118,26 @@ def filename_labels(folder: str) -> list[tuple[str, str, str]]:
   """Every image under `folder` (recursive, sorted) with its file stem as the label."""
   found = []
   for root, _, files in os.walk(folder):
-    found += [os.path.relpath(os.path.join(root, f), folder) for f in files
-              if f.lower().endswith(IMAGE_EXTS)]
+    found += [
+      os.path.relpath(os.path.join(root, f), folder)
+      for f in files
+      if f.lower().endswith(IMAGE_EXTS)
+    ]
   return [(rel, rel, os.path.splitext(os.path.basename(rel))[0]) for rel in sorted(found)]
 
 
-def check_label(label: str, where: str, cs, max_len: int, report: Report,
-                keep_oov: bool = False) -> bool:
+def check_label(
+  label: str, where: str, cs, max_len: int, report: Report, keep_oov: bool = False
+) -> bool:
   """True when the label may be written; problems and notes go to the report."""
   if not label:
     report.problem("empty labels", where)
     return False
   bad = sorted({c for c in cs.normalize(label) if c not in cs.chars})
   if bad and not keep_oov:
-    report.problem("labels with characters outside the charset", where,
-                   f"{label[:40]!r} ({''.join(bad)!r})")
+    report.problem(
+      "labels with characters outside the charset", where, f"{label[:40]!r} ({''.join(bad)!r})"
+    )
     return False
   if bad:
     report.note("labels with characters outside the charset", where, repr(label[:40]))
@@ -131,10 +146,19 @@ def check_label(label: str, where: str, cs, max_len: int, report: Report,
   return True
 
 
-def create(images_dir: str, entries, output: str, cs, max_len: int = 25,
-           keep_oov: bool = False, overwrite: bool = False, map_size: int = 1 << 40) -> Report:
+def create(
+  images_dir: str,
+  entries,
+  output: str,
+  cs,
+  max_len: int = 25,
+  keep_oov: bool = False,
+  overwrite: bool = False,
+  map_size: int = 1 << 40,
+) -> Report:
   """Writes the LMDB at `output` from entries [(where, relative path, label)]."""
   import lmdb  # pylint: disable=g-import-not-at-top
+
   report = Report()
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"--output {output} exists (use --overwrite to replace it)")
@@ -185,6 +209,7 @@ def create(images_dir: str, entries, output: str, cs, max_len: int = 25,
 def check(folder: str, cs, max_len: int = 25) -> tuple[Report, int]:
   """Validates an existing LMDB record by record: (report, num-samples)."""
   from sslocr_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   report = Report()
   if not os.path.isfile(os.path.join(folder, "data.mdb")):
     raise FileNotFoundError(f"--check {folder}: no data.mdb there (not an LMDB folder)")
@@ -215,19 +240,31 @@ def check(folder: str, cs, max_len: int = 25) -> tuple[Report, int]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m sslocr_jax.data.create_lmdb", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m sslocr_jax.data.create_lmdb",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--images", help="folder the label file's paths are relative to")
   p.add_argument("--labels", help="file of `relative/path<TAB>label` lines")
-  p.add_argument("--filename_labels", action="store_true",
-                 help="label = file name without extension, for every image under --images")
+  p.add_argument(
+    "--filename_labels",
+    action="store_true",
+    help="label = file name without extension, for every image under --images",
+  )
   p.add_argument("--output", help="LMDB folder to write")
   p.add_argument("--check", metavar="DIR", help="validate an existing LMDB instead")
-  p.add_argument("--charset", default="printable94",
-                 help="printable94 (default), lower36, or a file with one character per line")
+  p.add_argument(
+    "--charset",
+    default="printable94",
+    help="printable94 (default), lower36, or a file with one character per line",
+  )
   p.add_argument("--max_len", type=int, default=25, help="longer labels are reported (kept)")
-  p.add_argument("--keep_out_of_charset", action="store_true",
-                 help="write labels with characters outside the charset (reported) too")
+  p.add_argument(
+    "--keep_out_of_charset",
+    action="store_true",
+    help="write labels with characters outside the charset (reported) too",
+  )
   p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   a = p.parse_args(argv)
   try:
@@ -237,14 +274,14 @@ def main(argv=None) -> int:
       print(report.summary(total, "check"))
       return 1 if report.num_problems else 0
     if not (a.images and a.output) or bool(a.labels) == bool(a.filename_labels):
-      p.error("give --images and --output, and one of --labels / --filename_labels "
-              "(or --check DIR)")
+      p.error(
+        "give --images and --output, and one of --labels / --filename_labels (or --check DIR)"
+      )
     if not os.path.isdir(a.images):
       raise FileNotFoundError(f"--images {a.images} is not a folder")
     pre = Report()
     entries = read_labels(a.labels, pre) if a.labels else filename_labels(a.images)
-    report = create(a.images, entries, a.output, cs, a.max_len, a.keep_out_of_charset,
-                    a.overwrite)
+    report = create(a.images, entries, a.output, cs, a.max_len, a.keep_out_of_charset, a.overwrite)
     for kind, items in pre.problems.items():
       report.problems[kind] += items
     print(report.summary(len(entries) + pre.num_problems, f"wrote {a.output}"))

@@ -36,6 +36,7 @@ class DecodeError(ValueError):
 def _header(data: bytes):
   """(format, (width, height)) from the file header (no pixel decoding), or (None, None)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   try:
     with Image.open(io.BytesIO(data)) as im:
       return im.format, im.size
@@ -76,6 +77,7 @@ def _decode_with_pillow(data: np.ndarray, fmt) -> np.ndarray:
   if fmt is None:
     raise DecodeError(f"{bad}: not an image (unknown format)")
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   try:
     with Image.open(io.BytesIO(data.tobytes())) as im:
       im.seek(0)
@@ -134,8 +136,9 @@ def is_plain(data: bytes) -> bool:
   if fmt not in ("PNG", "JPEG", "BMP"):
     return False
   image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-  return image is not None and image.dtype == np.uint8 and (
-      image.ndim == 2 or image.shape[2] in (1, 3))
+  return (
+    image is not None and image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] in (1, 3))
+  )
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -36,27 +36,36 @@ def one_minus_ned(pred: str, gt: str) -> float:
 @dataclasses.dataclass(frozen=True)
 class Counts:
   """Sums over samples; add them to merge batches or benchmarks."""
+
   samples: int = 0
   correct: int = 0
   one_minus_ned_sum: float = 0.0
 
   def __add__(self, other: "Counts") -> "Counts":
-    return Counts(self.samples + other.samples, self.correct + other.correct,
-                  self.one_minus_ned_sum + other.one_minus_ned_sum)
+    return Counts(
+      self.samples + other.samples,
+      self.correct + other.correct,
+      self.one_minus_ned_sum + other.one_minus_ned_sum,
+    )
 
   def report(self) -> dict:
     """{"samples": n, "accuracy": % (2 decimals), "one_minus_ned": % (2 decimals)}."""
     n = max(self.samples, 1)
-    return {"samples": self.samples,
-            "accuracy": round(100.0 * self.correct / n, 2),
-            "one_minus_ned": round(100.0 * self.one_minus_ned_sum / n, 2)}
+    return {
+      "samples": self.samples,
+      "accuracy": round(100.0 * self.correct / n, 2),
+      "one_minus_ned": round(100.0 * self.one_minus_ned_sum / n, 2),
+    }
 
 
 def sample_score(pred: str, gt: str, eval_charset: str | None = "lower36") -> tuple[bool, float]:
   """(correct, normalised edit distance in [0, 1]) of one sample after the mode's filtering
   (eval_charset=None: compared as is)."""
   if eval_charset is not None:
-    pred, gt = filter_label_for_metric(pred, eval_charset), filter_label_for_metric(gt, eval_charset)
+    pred, gt = (
+      filter_label_for_metric(pred, eval_charset),
+      filter_label_for_metric(gt, eval_charset),
+    )
   return pred == gt, 1.0 - one_minus_ned(pred, gt)
 
 
@@ -88,12 +97,16 @@ def format_table(results: dict) -> str:
   reports = {name: r for name, r in results.items() if isinstance(r, dict)}
   skipped = any("skipped" in r for r in reports.values())
   rows = [("benchmark", "samples", "accuracy %", "1-NED %") + (("skipped",) if skipped else ())]
-  rows += [(name, str(r["samples"]), f"{r['accuracy']:.2f}", f"{r['one_minus_ned']:.2f}") +
-           ((str(r.get("skipped", "")),) if skipped else ())
-           for name, r in reports.items()]
+  rows += [
+    (name, str(r["samples"]), f"{r['accuracy']:.2f}", f"{r['one_minus_ned']:.2f}")
+    + ((str(r.get("skipped", "")),) if skipped else ())
+    for name, r in reports.items()
+  ]
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                     enumerate(zip(row, widths))) for row in rows]
+  lines = [
+    "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    for row in rows
+  ]
   lines.insert(1, "-" * len(lines[0]))
   if "average" in results:
     lines.insert(len(lines) - 1, "-" * len(lines[0]))

@@ -48,6 +48,7 @@ def worker_init(worker_index: int, worker_count: int) -> None:
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   import cv2  # pylint: disable=g-import-not-at-top
+
   cv2.setNumThreads(1)
 
 
@@ -78,13 +79,24 @@ def resolve_num_workers(data_config) -> int:
 
 def local_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
-    raise ValueError(f"config.batch_size={global_batch} is not divisible by "
-                     f"{jax.process_count()} processes")
+    raise ValueError(
+      f"config.batch_size={global_batch} is not divisible by {jax.process_count()} processes"
+    )
   return global_batch // jax.process_count()
 
 
-def make_dataset(config, make_views, *, data_config=None, batch_size=None, shuffle=True,
-                 repeat=True, drop_remainder=True, num_workers=None, seed_offset=0):
+def make_dataset(
+  config,
+  make_views,
+  *,
+  data_config=None,
+  batch_size=None,
+  shuffle=True,
+  repeat=True,
+  drop_remainder=True,
+  num_workers=None,
+  seed_offset=0,
+):
   """Returns a grain `IterDataset` of process-local batches `{name: np.ndarray [b, ...]}`.
 
   Args:
@@ -105,15 +117,20 @@ def make_dataset(config, make_views, *, data_config=None, batch_size=None, shuff
   if repeat:
     ds = ds.repeat(None)
   ds = ds.random_map(functools.partial(_views, make_views=make_views, config=config), seed=seed)
-  ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data.get("num_threads", 4)),
-                                            prefetch_buffer_size=int(data.get("prefetch", 64))))
+  ds = ds[jax.process_index() :: jax.process_count()]
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=int(data.get("num_threads", 4)),
+      prefetch_buffer_size=int(data.get("prefetch", 64)),
+    )
+  )
   ds = ds.batch(local_batch_size(batch_size or config.batch_size), drop_remainder=drop_remainder)
   workers = resolve_num_workers(data) if num_workers is None else num_workers
   if workers:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
-                                                     per_worker_buffer_size=2),
-                        worker_init_fn=worker_init)
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=int(workers), per_worker_buffer_size=2),
+      worker_init_fn=worker_init,
+    )
   return ds
 
 
@@ -128,12 +145,18 @@ def num_records(data_config) -> int:
 def batch_spec(config, make_views, data_config=None) -> dict:
   """`{name: ShapeDtypeStruct [global_batch, ...]}` of one batch, from the views of record 0."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   source = sources.make_source(data_config or config.data)
   for i in range(min(len(source), 100)):
     record = source[i]
-    views = None if record is None else make_views({**record, "index": i},
-                                                   np.random.default_rng(0), config)
+    views = (
+      None
+      if record is None
+      else make_views({**record, "index": i}, np.random.default_rng(0), config)
+    )
     if views is not None:  # None: a corrupt record, or a sample the method drops
-      return {k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v), np.asarray(v).dtype)
-              for k, v in views.items()}
+      return {
+        k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(v), np.asarray(v).dtype)
+        for k, v in views.items()
+      }
   raise ValueError("the first 100 records of the data source are all unreadable")

@@ -58,36 +58,58 @@ _PUNCT_END = ".,!?:;'\")"
 # (high-contrast Didone serif, its italic and bold, a sans and a typewriter) are styles the
 # training faces (DejaVu, Cascadia, Fira, Noto) do not cover, so the held-out figure is read on
 # fonts far from the training ones, not on near-twins of them.
-HELDOUT_FAMILIES = ("STIXGeneral", "SpaceMono", "Ubuntu", "UbuntuMono", "CMRoman", "CMSans",
-                    "CMTypewriter")
+HELDOUT_FAMILIES = (
+  "STIXGeneral",
+  "SpaceMono",
+  "Ubuntu",
+  "UbuntuMono",
+  "CMRoman",
+  "CMSans",
+  "CMTypewriter",
+)
 FONT_SPLITS = ("train", "heldout", "all")
 
 _MPL_FACES = {  # family -> files in matplotlib's mpl-data/fonts/ttf.
-    "DejaVuSans": ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf",
-                   "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf"),
-    "DejaVuSansMono": ("DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
-                       "DejaVuSansMono-Oblique.ttf",
-                       "DejaVuSansMono-BoldOblique.ttf"),
-    "DejaVuSerif": ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-                    "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf"),
-    "STIXGeneral": ("STIXGeneral.ttf", "STIXGeneralBol.ttf",
-                    "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf"),
-    "CMRoman": ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf"),
-    "CMSans": ("cmss10.ttf",),
-    "CMTypewriter": ("cmtt10.ttf",),
+  "DejaVuSans": (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+  ),
+  "DejaVuSansMono": (
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+  ),
+  "DejaVuSerif": (
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+  ),
+  "STIXGeneral": (
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+  ),
+  "CMRoman": ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf"),
+  "CMSans": ("cmss10.ttf",),
+  "CMTypewriter": ("cmtt10.ttf",),
 }
 # matplotlib's Computer Modern (BaKoMa) faces map a few ASCII codes to their TeX (OT1) glyphs
 # (e.g. "<" draws an inverted "!"): those characters are treated as absent from the face.
 _WRONG_GLYPHS = {f: '<>{}|_\\"^~`' for f in ("cmr10.ttf", "cmb10.ttf", "cmti10.ttf", "cmss10.ttf")}
 _WRONG_GLYPHS["cmti10.ttf"] += "$"  # a pound sign in the italic
 _PYMUPDF_FACES = {  # family -> keys of `pymupdf_fonts.myfont`.
-    "CascadiaMono": ("cascadia", "cascadiab", "cascadiai", "cascadiabi"),
-    "FiraGO": ("figo", "figbo", "figit", "figbi"),
-    "FiraMono": ("fimo", "fimbo"),
-    "NotoSans": ("notos", "notosbo", "notosit", "notosbi"),
-    "SpaceMono": ("spacemo", "spacembo", "spacemit", "spacembi"),
-    "Ubuntu": ("ubuntu", "ubuntubo", "ubuntuit", "ubuntubi"),
-    "UbuntuMono": ("ubuntm", "ubuntmbo", "ubuntmit", "ubuntmbi"),
+  "CascadiaMono": ("cascadia", "cascadiab", "cascadiai", "cascadiabi"),
+  "FiraGO": ("figo", "figbo", "figit", "figbi"),
+  "FiraMono": ("fimo", "fimbo"),
+  "NotoSans": ("notos", "notosbo", "notosit", "notosbi"),
+  "SpaceMono": ("spacemo", "spacembo", "spacemit", "spacembi"),
+  "Ubuntu": ("ubuntu", "ubuntubo", "ubuntuit", "ubuntubi"),
+  "UbuntuMono": ("ubuntm", "ubuntmbo", "ubuntmit", "ubuntmbi"),
 }
 _FONT_EXTS = (".ttf", ".otf", ".ttc", ".TTF", ".OTF", ".TTC")
 
@@ -95,6 +117,7 @@ _FONT_EXTS = (".ttf", ".otf", ".ttc", ".TTF", ".OTF", ".TTC")
 @dataclasses.dataclass(frozen=True)
 class Face:
   """One font face: `kind` in {"mpl", "pymupdf", "file"}, `ref` file or key."""
+
   name: str
   family: str
   kind: str
@@ -138,8 +161,9 @@ def faces_for_split(split, fonts=None, font_dirs=()):
   for d in font_dirs:
     if not os.path.isdir(d):
       raise FileNotFoundError(f"font dir {d!r} does not exist")
-    paths = sorted(p for p in glob.glob(os.path.join(d, "**", "*"), recursive=True)
-                   if p.endswith(_FONT_EXTS))
+    paths = sorted(
+      p for p in glob.glob(os.path.join(d, "**", "*"), recursive=True) if p.endswith(_FONT_EXTS)
+    )
     faces += [_file_face(p) for p in paths]
 
   if split == "train":
@@ -155,12 +179,13 @@ def _face_bytes(face):
   """Raw font file bytes of `face`; ValueError naming the file if unreadable."""
   if face.kind == "pymupdf":
     import pymupdf_fonts  # pylint: disable=g-import-not-at-top
+
     return pymupdf_fonts.myfont(face.ref)
   path = face.ref
   if face.kind == "mpl":
     import matplotlib  # pylint: disable=g-import-not-at-top
-    path = os.path.join(os.path.dirname(matplotlib.__file__),
-                        "mpl-data", "fonts", "ttf", face.ref)
+
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", face.ref)
   try:
     with open(path, "rb") as f:
       return f.read()
@@ -171,6 +196,7 @@ def _face_bytes(face):
 def _supported_chars(face, data):
   """Characters of CHARS that `face` maps to a glyph (its cmap)."""
   from fontTools.ttLib import TTFont  # pylint: disable=g-import-not-at-top
+
   try:
     tt = TTFont(io.BytesIO(data), lazy=True, fontNumber=0)
     cmap = tt.getBestCmap() or {}
@@ -185,8 +211,7 @@ class _Glyphs:
 
   def __init__(self, face, data, size):
     try:
-      self.font = ImageFont.truetype(io.BytesIO(data), size,
-                                     layout_engine=ImageFont.Layout.BASIC)
+      self.font = ImageFont.truetype(io.BytesIO(data), size, layout_engine=ImageFont.Layout.BASIC)
     except OSError as e:
       raise ValueError(f"cannot read font file {face.ref!r}: {e}") from e
     self.ascent, self.descent = self.font.getmetrics()
@@ -205,6 +230,7 @@ class _Glyphs:
 @functools.lru_cache(maxsize=None)
 def _wordlist():
   import wordfreq  # pylint: disable=g-import-not-at-top
+
   words = wordfreq.top_n_list("en", 20000)
   return tuple(w for w in words if w and set(w) <= _CHARSET)
 
@@ -224,8 +250,17 @@ class Renderer:
 
   NOISE_BANK = (96, 1024)  # [h, w] of the per-renderer Gaussian noise bank.
 
-  def __init__(self, seed=0, height=32, width=None, fonts=None, font_dirs=(),
-               font_split="train", max_len=25, word_prob=0.6):
+  def __init__(
+    self,
+    seed=0,
+    height=32,
+    width=None,
+    fonts=None,
+    font_dirs=(),
+    font_split="train",
+    max_len=25,
+    word_prob=0.6,
+  ):
     if max_len < 1:
       raise ValueError(f"max_len={max_len} must be >= 1")
     self.seed = int(seed)
@@ -235,17 +270,16 @@ class Renderer:
     self.word_prob = float(word_prob)
     self.font_split = font_split
     self.faces = faces_for_split(font_split, fonts, tuple(font_dirs))
-    self.sizes = tuple(sorted({max(8, round(self.height * f))
-                               for f in (0.75, 0.9, 1.05)}))
+    self.sizes = tuple(sorted({max(8, round(self.height * f)) for f in (0.75, 0.9, 1.05)}))
     self._init_caches()
     for i, f in enumerate(self.faces):  # Fail early on unreadable user fonts.
       if f.kind == "file":
         self._glyph_set(i, self.sizes[0])
 
   def _init_caches(self):
-    self._data = {}      # face index -> (bytes, supported chars)
-    self._glyphs = {}    # (face index, size) -> _Glyphs
-    self._noise = None   # float32 [*NOISE_BANK, 3]
+    self._data = {}  # face index -> (bytes, supported chars)
+    self._glyphs = {}  # (face index, size) -> _Glyphs
+    self._noise = None  # float32 [*NOISE_BANK, 3]
 
   def __getstate__(self):  # Caches hold FreeType objects: rebuild per process.
     state = self.__dict__.copy()
@@ -267,8 +301,7 @@ class Renderer:
   def _glyph_set(self, i, size):
     g = self._glyphs.get((i, size))
     if g is None:
-      g = self._glyphs[(i, size)] = _Glyphs(self.faces[i], self._face_data(i)[0],
-                                            size)
+      g = self._glyphs[(i, size)] = _Glyphs(self.faces[i], self._face_data(i)[0], size)
     return g
 
   def _noise_bank(self):
@@ -298,8 +331,9 @@ class Renderer:
       return s
     n = min(self.max_len, int(r.triangular(1, 16, 5)))
     if kind < 0.75:  # alphanumeric, mixed case
-      pool = r.choice((_ALNUM, string.ascii_uppercase + _DIGITS,
-                       string.ascii_lowercase, string.ascii_uppercase))
+      pool = r.choice(
+        (_ALNUM, string.ascii_uppercase + _DIGITS, string.ascii_lowercase, string.ascii_uppercase)
+      )
     else:  # any printable character
       pool = CHARS
     return "".join(r.choice(pool) for _ in range(n))
@@ -324,7 +358,7 @@ class Renderer:
 
   def _text(self, r):
     s = self._word(r) if r.random() < self.word_prob else self._random_string(r)
-    return s[:self.max_len]
+    return s[: self.max_len]
 
   # --- drawing --------------------------------------------------------------
 
@@ -350,7 +384,7 @@ class Renderer:
       y0, y1 = min(y0, 0), max(y1, glyphs.ascent + glyphs.descent)
     canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
     for m, x, y in placed:
-      sub = canvas[y - y0:y - y0 + m.shape[0], x - x0:x - x0 + m.shape[1]]
+      sub = canvas[y - y0 : y - y0 + m.shape[0], x - x0 : x - x0 + m.shape[1]]
       np.maximum(sub, m, out=sub)
     return canvas
 
@@ -374,11 +408,21 @@ class Renderer:
     #   x = c rx + s ry + ws / 2 - .5,  y = c ry - s rx + hs / 2 - .5 - curve(x)
     bx, by = 0.5 / sx - ml - wd / 2, 0.5 / sy - mt - hd / 2
     if not amp:
-      m = np.array([[c / sx, s / sy, c * bx + s * by + ws / 2 - 0.5],
-                    [-s / sx, c / sy, c * by - s * bx + hs / 2 - 0.5]], np.float32)
-      alpha = cv2.warpAffine(mask, m, (out_w, out_h),
-                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+      m = np.array(
+        [
+          [c / sx, s / sy, c * bx + s * by + ws / 2 - 0.5],
+          [-s / sx, c / sy, c * by - s * bx + hs / 2 - 0.5],
+        ],
+        np.float32,
+      )
+      alpha = cv2.warpAffine(
+        mask,
+        m,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+      )
     else:
       rx = np.arange(out_w, dtype=np.float32) / sx + bx
       ry = np.arange(out_h, dtype=np.float32)[:, None] / sy + by
@@ -387,8 +431,9 @@ class Renderer:
       period = r.uniform(1.0, 3.0) * max(ws, hs)
       phase = r.uniform(0, 2 * math.pi)
       map_y -= amp * np.sin(map_x * (2 * math.pi / period) + phase)
-      alpha = cv2.remap(mask, map_x, map_y, cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+      alpha = cv2.remap(
+        mask, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+      )
     if r.random() < 0.25:
       k = 3 if r.random() < 0.8 else 5
       alpha = cv2.GaussianBlur(alpha, (k, k), 0)
@@ -415,27 +460,27 @@ class Renderer:
     """uint8 [h, w, 3]: plain, gradient (x or y), or smooth blotches; + noise."""
     kind = r.random()
     if kind < 0.35:  # plain
-      img = cv2.copyMakeBorder(np.array([[bg]], np.uint8), 0, h - 1, 0, w - 1,
-                               cv2.BORDER_REPLICATE)
+      img = cv2.copyMakeBorder(np.array([[bg]], np.uint8), 0, h - 1, 0, w - 1, cv2.BORDER_REPLICATE)
     elif kind < 0.65:  # linear gradient along x or y
       ends = np.array([[bg, bg2]], np.uint8)
       if r.random() < 0.5:
         row = cv2.resize(ends, (w, 1), interpolation=cv2.INTER_LINEAR)
         img = cv2.copyMakeBorder(row, 0, h - 1, 0, 0, cv2.BORDER_REPLICATE)
       else:
-        col = cv2.resize(ends.transpose(1, 0, 2), (1, h),
-                         interpolation=cv2.INTER_LINEAR)
+        col = cv2.resize(ends.transpose(1, 0, 2), (1, h), interpolation=cv2.INTER_LINEAR)
         img = cv2.copyMakeBorder(col, 0, 0, 0, w - 1, cv2.BORDER_REPLICATE)
     else:  # smooth blotches: a tiny random field upsampled
       gh, gw = r.randint(2, 3), r.randint(2, 6)
       bank = self._noise_bank()
       x = r.randrange(bank.shape[1] - gw)
-      field = bank[:gh, x:x + gw] * r.uniform(8, 30) + np.asarray(bg, np.float32)
-      img = cv2.resize(np.clip(field, 0, 255).astype(np.uint8), (w, h),
-                       interpolation=cv2.INTER_LINEAR)
+      field = bank[:gh, x : x + gw] * r.uniform(8, 30) + np.asarray(bg, np.float32)
+      img = cv2.resize(
+        np.clip(field, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR
+      )
     if r.random() < 0.35:  # sensor-like noise
-      img = cv2.addWeighted(img, 1.0, self._noise_crop(r, h, w), r.uniform(2, 14),
-                            0.0, dtype=cv2.CV_8U)
+      img = cv2.addWeighted(
+        img, 1.0, self._noise_crop(r, h, w), r.uniform(2, 14), 0.0, dtype=cv2.CV_8U
+      )
     return img
 
   def _noise_crop(self, r, h, w):
@@ -443,10 +488,9 @@ class Renderer:
     bank = self._noise_bank()
     bh, bw = bank.shape[:2]
     if h > bh or w > bw:
-      return np.random.default_rng(r.getrandbits(32)).standard_normal(
-          (h, w, 3), np.float32)
+      return np.random.default_rng(r.getrandbits(32)).standard_normal((h, w, 3), np.float32)
     y, x = r.randrange(bh - h + 1), r.randrange(bw - w + 1)
-    return bank[y:y + h, x:x + w]
+    return bank[y : y + h, x : x + w]
 
   def warm(self):
     """Loads every face and rasterises all its glyphs at every size (~1-2 s)."""
@@ -493,6 +537,7 @@ class Renderer:
 def benchmark(n=3000, **kw):
   """Renders/s of `Renderer(**kw)` over n indices after a warm-up pass."""
   import time  # pylint: disable=g-import-not-at-top
+
   rend = Renderer(**kw)
   rend.warm()  # a long run has every glyph cached.
   t = time.perf_counter()
@@ -503,12 +548,12 @@ def benchmark(n=3000, **kw):
 
 if __name__ == "__main__":
   import argparse  # pylint: disable=g-import-not-at-top
+
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--n", type=int, default=3000)
   ap.add_argument("--height", type=int, default=32)
   ap.add_argument("--width", type=int, default=0)
   ap.add_argument("--split", default="train")
   args = ap.parse_args()
-  rate = benchmark(args.n, height=args.height, width=args.width or None,
-                   font_split=args.split)
+  rate = benchmark(args.n, height=args.height, width=args.width or None, font_split=args.split)
   print(f"{rate:.0f} renders/s")

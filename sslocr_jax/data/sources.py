@@ -115,8 +115,8 @@ def _check_lmdb_dir(path):
 
 def _open_lmdb(path):
   import lmdb  # pylint: disable=g-import-not-at-top
-  return lmdb.open(path, readonly=True, lock=False, readahead=False,
-                   meminit=False, max_readers=256)
+
+  return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, max_readers=256)
 
 
 # LMDB forbids opening one environment twice in a process, and several sources
@@ -160,6 +160,7 @@ def write_lmdb(path, samples, map_size=1 << 30):
     map_size: LMDB map size in bytes (an upper bound, not allocated).
   """
   import lmdb  # pylint: disable=g-import-not-at-top
+
   os.makedirs(path, exist_ok=True)
   _forget_env(path)  # a read-only handle of this process would block the writer
   env = lmdb.open(path, map_size=map_size)
@@ -226,19 +227,33 @@ class LmdbSource(_Counted):
       raw_label = txn.get(b"label-%09d" % rec)
     if buf is None or raw_label is None:
       missing = "image" if buf is None else "label"
-      return self._bad(path, rec, f"no {missing} key",
-                       "LMDB %s: record %d (index %d) has no %s key", path, rec, index, missing)
+      return self._bad(
+        path,
+        rec,
+        f"no {missing} key",
+        "LMDB %s: record %d (index %d) has no %s key",
+        path,
+        rec,
+        index,
+        missing,
+      )
     try:
       label = raw_label.decode("utf-8")
     except UnicodeDecodeError:
-      return self._bad(path, rec, "label not UTF-8",
-                       "LMDB %s: record %d (index %d): label is not UTF-8", path, rec, index)
+      return self._bad(
+        path,
+        rec,
+        "label not UTF-8",
+        "LMDB %s: record %d (index %d): label is not UTF-8",
+        path,
+        rec,
+        index,
+      )
     try:
       image = images.decode(buf)
     except images.DecodeError as e:
       reason = str(e).split(" (")[0]  # "empty image" / "undecodable image"
-      return self._bad(path, rec, reason, "LMDB %s: record %d (index %d): %s",
-                       path, rec, index, e)
+      return self._bad(path, rec, reason, "LMDB %s: record %d (index %d): %s", path, rec, index, e)
     return {"image": image, "label": label, "source": path, "record": rec}
 
 
@@ -256,8 +271,9 @@ class TfdsSource(_Counted):
     image_key / label_key: feature names of the image and the text label.
   """
 
-  def __init__(self, name_or_builder_dir, split="train", data_dir=None,
-               image_key="image", label_key="label"):
+  def __init__(
+    self, name_or_builder_dir, split="train", data_dir=None, image_key="image", label_key="label"
+  ):
     self.name = os.fspath(name_or_builder_dir)
     self.split = split
     self.data_dir = data_dir or None
@@ -269,15 +285,16 @@ class TfdsSource(_Counted):
   def _source(self):
     if self._ds is None or self._pid != os.getpid():
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
       if os.path.isfile(os.path.join(self.name, "dataset_info.json")):
         ds = tfds.builder_from_directory(self.name).as_data_source(split=self.split)
       elif os.path.isdir(self.name):
         raise errors.MissingPath(
-            f"TFDS folder {self.name!r} has no dataset_info.json (expected a "
-            "builder folder like data_dir/name/config/version)")
+          f"TFDS folder {self.name!r} has no dataset_info.json (expected a "
+          "builder folder like data_dir/name/config/version)"
+        )
       else:
-        ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
-                              download=False)
+        ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False)
       self._ds, self._pid = ds, os.getpid()
     return self._ds
 
@@ -299,8 +316,16 @@ class TfdsSource(_Counted):
       if isinstance(label, (bytes, np.bytes_)):
         label = label.decode("utf-8")
     except Exception as e:  # pylint: disable=broad-except
-      return self._bad(f"{self.name}[{self.split}]", index, "unreadable record",
-                       "TFDS %s[%s]: record %d unreadable: %r", self.name, self.split, index, e)
+      return self._bad(
+        f"{self.name}[{self.split}]",
+        index,
+        "unreadable record",
+        "TFDS %s[%s]: record %d unreadable: %r",
+        self.name,
+        self.split,
+        index,
+        e,
+      )
     return {"image": np.ascontiguousarray(image, np.uint8), "label": str(label)}
 
 
@@ -314,25 +339,33 @@ def lmdb_paths(value) -> list[str]:
 def make_source(data):
   """Source of `config.data` (ConfigDict or dict), by `data.source`:
 
-    synthetic: num_samples, seed, font_split, word_prob, font_dirs (optional)
-    lmdb:      lmdb_paths (list of folders, or one string of comma-separated folders)
-    tfds:      tfds_name (name or builder folder), tfds_data_dir, split
+  synthetic: num_samples, seed, font_split, word_prob, font_dirs (optional)
+  lmdb:      lmdb_paths (list of folders, or one string of comma-separated folders)
+  tfds:      tfds_name (name or builder folder), tfds_data_dir, split
   """
   kind = data.get("source", "synthetic")
   if kind == "synthetic":
-    return SyntheticSource(int(data["num_samples"]), seed=int(data.get("seed", 0)),
-                           font_split=data.get("font_split", "train"),
-                           word_prob=float(data.get("word_prob", 0.6)),
-                           font_dirs=tuple(data.get("font_dirs", None) or ()))
+    return SyntheticSource(
+      int(data["num_samples"]),
+      seed=int(data.get("seed", 0)),
+      font_split=data.get("font_split", "train"),
+      word_prob=float(data.get("word_prob", 0.6)),
+      font_dirs=tuple(data.get("font_dirs", None) or ()),
+    )
   if kind == "lmdb":
     paths = lmdb_paths(data.get("lmdb_paths", None))
     if not paths:
-      raise errors.UserError("config.data.source='lmdb' needs config.data.lmdb_paths "
-                             "(--config.data.lmdb_paths=/data/a,/data/b)")
+      raise errors.UserError(
+        "config.data.source='lmdb' needs config.data.lmdb_paths "
+        "(--config.data.lmdb_paths=/data/a,/data/b)"
+      )
     return LmdbSource(paths)
   if kind == "tfds":
     if not data.get("tfds_name", ""):
       raise errors.UserError("config.data.source='tfds' needs config.data.tfds_name")
-    return TfdsSource(data["tfds_name"], split=data.get("split", "train"),
-                      data_dir=data.get("tfds_data_dir", None) or None)
+    return TfdsSource(
+      data["tfds_name"],
+      split=data.get("split", "train"),
+      data_dir=data.get("tfds_data_dir", None) or None,
+    )
   raise errors.UserError(f"unknown config.data.source {kind!r}; valid: {list(SOURCES)}")

@@ -53,8 +53,14 @@ from sslocr_jax.train import resolve
 
 # The sample counts of the standard benchmark LMDBs (clovaai/deep-text-recognition-benchmark's
 # evaluation data, and parseq's IC13_1015 / IC15_2077 versions), by the folder name's first part.
-STANDARD_COUNTS = {"iiit5k": (3000,), "svt": (647,), "ic13": (857, 1015),
-                   "ic15": (1811, 2077), "svtp": (645,), "cute80": (288,)}
+STANDARD_COUNTS = {
+  "iiit5k": (3000,),
+  "svt": (647,),
+  "ic13": (857, 1015),
+  "ic15": (1811, 2077),
+  "svtp": (645,),
+  "cute80": (288,),
+}
 
 
 def count_warning(name: str, samples: int) -> str | None:
@@ -68,8 +74,10 @@ def count_warning(name: str, samples: int) -> str | None:
     expected = (int(parts[1]),)  # IC13_857 must hold 857, not 1015
   if samples in expected:
     return None
-  return (f"{name} holds {samples} samples; the standard {parts[0].upper()} benchmark has "
-          f"{' or '.join(map(str, expected))}: its figures are not comparable to published ones")
+  return (
+    f"{name} holds {samples} samples; the standard {parts[0].upper()} benchmark has "
+    f"{' or '.join(map(str, expected))}: its figures are not comparable to published ones"
+  )
 
 
 def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -85,28 +93,35 @@ def benchmark_sets(config, run_config) -> list[tuple[str, ml_collections.ConfigD
   for folder in folders:
     name = os.path.relpath(folder, root)
     name = os.path.basename(os.path.abspath(folder)) if name == "." else name
-    out.append((name, ml_collections.ConfigDict(dict(source="lmdb", lmdb_paths=[folder],
-                                                     **extra))))
+    out.append((name, ml_collections.ConfigDict(dict(source="lmdb", lmdb_paths=[folder], **extra))))
   return out
 
 
 def evaluate_set(rec, run_config, name: str, data, eval_charset: str) -> failures.Samples:
   """Scored samples of one benchmark, with a progress bar (terminal) and a closing line."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   total = len(sources.make_source(data))
   samples = failures.Samples(eval_charset)
   start = time.time()
-  with tqdm(total=total, desc=name, unit="img", file=sys.stderr, disable=None,
-            leave=False) as bar:
+  with tqdm(total=total, desc=name, unit="img", file=sys.stderr, disable=None, leave=False) as bar:
     for batch in evaluation.eval_dataset(recognition, run_config, data, rec.batch_size):
       ids, conf = rec.predict_batch(rec.params, rec.model_state, batch["image"])
       for k, row in enumerate(ids):
-        samples.add(int(batch["index"][k]), str(batch["text"][k]), rec.charset.decode(row),
-                    float(conf[k]), batch["image"][k])
+        samples.add(
+          int(batch["index"][k]),
+          str(batch["text"][k]),
+          rec.charset.decode(row),
+          float(conf[k]),
+          batch["image"][k],
+        )
       bar.update(len(ids))
   n = len(samples.rows)
-  print(f"evaluated {name}: {n} of {total} samples in {time.time() - start:.1f} s",
-        file=sys.stderr, flush=True)
+  print(
+    f"evaluated {name}: {n} of {total} samples in {time.time() - start:.1f} s",
+    file=sys.stderr,
+    flush=True,
+  )
   samples.total = total
   return samples
 
@@ -119,16 +134,18 @@ def run(config, workdir: str) -> dict:
     raise NotImplementedError("benchmark evaluation runs in a single process")
   eval_charset = config.get("eval_charset", "lower36")
   if eval_charset not in charset_lib.EVAL_CHARSETS:
-    raise errors.UserError(f"config.eval_charset={eval_charset!r}; valid: "
-                           f"{', '.join(charset_lib.EVAL_CHARSETS)}")
+    raise errors.UserError(
+      f"config.eval_charset={eval_charset!r}; valid: {', '.join(charset_lib.EVAL_CHARSETS)}"
+    )
   # Any checkpoint kind (train/resolve.py); the eval config describes the model of one that
   # carries no config.json (an exported or official state dict, a bare checkpoints folder).
   try:
     run_config = resolve.load_run_config(config.checkpoint)
   except FileNotFoundError:
     run_config = config
-  rec = predict.Recognizer.from_checkpoint(config.checkpoint, use_best=config.use_best,
-                                           batch_size=config.batch_size, config=run_config)
+  rec = predict.Recognizer.from_checkpoint(
+    config.checkpoint, use_best=config.use_best, batch_size=config.batch_size, config=run_config
+  )
   run_config = rec.config
   out = paths.workdir_path(workdir)  # local folder or gs://... (etils.epath)
   out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +161,10 @@ def run(config, workdir: str) -> dict:
     counts.append(samples.counts)
   results["average"] = metrics.average(counts).report()
   results["eval_charset"] = eval_charset
-  print(f"checkpoint {config.checkpoint}: {rec.origin or f'step {rec.step}'}, decoder "
-        f"{run_config.decoder}")
+  print(
+    f"checkpoint {config.checkpoint}: {rec.origin or f'step {rec.step}'}, decoder "
+    f"{run_config.decoder}"
+  )
   print(metrics.format_table(results), flush=True)
   for _, data in benchmark_sets(config, run_config):  # per folder and reason: what `skipped` counts
     for folder in sources.lmdb_paths(data.get("lmdb_paths", None)):

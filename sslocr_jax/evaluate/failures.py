@@ -32,9 +32,16 @@ class Samples:
   def add(self, index: int, label: str, prediction: str, confidence: float, image=None):
     ok, ned = metrics.sample_score(prediction, label, self.eval_charset)
     self.counts += metrics.Counts(1, int(ok), 1.0 - ned)
-    self.rows.append({"index": int(index), "label": label, "prediction": prediction,
-                      "confidence": round(float(confidence), 4), "correct": bool(ok),
-                      "ned": round(ned, 4)})
+    self.rows.append(
+      {
+        "index": int(index),
+        "label": label,
+        "prediction": prediction,
+        "confidence": round(float(confidence), 4),
+        "correct": bool(ok),
+        "ned": round(ned, 4),
+      }
+    )
     if not ok and image is not None and self.keep_worst:
       item = (ned, float(confidence), -int(index), np.asarray(image), label, prediction)
       if len(self._worst) < self.keep_worst:
@@ -64,8 +71,10 @@ def grid_png(items, columns: int = 4) -> bytes:
   """PNG of [(image uint8 [H, W, 3], label, prediction, confidence, ned)]: one tile each,
   titled with the label, the prediction and its confidence."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   rows = -(-len(items) // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 1.35 * rows), squeeze=False)
   for ax in axes.ravel():

@@ -29,9 +29,11 @@ def output_names(model_config: dict) -> list[str]:
     return ["features"]
   if model_config.get("method") == "recognition":
     return ["ids", "confidence"]
-  raise ValueError("--format=onnx exports a recognizer (a fine-tuning checkpoint) or an "
-                   "encoder (--include=encoder); a whole DiG pretraining model has no "
-                   "inference graph")
+  raise ValueError(
+    "--format=onnx exports a recognizer (a fine-tuning checkpoint) or an "
+    "encoder (--include=encoder); a whole DiG pretraining model has no "
+    "inference graph"
+  )
 
 
 def to_onnx(flat: dict, model_config: dict, output: str, opset: int = OPSET) -> None:
@@ -43,9 +45,9 @@ def to_onnx(flat: dict, model_config: dict, output: str, opset: int = OPSET) -> 
   except ImportError as e:
     raise ImportError("--format=onnx needs torch and onnx: pip install 'sslocr_jax[onnx]'") from e
   from sslocr_jax.export import torch_modules  # pylint: disable=g-import-not-at-top
+
   model = torch_modules.build(model_config).eval()
-  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()},
-                        strict=True)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in flat.items()}, strict=True)
   front = torch_modules.UInt8Images(model).eval()
   h, w = model_config["image_size"]
   example = torch.zeros((2, h, w, 3), dtype=torch.uint8)
@@ -56,8 +58,15 @@ def to_onnx(flat: dict, model_config: dict, output: str, opset: int = OPSET) -> 
   torch.set_num_threads(1)
   try:
     with torch.no_grad():
-      torch.onnx.export(front, (example,), output, dynamo=False, opset_version=opset,
-                        input_names=[INPUT], output_names=names,
-                        dynamic_axes={n: {0: "batch"} for n in [INPUT] + names})
+      torch.onnx.export(
+        front,
+        (example,),
+        output,
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT],
+        output_names=names,
+        dynamic_axes={n: {0: "batch"} for n in [INPUT] + names},
+      )
   finally:
     torch.set_num_threads(threads)

@@ -38,9 +38,6 @@ import torch.nn.functional as F
 from sslocr_jax import posembed  # numpy only
 
 
-
-
-
 # ----------------------------------------------------------------------------- ViT
 class PatchEmbed(nn.Module):
   def __init__(self, embed_dim, patch_size=4, in_chans=3):
@@ -101,14 +98,23 @@ class ViTEncoder(nn.Module):
   replaces it by an identity).
   """
 
-  def __init__(self, embed_dim, depth, num_heads, mlp_ratio=4.0, patch_size=4,
-               image_size=(32, 128), final_norm=False):
+  def __init__(
+    self,
+    embed_dim,
+    depth,
+    num_heads,
+    mlp_ratio=4.0,
+    patch_size=4,
+    image_size=(32, 128),
+    final_norm=False,
+  ):
     super().__init__()
     self.patch_embed = PatchEmbed(embed_dim, patch_size)
     self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
     n = (image_size[0] // patch_size) * (image_size[1] // patch_size)
-    self.register_buffer("pos_table", torch.from_numpy(posembed.sincos_1d(n, embed_dim))[None],
-                         persistent=False)
+    self.register_buffer(
+      "pos_table", torch.from_numpy(posembed.sincos_1d(n, embed_dim))[None], persistent=False
+    )
     self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
     self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
     self.grid_h = image_size[0] // patch_size
@@ -141,17 +147,27 @@ def build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
 
 def mim_head(embed_dim, hidden=192, patch_pixels=48):
   """DiG `pix_decoder`: Linear, Linear, LayerNorm, GELU, Linear -> [..., 48] (p1 p2 c)."""
-  return nn.Sequential(nn.Linear(embed_dim, hidden, bias=False),
-                       nn.Linear(hidden, hidden, bias=False),
-                       nn.LayerNorm(hidden, eps=1e-6), nn.GELU(),
-                       nn.Linear(hidden, patch_pixels))
+  return nn.Sequential(
+    nn.Linear(embed_dim, hidden, bias=False),
+    nn.Linear(hidden, hidden, bias=False),
+    nn.LayerNorm(hidden, eps=1e-6),
+    nn.GELU(),
+    nn.Linear(hidden, patch_pixels),
+  )
 
 
 class DiGPretrain(nn.Module):
   """Container of every DiG pretraining network under the official names (no loss)."""
 
-  def __init__(self, encoder_kwargs, mim_hidden_dim=192, pix_hidden_dim=512,
-               proj_hidden_dim=4096, proj_dim=256, pred_hidden_dim=4096):
+  def __init__(
+    self,
+    encoder_kwargs,
+    mim_hidden_dim=192,
+    pix_hidden_dim=512,
+    proj_hidden_dim=4096,
+    proj_dim=256,
+    pred_hidden_dim=4096,
+  ):
     super().__init__()
     d = encoder_kwargs["embed_dim"]
     self.encoder = ViTEncoder(**encoder_kwargs)
@@ -190,8 +206,9 @@ class BasicBlock(nn.Module):
     self.bn2 = nn.BatchNorm2d(planes)
     self.downsample = None
     if inplanes != planes:
-      self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, 1, bias=False),
-                                      nn.BatchNorm2d(planes))
+      self.downsample = nn.Sequential(
+        nn.Conv2d(inplanes, planes, 1, 1, bias=False), nn.BatchNorm2d(planes)
+      )
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
@@ -266,15 +283,19 @@ def tps_grid_matrix(num_fiducials: int, height: int, width: int) -> np.ndarray:
   c = np.concatenate([np.stack([x, -np.ones_like(x)], 1), np.stack([x, np.ones_like(x)], 1)])
   r = np.linalg.norm(c[:, None] - c[None], axis=-1)
   np.fill_diagonal(r, 1.0)
-  delta = np.concatenate([
-      np.concatenate([np.ones((f, 1)), c, r ** 2 * np.log(r)], axis=1),
+  delta = np.concatenate(
+    [
+      np.concatenate([np.ones((f, 1)), c, r**2 * np.log(r)], axis=1),
       np.concatenate([np.zeros((2, 3)), c.T], axis=1),
-      np.concatenate([np.zeros((1, 3)), np.ones((1, f))], axis=1)], axis=0)
+      np.concatenate([np.zeros((1, 3)), np.ones((1, f))], axis=1),
+    ],
+    axis=0,
+  )
   gx = (np.arange(-width, width, 2) + 1.0) / width
   gy = (np.arange(-height, height, 2) + 1.0) / height
   p = np.stack(np.meshgrid(gx, gy), axis=2).reshape(-1, 2)
   rbf = np.linalg.norm(p[:, None] - c[None], axis=-1)
-  p_hat = np.concatenate([np.ones((p.shape[0], 1)), p, rbf ** 2 * np.log(rbf + 1e-6)], axis=1)
+  p_hat = np.concatenate([np.ones((p.shape[0], 1)), p, rbf**2 * np.log(rbf + 1e-6)], axis=1)
   return (p_hat @ np.linalg.inv(delta))[:, :f].astype(np.float32)
 
 
@@ -286,8 +307,12 @@ class LocalizationNetwork(nn.Module):
     self.num_fiducials = num_fiducials
     layers, cin = [], 3
     for i, w in enumerate((channels // 8, channels // 4, channels // 2, channels)):
-      layers += [nn.Conv2d(cin, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True),
-                 nn.MaxPool2d(2, 2) if i < 3 else nn.AdaptiveAvgPool2d(1)]
+      layers += [
+        nn.Conv2d(cin, w, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(True),
+        nn.MaxPool2d(2, 2) if i < 3 else nn.AdaptiveAvgPool2d(1),
+      ]
       cin = w
     self.conv = nn.Sequential(*layers)
     self.localization_fc1 = nn.Sequential(nn.Linear(channels, 256), nn.ReLU(True))
@@ -305,30 +330,45 @@ class Transformation(nn.Module):
   def __init__(self, num_fiducials, channels, image_size):
     super().__init__()
     self.LocalizationNetwork = LocalizationNetwork(num_fiducials, channels)  # pylint: disable=invalid-name
-    self.register_buffer("grid_matrix", torch.from_numpy(tps_grid_matrix(
-        num_fiducials, image_size[0], image_size[1])), persistent=False)
+    self.register_buffer(
+      "grid_matrix",
+      torch.from_numpy(tps_grid_matrix(num_fiducials, image_size[0], image_size[1])),
+      persistent=False,
+    )
 
   def forward(self, images):
     b, _, h, w = images.shape
     grid = torch.einsum("nf,bfk->bnk", self.grid_matrix, self.LocalizationNetwork(images))
-    return F.grid_sample(images, grid.reshape(b, h, w, 2), mode="bilinear",
-                         padding_mode="border", align_corners=False)
+    return F.grid_sample(
+      images, grid.reshape(b, h, w, 2), mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 class ResNetEncoder(nn.Module):
   """CNN (+ BiLSTM) encoder: `forward(images [B, 3, 32, W]) -> frames [B, W // 4 + 1, D]`."""
 
-  def __init__(self, channels=512, blocks=(1, 2, 5, 3), lstm_hidden=256, lstm_layers=2,
-               tps=False, num_fiducials=20, tps_channels=512, image_size=(32, 128)):
+  def __init__(
+    self,
+    channels=512,
+    blocks=(1, 2, 5, 3),
+    lstm_hidden=256,
+    lstm_layers=2,
+    tps=False,
+    num_fiducials=20,
+    tps_channels=512,
+    image_size=(32, 128),
+  ):
     super().__init__()
     if tps:
       self.Transformation = Transformation(  # pylint: disable=invalid-name
-          num_fiducials, tps_channels, image_size)
+        num_fiducials, tps_channels, image_size
+      )
     self.tps = tps
     self.FeatureExtraction = FeatureExtraction(channels, blocks)  # pylint: disable=invalid-name
     dims = [channels] + [lstm_hidden] * lstm_layers
     self.SequenceModeling = nn.ModuleList(  # pylint: disable=invalid-name
-        [BidirectionalLSTM(dims[l], lstm_hidden, lstm_hidden) for l in range(lstm_layers)])
+      [BidirectionalLSTM(dims[l], lstm_hidden, lstm_hidden) for l in range(lstm_layers)]
+    )
     self.grid_h = 1
 
   def forward(self, images, mask=None):
@@ -358,8 +398,11 @@ class CtcDecoder(nn.Module):
     if head == "dig":
       self.encoder_norm = nn.LayerNorm(in_dim, eps=1e-6)
       self.ctc_classifier = nn.Sequential(
-          nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim, eps=1e-6), nn.GELU(),
-          nn.Linear(hidden_dim, num_classes))
+        nn.Linear(in_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim, eps=1e-6),
+        nn.GELU(),
+        nn.Linear(hidden_dim, num_classes),
+      )
     else:
       self.classifier = nn.Linear(in_dim, num_classes)
 
@@ -397,18 +440,18 @@ class AttentionDecoder(nn.Module):
 
   def prepare(self, features):
     x = to_frames(features, self.grid_h)
-    return {"x": x, "x_proj": self.x_proj(x),
-            "state": x.new_zeros(x.shape[0], self.hidden_dim)}
+    return {"x": x, "x_proj": self.x_proj(x), "state": x.new_zeros(x.shape[0], self.hidden_dim)}
 
   def step(self, memory, tokens):
     """tokens [B, t+1] (BOS first) -> logits [B, C] of the next token (state carried)."""
-    logits, memory["state"] = self.cell(memory["x"], memory["x_proj"], memory["state"],
-                                        tokens[:, -1])
+    logits, memory["state"] = self.cell(
+      memory["x"], memory["x_proj"], memory["state"], tokens[:, -1]
+    )
     return logits
 
   def forward(self, features, inputs):
     memory = self.prepare(features)
-    return torch.stack([self.step(memory, inputs[:, :t + 1]) for t in range(inputs.shape[1])], 1)
+    return torch.stack([self.step(memory, inputs[:, : t + 1]) for t in range(inputs.shape[1])], 1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -465,15 +508,18 @@ class DecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
   """NRTR/DiG decoder (`decoder.*`); the `linear_norm` bridge lives in `Recognizer`."""
 
-  def __init__(self, num_classes, d_model=512, num_layers=6, num_heads=8, mlp_dim=2048,
-               max_positions=256):
+  def __init__(
+    self, num_classes, d_model=512, num_layers=6, num_heads=8, mlp_dim=2048, max_positions=256
+  ):
     super().__init__()
     self.d_model = d_model
     self.trg_word_emb = nn.Embedding(num_classes + 1, d_model)
-    self.register_buffer("pos_table", torch.from_numpy(posembed.sincos_1d(max_positions, d_model)),
-                         persistent=False)
-    self.layer_stack = nn.ModuleList([DecoderLayer(d_model, num_heads, mlp_dim)
-                                      for _ in range(num_layers)])
+    self.register_buffer(
+      "pos_table", torch.from_numpy(posembed.sincos_1d(max_positions, d_model)), persistent=False
+    )
+    self.layer_stack = nn.ModuleList(
+      [DecoderLayer(d_model, num_heads, mlp_dim) for _ in range(num_layers)]
+    )
     self.layer_norm = nn.LayerNorm(d_model, eps=1e-6)
     self.classifier = nn.Linear(d_model, num_classes)
 
@@ -549,24 +595,27 @@ class DigPositionalEncoding(nn.Module):
 
   def __init__(self, d_model, n_position=200):
     super().__init__()
-    self.register_buffer("position_table", torch.from_numpy(
-        posembed.dig_position_table(n_position, d_model))[None])
+    self.register_buffer(
+      "position_table", torch.from_numpy(posembed.dig_position_table(n_position, d_model))[None]
+    )
 
   def forward(self, x):
-    return x + self.position_table[:, :x.shape[1]]
+    return x + self.position_table[:, : x.shape[1]]
 
 
 class DigTFDecoder(nn.Module):
   """Official DiG `TFDecoder` (`decoder.*` of a fine-tuned checkpoint): embeddings (no scale)
   + stored positions, pre-norm layers, final LayerNorm (eps 1e-6), classifier with bias."""
 
-  def __init__(self, num_classes, d_model=512, num_layers=6, num_heads=8, d_inner=256,
-               n_position=200):
+  def __init__(
+    self, num_classes, d_model=512, num_layers=6, num_heads=8, d_inner=256, n_position=200
+  ):
     super().__init__()
     self.trg_word_emb = nn.Embedding(num_classes + 1, d_model)
     self.position_enc = DigPositionalEncoding(d_model, n_position)
-    self.layer_stack = nn.ModuleList([DigDecoderLayer(d_model, num_heads, d_inner)
-                                      for _ in range(num_layers)])
+    self.layer_stack = nn.ModuleList(
+      [DigDecoderLayer(d_model, num_heads, d_inner) for _ in range(num_layers)]
+    )
     self.layer_norm = nn.LayerNorm(d_model, eps=1e-6)
     self.classifier = nn.Linear(d_model, num_classes)
 
@@ -612,8 +661,7 @@ class Recognizer(nn.Module):
   --format=onnx`).
   """
 
-  def __init__(self, encoder, decoder_name, decoder, *, max_len, bos, eos, pad,
-               linear_norm=None):
+  def __init__(self, encoder, decoder_name, decoder, *, max_len, bos, eos, pad, linear_norm=None):
     super().__init__()
     self.encoder = encoder
     if linear_norm is not None:
@@ -638,8 +686,9 @@ class Recognizer(nn.Module):
     features = self.encoder(images)
     if self.decoder_name == "ctc":
       logits = self.decoder(features)
-      ids, conf = ctc_collapse(logits, blank=self.pad, eos=self.eos, pad=self.pad,
-                               length=self.length)
+      ids, conf = ctc_collapse(
+        logits, blank=self.pad, eos=self.eos, pad=self.pad, length=self.length
+      )
       return ids, conf, logits
     memory = self._memory(features)
     tokens = torch.full_like(memory[:, :1, 0], self.bos, dtype=torch.long)  # [B, 1]
@@ -686,28 +735,45 @@ class UInt8Images(nn.Module):
 
 # ----------------------------------------------------------------------------- build
 def _dig_style(cfg):
-  return cfg.get("decoder") == "transformer" and \
-      (cfg.get("decoder_config") or {}).get("style", "nrtr") == "dig"
+  return (
+    cfg.get("decoder") == "transformer"
+    and (cfg.get("decoder_config") or {}).get("style", "nrtr") == "dig"
+  )
 
 
 def build_encoder(cfg):
   m = cfg["model"]
   h, w = cfg.get("image_size", (32, 128))
   if m.get("name", "vit") == "resnet":
-    return ResNetEncoder(int(m.get("channels", 512)), tuple(m.get("blocks", (1, 2, 5, 3))),
-                         int(m.get("lstm_hidden", 256)), int(m.get("lstm_layers", 2)),
-                         bool(m.get("tps", False)), int(m.get("num_fiducials", 20)),
-                         int(m.get("tps_channels", 512)), (h, w))
-  return ViTEncoder(int(m["embed_dim"]), int(m["depth"]), int(m["num_heads"]),
-                    float(m.get("mlp_ratio", 4.0)), int(m.get("patch_size", 4)), (h, w),
-                    final_norm=cfg.get("include", "all") != "encoder" and _dig_style(cfg))
+    return ResNetEncoder(
+      int(m.get("channels", 512)),
+      tuple(m.get("blocks", (1, 2, 5, 3))),
+      int(m.get("lstm_hidden", 256)),
+      int(m.get("lstm_layers", 2)),
+      bool(m.get("tps", False)),
+      int(m.get("num_fiducials", 20)),
+      int(m.get("tps_channels", 512)),
+      (h, w),
+    )
+  return ViTEncoder(
+    int(m["embed_dim"]),
+    int(m["depth"]),
+    int(m["num_heads"]),
+    float(m.get("mlp_ratio", 4.0)),
+    int(m.get("patch_size", 4)),
+    (h, w),
+    final_norm=cfg.get("include", "all") != "encoder" and _dig_style(cfg),
+  )
 
 
 def encoder_dim(cfg):
   m = cfg["model"]
   if m.get("name", "vit") == "resnet":
-    return int(m.get("lstm_hidden", 256)) if int(m.get("lstm_layers", 2)) else \
-        int(m.get("channels", 512))
+    return (
+      int(m.get("lstm_hidden", 256))
+      if int(m.get("lstm_layers", 2))
+      else int(m.get("channels", 512))
+    )
   return int(m["embed_dim"])
 
 
@@ -717,9 +783,14 @@ def build(cfg):
     return EncoderOnly(build_encoder(cfg))
   if cfg["method"] == "dig":
     m, h = cfg["model"], cfg["heads"]
-    kw = dict(embed_dim=int(m["embed_dim"]), depth=int(m["depth"]),
-              num_heads=int(m["num_heads"]), mlp_ratio=float(m.get("mlp_ratio", 4.0)),
-              patch_size=int(m.get("patch_size", 4)), image_size=tuple(cfg["image_size"]))
+    kw = dict(
+      embed_dim=int(m["embed_dim"]),
+      depth=int(m["depth"]),
+      num_heads=int(m["num_heads"]),
+      mlp_ratio=float(m.get("mlp_ratio", 4.0)),
+      patch_size=int(m.get("patch_size", 4)),
+      image_size=tuple(cfg["image_size"]),
+    )
     return DiGPretrain(kw, **h)
   if cfg["method"] == "recognition":
     encoder = build_encoder(cfg)
@@ -734,15 +805,35 @@ def build(cfg):
     elif name == "transformer" and _dig_style(cfg):
       dm = int(dc["d_model"])
       linear_norm = nn.Sequential(nn.Linear(d, dm), nn.LayerNorm(dm))
-      decoder = DigTFDecoder(c, dm, int(dc["num_layers"]), int(dc["num_heads"]),
-                             int(dc["mlp_dim"]), int(dc.get("n_position", 200)))
+      decoder = DigTFDecoder(
+        c,
+        dm,
+        int(dc["num_layers"]),
+        int(dc["num_heads"]),
+        int(dc["mlp_dim"]),
+        int(dc.get("n_position", 200)),
+      )
     elif name == "transformer":
       dm = int(dc["d_model"])
       linear_norm = nn.Sequential(nn.Linear(d, dm), nn.LayerNorm(dm, eps=1e-6))
-      decoder = TransformerDecoder(c, dm, int(dc["num_layers"]), int(dc["num_heads"]),
-                                   int(dc["mlp_dim"]), int(dc.get("max_positions", 256)))
+      decoder = TransformerDecoder(
+        c,
+        dm,
+        int(dc["num_layers"]),
+        int(dc["num_heads"]),
+        int(dc["mlp_dim"]),
+        int(dc.get("max_positions", 256)),
+      )
     else:
       raise ValueError(f"unknown decoder {name!r}")
-    return Recognizer(encoder, name, decoder, max_len=int(cfg["max_len"]), bos=int(cfg["bos"]),
-                      eos=int(cfg["eos"]), pad=int(cfg["pad"]), linear_norm=linear_norm)
+    return Recognizer(
+      encoder,
+      name,
+      decoder,
+      max_len=int(cfg["max_len"]),
+      bos=int(cfg["bos"]),
+      eos=int(cfg["eos"]),
+      pad=int(cfg["pad"]),
+      linear_norm=linear_norm,
+    )
   raise ValueError(f"unknown method {cfg.get('method')!r}")

@@ -76,9 +76,9 @@ def make_views(record, rng: np.random.Generator, config) -> dict:
   image = record["image"]
   num_patches = (h // PATCH) * (w // PATCH)
   return {
-      "image1": augment.resize(image, h, w),
-      "image2": augment.dig_view2(image, rng, h, w),
-      "mask": augment.random_patch_mask(rng, num_patches, config.mask_ratio),
+    "image1": augment.resize(image, h, w),
+    "image2": augment.dig_view2(image, rng, h, w),
+    "mask": augment.random_patch_mask(rng, num_patches, config.mask_ratio),
   }
 
 
@@ -95,8 +95,9 @@ def networks(config) -> dict:
   mim, contrast = branches(config)
   nets = {"encoder": encoder_from_config(config)}
   if mim:
-    nets["mim_head"] = heads.MimHead(embed_dim=d, hidden=config.mim_hidden_dim,
-                                     patch_pixels=PATCH * PATCH * 3)
+    nets["mim_head"] = heads.MimHead(
+      embed_dim=d, hidden=config.mim_hidden_dim, patch_pixels=PATCH * PATCH * 3
+    )
   if mim and contrast:
     nets["pix_projector"] = heads.pix_projector(d, config.pix_hidden_dim)
   if contrast:
@@ -143,19 +144,26 @@ def init_variables(config, rng, batch) -> dict:
   feats = jnp.zeros((x.shape[0] * config.num_windows, config.model.embed_dim))
   params = {"encoder": tokens}
   if "mim_head" in nets:
-    params["mim_head"] = nets["mim_head"].init(
-        ks[1], jnp.zeros((2, 4, config.model.embed_dim)))["params"]
+    params["mim_head"] = nets["mim_head"].init(ks[1], jnp.zeros((2, 4, config.model.embed_dim)))[
+      "params"
+    ]
   batch_stats = {}
-  for i, (name, inp) in enumerate([("pix_projector", feats), ("projector", feats),
-                                   ("predictor", jnp.zeros((feats.shape[0], config.proj_dim)))]):
+  for i, (name, inp) in enumerate(
+    [
+      ("pix_projector", feats),
+      ("projector", feats),
+      ("predictor", jnp.zeros((feats.shape[0], config.proj_dim))),
+    ]
+  ):
     if name not in nets:
       continue
     v = nets[name].init(ks[2 + i], inp, train=False)
     params[name] = v["params"]
     batch_stats[name] = v["batch_stats"]
   ema = {name: params[name] for name in momentum_nets(config)}
-  batch_stats.update({f"{name}_m": batch_stats[name] for name in ("pix_projector", "projector")
-                      if name in ema})
+  batch_stats.update(
+    {f"{name}_m": batch_stats[name] for name in ("pix_projector", "projector") if name in ema}
+  )
   return {"params": params, "model_state": {"ema": ema, "batch_stats": batch_stats}}
 
 
@@ -170,13 +178,20 @@ def load_pretrained(state, config, source):
   a key mismatch is an error listing the missing and unknown keys (raised by the resolver)."""
   path = config.get("init_from", "")
   if not source.path.endswith((".safetensors", ".pth", ".pt", ".bin")):
-    raise errors.UserError(f"config.init_from={path!r}: DiG pretraining starts from a PyTorch "
-                           "state dict (.pth / .pt / .safetensors); to continue a JAX run, "
-                           "reuse its workdir")
+    raise errors.UserError(
+      f"config.init_from={path!r}: DiG pretraining starts from a PyTorch "
+      "state dict (.pth / .pt / .safetensors); to continue a JAX run, "
+      "reuse its workdir"
+    )
   imported = torch_mapping.flatten({"params": source.params, "model_state": source.model_state})
   if not any(k.startswith("model_state/ema/") for k in imported):  # an encoder-only file
-    imported.update({"model_state/ema/" + k[len("params/"):]: v for k, v in imported.items()
-                     if k.startswith("params/encoder/")})
+    imported.update(
+      {
+        "model_state/ema/" + k[len("params/") :]: v
+        for k, v in imported.items()
+        if k.startswith("params/encoder/")
+      }
+    )
   target = torch_mapping.flatten({"params": state.params, "model_state": state.model_state})
   put = lambda k: jax.device_put(np.asarray(imported[k], target[k].dtype), target[k].sharding)
   new = torch_mapping.unflatten({k: put(k) if k in imported else v for k, v in target.items()})
@@ -243,18 +258,21 @@ def unpair(x):
 def _instances(tokens1, tokens2, config):
   """Both views' window instances (`pair`ed): [2 * B * W, D]."""
   grid_h = config.image_height // PATCH
-  return pair(windows(tokens1, grid_h, config.num_windows),
-              windows(tokens2, grid_h, config.num_windows))
+  return pair(
+    windows(tokens1, grid_h, config.num_windows), windows(tokens2, grid_h, config.num_windows)
+  )
 
 
 def _query_branch(nets, params, stats, tokens1, tokens2, config):
   """q1, q2 [B*W, proj_dim]: [pix_projector (view 1)] -> windows -> projector -> predictor."""
   p1 = tokens1
   if "pix_projector" in nets:
-    p1, stats["pix_projector"] = _pix_project(nets["pix_projector"], params["pix_projector"],
-                                              stats["pix_projector"], tokens1)
-  z, stats["projector"] = _bn_apply(nets["projector"], params["projector"], stats["projector"],
-                                    _instances(p1, tokens2, config))
+    p1, stats["pix_projector"] = _pix_project(
+      nets["pix_projector"], params["pix_projector"], stats["pix_projector"], tokens1
+    )
+  z, stats["projector"] = _bn_apply(
+    nets["projector"], params["projector"], stats["projector"], _instances(p1, tokens2, config)
+  )
   q, stats["predictor"] = _bn_apply(nets["predictor"], params["predictor"], stats["predictor"], z)
   q1, q2 = unpair(q)
   return q1, q2, stats
@@ -264,10 +282,12 @@ def _key_branch(nets, ema, stats, tokens1, tokens2, config):
   """k1, k2 [B*W, proj_dim] from the momentum networks (BN statistics of their own)."""
   p1 = tokens1
   if "pix_projector" in nets:
-    p1, stats["pix_projector_m"] = _pix_project(nets["pix_projector"], ema["pix_projector"],
-                                                stats["pix_projector_m"], tokens1)
-  k, stats["projector_m"] = _bn_apply(nets["projector"], ema["projector"], stats["projector_m"],
-                                      _instances(p1, tokens2, config))
+    p1, stats["pix_projector_m"] = _pix_project(
+      nets["pix_projector"], ema["pix_projector"], stats["pix_projector_m"], tokens1
+    )
+  k, stats["projector_m"] = _bn_apply(
+    nets["projector"], ema["projector"], stats["projector_m"], _instances(p1, tokens2, config)
+  )
   k1, k2 = unpair(k)
   return k1, k2, stats
 
@@ -285,8 +305,9 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   x = common.normalize(pair(batch["image1"], batch["image2"]))
   both_mask = pair(mask, jnp.zeros_like(mask))
   enc = nets["encoder"]
-  tokens1, tokens2 = unpair(enc.apply({"params": params["encoder"]}, x, both_mask, train=True,
-                                      rngs={"dropout": rng}))
+  tokens1, tokens2 = unpair(
+    enc.apply({"params": params["encoder"]}, x, both_mask, train=True, rngs={"dropout": rng})
+  )
   metrics = {"momentum": momentum_at(step, config)}
   loss = 0.0
   if mim and config.mim_weight:
@@ -296,12 +317,12 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   if contrast and config.contrastive_weight:
     q1, q2, stats = _query_branch(nets, params, stats, tokens1, tokens2, config)
     # Key branch: momentum encoder / pix_projector / projector, no gradients.
-    m_tokens1, m_tokens2 = unpair(enc.apply({"params": ema["encoder"]}, x, both_mask,
-                                            train=False))
+    m_tokens1, m_tokens2 = unpair(enc.apply({"params": ema["encoder"]}, x, both_mask, train=False))
     k1, k2, stats = _key_branch(nets, ema, stats, m_tokens1, m_tokens2, config)
     k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
-    metrics["contrastive_loss"] = (info_nce(q1, k2, config.temperature) +
-                                   info_nce(q2, k1, config.temperature))
+    metrics["contrastive_loss"] = info_nce(q1, k2, config.temperature) + info_nce(
+      q2, k1, config.temperature
+    )
     loss += config.contrastive_weight * metrics["contrastive_loss"]
   return loss, (metrics, {**model_state, "batch_stats": stats})
 
@@ -309,8 +330,10 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
 def after_update(params, model_state, step, config):
   """Momentum (EMA) update of the key networks: ema = m * ema + (1 - m) * params."""
   m = momentum_at(step, config)
-  ema = {name: jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, model_state["ema"][name],
-                            params[name]) for name in momentum_nets(config)}
+  ema = {
+    name: jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, model_state["ema"][name], params[name])
+    for name in momentum_nets(config)
+  }
   return {**model_state, "ema": ema}
 
 
@@ -319,8 +342,11 @@ def example_batch(config, size: int = 2) -> dict:
   """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
   h, w = config.image_height, config.image_width
   image = jnp.zeros((size, h, w, 3), jnp.uint8)
-  return {"image1": image, "image2": image,
-          "mask": jnp.zeros((size, (h // PATCH) * (w // PATCH)), bool)}
+  return {
+    "image1": image,
+    "image2": image,
+    "mask": jnp.zeros((size, (h // PATCH) * (w // PATCH)), bool),
+  }
 
 
 def export_networks(config) -> tuple[list, dict]:
@@ -328,21 +354,31 @@ def export_networks(config) -> tuple[list, dict]:
   ([(torch prefix, [jax roots], style)], {} fixed tables)."""
   del config
   bs = "model_state/batch_stats/"
-  return [("momentum_encoder.", ["model_state/ema/encoder"], "vit"),
-          ("pix_decoder.", ["params/mim_head"], "mim"),
-          ("pix_projector.", ["params/pix_projector", bs + "pix_projector"], "mlp"),
-          ("pix_projector_m.", ["model_state/ema/pix_projector", bs + "pix_projector_m"], "mlp"),
-          ("encoder_projection_layer.", ["params/projector", bs + "projector"], "mlp"),
-          ("momentum_projection_layer.", ["model_state/ema/projector", bs + "projector_m"],
-           "mlp"),
-          ("predictor.", ["params/predictor", bs + "predictor"], "mlp")], {}
+  return [
+    ("momentum_encoder.", ["model_state/ema/encoder"], "vit"),
+    ("pix_decoder.", ["params/mim_head"], "mim"),
+    ("pix_projector.", ["params/pix_projector", bs + "pix_projector"], "mlp"),
+    ("pix_projector_m.", ["model_state/ema/pix_projector", bs + "pix_projector_m"], "mlp"),
+    ("encoder_projection_layer.", ["params/projector", bs + "projector"], "mlp"),
+    ("momentum_projection_layer.", ["model_state/ema/projector", bs + "projector_m"], "mlp"),
+    ("predictor.", ["params/predictor", bs + "predictor"], "mlp"),
+  ], {}
 
 
 def export_metadata(config) -> dict:
   """Fields of the exported model JSON (export/cli.py): the sizes of the heads."""
-  return {"heads": {k: int(config[k]) for k in ("mim_hidden_dim", "pix_hidden_dim",
-                                                  "proj_hidden_dim", "proj_dim",
-                                                  "pred_hidden_dim")}}
+  return {
+    "heads": {
+      k: int(config[k])
+      for k in (
+        "mim_hidden_dim",
+        "pix_hidden_dim",
+        "proj_hidden_dim",
+        "proj_dim",
+        "pred_hidden_dim",
+      )
+    }
+  }
 
 
 # ----------------------------------------------------------------------------- visuals
@@ -352,15 +388,22 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   h, w = config.image_height, config.image_width
   image1, image2, mask = (batch[k][:num_images] for k in ("image1", "image2", "mask"))
   if "mim_head" not in params:  # the contrastive-only arm: the two views
-    return {"dig_views": common.image_grid([image1.astype(jnp.float32) / 255,
-                                     image2.astype(jnp.float32) / 255])}
-  tokens = encoder_from_config(config).apply({"params": params["encoder"]}, common.normalize(image1),
-                                             mask, train=False)
+    return {
+      "dig_views": common.image_grid(
+        [image1.astype(jnp.float32) / 255, image2.astype(jnp.float32) / 255]
+      )
+    }
+  tokens = encoder_from_config(config).apply(
+    {"params": params["encoder"]}, common.normalize(image1), mask, train=False
+  )
   pred = networks(config)["mim_head"].apply({"params": params["mim_head"]}, tokens)
   target, m = patchify(image1), mask[..., None].astype(jnp.float32)
   masked = target * (1 - m) + 0.5 * m
   recon = target * (1 - m) + jnp.clip(pred.astype(jnp.float32), 0, 1) * m
-  panels = [image1.astype(jnp.float32) / 255, unpatchify(masked, h, w),
-            unpatchify(recon, h, w), image2.astype(jnp.float32) / 255]
+  panels = [
+    image1.astype(jnp.float32) / 255,
+    unpatchify(masked, h, w),
+    unpatchify(recon, h, w),
+    image2.astype(jnp.float32) / 255,
+  ]
   return {"dig_reconstruction": common.image_grid(panels)}
-

@@ -68,8 +68,10 @@ def _charset(name: str, oov: str) -> charset_lib.Charset:
     return charset_lib.Charset.named(name, oov=oov)
   if os.path.isfile(name):
     return charset_lib.Charset.from_file(name, oov=oov)
-  raise errors.UserError(f"config.charset={name!r} is neither a named charset "
-                   f"({', '.join(sorted(charset_lib.NAMED))}) nor a file (one character per line)")
+  raise errors.UserError(
+    f"config.charset={name!r} is neither a named charset "
+    f"({', '.join(sorted(charset_lib.NAMED))}) nor a file (one character per line)"
+  )
 
 
 def charset_from_config(config) -> charset_lib.Charset:
@@ -92,10 +94,18 @@ def _drop(record, label, reason: str) -> None:
   number = record.get("record", record.get("index", "?"))
   sources.note_bad(folder, number, f"label dropped ({reason})")
   if n <= _WARN_FIRST or n % 1000 == 0:
-    where = (f"LMDB {folder} record {number}" if "record" in record
-             else f"record {record.get('index', '?')}")
-    logging.warning("recognition: %s dropped (label %r: %s); %d labels dropped for this "
-                    "reason so far", where, label[:60], reason, n)
+    where = (
+      f"LMDB {folder} record {number}"
+      if "record" in record
+      else f"record {record.get('index', '?')}"
+    )
+    logging.warning(
+      "recognition: %s dropped (label %r: %s); %d labels dropped for this reason so far",
+      where,
+      label[:60],
+      reason,
+      n,
+    )
 
 
 def make_views(record, rng: np.random.Generator, config) -> dict | None:
@@ -107,16 +117,22 @@ def make_views(record, rng: np.random.Generator, config) -> dict | None:
     _drop(record, label, reason)
     return None
   h, w = config.image_height, config.image_width
-  image = (AUGMENT_RECIPES[config.get("augment_recipe", "mild")](record["image"], rng, h, w)
-           if config.get("augment", True) else augment.resize(record["image"], h, w))
+  image = (
+    AUGMENT_RECIPES[config.get("augment_recipe", "mild")](record["image"], rng, h, w)
+    if config.get("augment", True)
+    else augment.resize(record["image"], h, w)
+  )
   return {"image": image, "label": cs.encode(label, config.max_len)}
 
 
 def eval_views(record, rng, config) -> dict:
   """record -> {image uint8 [H, W, 3] (resized), text (the label, as is), index}."""
   del rng
-  return {"image": augment.resize(record["image"], config.image_height, config.image_width),
-          "text": np.asarray(record["label"]), "index": np.asarray(record["index"], np.int64)}
+  return {
+    "image": augment.resize(record["image"], config.image_height, config.image_width),
+    "text": np.asarray(record["label"]),
+    "index": np.asarray(record["index"], np.int64),
+  }
 
 
 # ----------------------------------------------------------------------------- networks
@@ -136,8 +152,11 @@ def sequence_module(config):
   layers = int(config.get("decoder_bilstm_layers", 0) or 0)
   if not layers:
     return None
-  return resnet.BiLSTMStack(int(config.model.get("lstm_hidden", 256)), layers,
-                            dtype=jnp.dtype(config.get("dtype", "float32")))
+  return resnet.BiLSTMStack(
+    int(config.model.get("lstm_hidden", 256)),
+    layers,
+    dtype=jnp.dtype(config.get("dtype", "float32")),
+  )
 
 
 def networks(config):
@@ -160,11 +179,13 @@ def init_variables(config, rng, batch) -> dict:
   _, _, decoder = networks(config)
   k_enc, k_dec = jax.random.split(rng)
   x = common.normalize(batch["image"])
-  features, enc_vars = encoder.init_with_output({"params": k_enc, "dropout": k_enc}, x,
-                                                train=False)
+  features, enc_vars = encoder.init_with_output({"params": k_enc, "dropout": k_enc}, x, train=False)
   enc_params = enc_vars["params"]
-  enc_vars = {col: tree for col, tree in enc_vars.items()  # e.g. batch_stats; not sown values
-              if col not in ("params", "intermediates")}
+  enc_vars = {
+    col: tree
+    for col, tree in enc_vars.items()  # e.g. batch_stats; not sown values
+    if col not in ("params", "intermediates")
+  }
   params = {"encoder": enc_params}
   seq = sequence_module(config)
   if seq is not None:
@@ -191,8 +212,9 @@ def phases(config):
 
 def encoder_state(model_state) -> dict:
   """{collection: encoder's tree} out of model_state {collection: {"encoder": tree, ...}}."""
-  return {col: v["encoder"] for col, v in model_state.items()
-          if isinstance(v, dict) and "encoder" in v}
+  return {
+    col: v["encoder"] for col, v in model_state.items() if isinstance(v, dict) and "encoder" in v
+  }
 
 
 def encode(params, model_state, images, config, *, train: bool, rng=None):
@@ -249,8 +271,7 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   cs = charset_from_config(config)
   _, _, decoder = networks(config)
   enc_rng, dec_rng = jax.random.split(rng)
-  features, enc_state = encode(params, model_state, batch["image"], config, train=True,
-                               rng=enc_rng)
+  features, enc_state = encode(params, model_state, batch["image"], config, train=True, rng=enc_rng)
   labels = batch["label"]
   dec_vars = {"params": params["decoder"]}
   word_norm = config.get("loss_norm", "token") == "word"
@@ -259,11 +280,13 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
     nll = decoders.ctc_loss(logits, labels, blank=cs.pad, eos=cs.eos, pad=cs.pad)
     lengths = jnp.sum((labels != cs.eos) & (labels != cs.pad), axis=1)
     loss = jnp.mean(nll if word_norm else nll / jnp.maximum(lengths, 1))  # token: PyTorch's
-    ids, _ = decoders.ctc_greedy(logits, blank=cs.pad, eos=cs.eos, pad=cs.pad,
-                                 length=labels.shape[1])
+    ids, _ = decoders.ctc_greedy(
+      logits, blank=cs.pad, eos=cs.eos, pad=cs.pad, length=labels.shape[1]
+    )
   else:
-    logits = decoder.apply(dec_vars, features, decoder_inputs(labels, cs.bos), train=True,
-                           rngs={"dropout": dec_rng})
+    logits = decoder.apply(
+      dec_vars, features, decoder_inputs(labels, cs.bos), train=True, rngs={"dropout": dec_rng}
+    )
     smoothing = float(config.get("label_smoothing", 0.0))
     targets = optax.smooth_labels(jax.nn.one_hot(labels, cs.num_classes), smoothing)
     ce = optax.softmax_cross_entropy(logits, targets)
@@ -291,10 +314,12 @@ def predict(params, model_state, images, config):
   dec_vars = {"params": params["decoder"]}
   length = label_length(config)
   if config.decoder == "ctc":
-    return decoders.ctc_greedy(decoder.apply(dec_vars, features), blank=cs.pad, eos=cs.eos,
-                               pad=cs.pad, length=length)
-  return decoders.greedy_decode(decoder, dec_vars, features, length=length, bos=cs.bos,
-                                eos=cs.eos, pad=cs.pad)
+    return decoders.ctc_greedy(
+      decoder.apply(dec_vars, features), blank=cs.pad, eos=cs.eos, pad=cs.pad, length=length
+    )
+  return decoders.greedy_decode(
+    decoder, dec_vars, features, length=length, bos=cs.bos, eos=cs.eos, pad=cs.pad
+  )
 
 
 # ----------------------------------------------------------------------------- init_from
@@ -311,10 +336,14 @@ def encoder_mismatches(source: dict, target: dict, show: int = 8) -> list[str]:
   `show` of each kind plus a count of the rest; [] when the trees match."""
   src, tgt = _flat(source), _flat(target)
   kinds = [
-      [f"  shape {k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(v))}"
-       for k, v in tgt.items() if k in src and np.shape(src[k]) != np.shape(v)],
-      [f"  missing in checkpoint: {k} {tuple(np.shape(v))}" for k, v in tgt.items() if k not in src],
-      [f"  not in model: {k} {tuple(np.shape(v))}" for k, v in src.items() if k not in tgt]]
+    [
+      f"  shape {k}: checkpoint {tuple(np.shape(src[k]))} vs model {tuple(np.shape(v))}"
+      for k, v in tgt.items()
+      if k in src and np.shape(src[k]) != np.shape(v)
+    ],
+    [f"  missing in checkpoint: {k} {tuple(np.shape(v))}" for k, v in tgt.items() if k not in src],
+    [f"  not in model: {k} {tuple(np.shape(v))}" for k, v in src.items() if k not in tgt],
+  ]
   lines = []
   for kind in kinds:
     lines += kind[:show] + ([f"  ... and {len(kind) - show} more"] if len(kind) > show else [])
@@ -334,31 +363,40 @@ def load_pretrained(state, config, source):
   path = config.get("init_from", "")
   params = source.params
   if "encoder" not in params:
-    raise ValueError(f"config.init_from={path}: the checkpoint has no 'encoder' params "
-                     f"(networks: {sorted(params)}). {source.origin}")
+    raise ValueError(
+      f"config.init_from={path}: the checkpoint has no 'encoder' params "
+      f"(networks: {sorted(params)}). {source.origin}"
+    )
   src, target = params["encoder"], nn.unbox(state.params["encoder"])
   problems = encoder_mismatches(src, target)
   if problems:
     want = config_utils.describe_model(config.model)
     raise ValueError(
-        f"config.init_from={path}: the checkpoint's encoder does not match config.model "
-        f"({want}):\n" + "\n".join(problems) +
-        (f"\nThe checkpoint was written by {source.origin}." if source.origin else "") +
-        "\nSet --config.model.* (or the config variant / size) to the checkpoint's encoder.")
+      f"config.init_from={path}: the checkpoint's encoder does not match config.model "
+      f"({want}):\n"
+      + "\n".join(problems)
+      + (f"\nThe checkpoint was written by {source.origin}." if source.origin else "")
+      + "\nSet --config.model.* (or the config variant / size) to the checkpoint's encoder."
+    )
 
   def put(a, tgt):
     return jax.device_put(np.asarray(a, tgt.dtype), tgt.sharding)
+
   new_params = {**state.params, "encoder": jax.tree.map(put, src, target)}
   model_state = dict(state.model_state)
   enc_state = encoder_state(model_state)
-  src_enc_state = {col: tree for col, tree in encoder_state(source.model_state or {}).items()
-                   if col in enc_state}  # e.g. batch_stats, not DiG's "ema" copies
+  src_enc_state = {
+    col: tree for col, tree in encoder_state(source.model_state or {}).items() if col in enc_state
+  }  # e.g. batch_stats, not DiG's "ema" copies
   if enc_state and src_enc_state and not encoder_mismatches(src_enc_state, enc_state):
     for col, tree in jax.tree.map(put, src_enc_state, enc_state).items():
       model_state[col] = {**model_state[col], "encoder": tree}
   elif enc_state:
-    logging.warning("init_from=%s: no matching encoder statistics (%s) in the checkpoint; "
-                    "keeping the fresh ones", path, sorted(enc_state))
+    logging.warning(
+      "init_from=%s: no matching encoder statistics (%s) in the checkpoint; keeping the fresh ones",
+      path,
+      sorted(enc_state),
+    )
   logging.info("init_from=%s: loaded %d encoder arrays", path, len(_flat(src)))
   return state.replace(params=new_params, model_state=model_state)
 
@@ -366,12 +404,14 @@ def load_pretrained(state, config, source):
 # ----------------------------------------------------------------------------- export
 def example_batch(config, size: int = 2) -> dict:
   """Zeros shaped like a training batch (for the shapes of `init_variables`)."""
-  return {"image": jnp.zeros((size, config.image_height, config.image_width, 3), jnp.uint8),
-          "label": jnp.zeros((size, label_length(config)), jnp.int32)}
+  return {
+    "image": jnp.zeros((size, config.image_height, config.image_width, 3), jnp.uint8),
+    "label": jnp.zeros((size, label_length(config)), jnp.int32),
+  }
 
 
 def transformer_style(config) -> str:
-  """"nrtr" (default) or "dig" for the transformer decoder, "" for another decoder."""
+  """ "nrtr" (default) or "dig" for the transformer decoder, "" for another decoder."""
   if config.get("decoder") != "transformer":
     return ""
   return (config.get("transformer", None) or {}).get("style", "nrtr") or "nrtr"
@@ -383,14 +423,17 @@ def export_networks(config) -> tuple[list, dict]:
   layout for transformer.style="dig" (its decoder stores the sin-cos position table)."""
   decoder = config.get("decoder")
   if sequence_module(config) is not None:
-    raise ValueError("export of a decoder-side BiLSTM (config.decoder_bilstm_layers > 0) is not "
-                     "supported yet; export the encoder alone with --include=encoder")
+    raise ValueError(
+      "export of a decoder-side BiLSTM (config.decoder_bilstm_layers > 0) is not "
+      "supported yet; export the encoder alone with --include=encoder"
+    )
   specs, fixed = [], {}
   if transformer_style(config) == "dig":
     specs.append(("encoder.norm.", ["params/decoder/encoder_norm"], "transformer"))
     t = config.transformer
     fixed[torch_mapping.DIG_TABLE_KEY] = posembed.dig_position_table(
-        int(t.get("n_position", 200)), int(t.d_model))[None]
+      int(t.get("n_position", 200)), int(t.d_model)
+    )[None]
   if decoder == "transformer":
     specs.append(("linear_norm.", ["params/decoder/linear_norm"], "transformer"))
   specs.append(("decoder.", ["params/decoder"], decoder))
@@ -400,7 +443,14 @@ def export_networks(config) -> tuple[list, dict]:
 def export_metadata(config) -> dict:
   """Fields of the exported model JSON (export/cli.py) that rebuild the decoder and charset."""
   cs = charset_from_config(config)
-  return dict(decoder=config.decoder, decoder_config=config.get(config.decoder, None) or {},
-              num_classes=cs.num_classes, charset=config.get("charset", "printable94"),
-              max_len=int(config.max_len), bos=cs.bos, eos=cs.eos, pad=cs.pad,
-              chars=cs.chars)  # decoding ids without this package (docs/export.md)
+  return dict(
+    decoder=config.decoder,
+    decoder_config=config.get(config.decoder, None) or {},
+    num_classes=cs.num_classes,
+    charset=config.get("charset", "printable94"),
+    max_len=int(config.max_len),
+    bos=cs.bos,
+    eos=cs.eos,
+    pad=cs.pad,
+    chars=cs.chars,
+  )  # decoding ids without this package (docs/export.md)

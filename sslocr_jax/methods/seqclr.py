@@ -44,14 +44,19 @@ def make_views(record, rng: np.random.Generator, config) -> dict:
   """record {"image": uint8 [H, W, 3]} -> {image1, image2: uint8 [32, 128, 3]}."""
   h, w = config.image_height, config.image_width
   image = record["image"]
-  return {"image1": augment.seqclr_view(image, rng, h, w),
-          "image2": augment.seqclr_view(image, rng, h, w)}
+  return {
+    "image1": augment.seqclr_view(image, rng, h, w),
+    "image2": augment.seqclr_view(image, rng, h, w),
+  }
 
 
 # ----------------------------------------------------------------------------- networks
 def _check(config):
-  for field, valid in (("instance_mapping", MAPPINGS), ("projection", PROJECTIONS),
-                       ("seqclr_encoder_stage", STAGES)):
+  for field, valid in (
+    ("instance_mapping", MAPPINGS),
+    ("projection", PROJECTIONS),
+    ("seqclr_encoder_stage", STAGES),
+  ):
     if config[field] not in valid:
       raise ValueError(f"config.{field}={config[field]!r} is unknown; valid: {', '.join(valid)}")
 
@@ -72,8 +77,9 @@ def networks(config) -> dict:
   if config.projection == "bilstm":
     nets["projection"] = resnet.BiLSTM(config.proj_hidden_dim, config.proj_dim, dtype=dtype)
   elif config.projection == "mlp":  # per frame: Linear -> BN -> ReLU -> Linear
-    nets["projection"] = heads.MLP(2, config.proj_hidden_dim, config.proj_dim, last_bn=False,
-                                   dtype=dtype)
+    nets["projection"] = heads.MLP(
+      2, config.proj_hidden_dim, config.proj_dim, last_bn=False, dtype=dtype
+    )
   return nets
 
 
@@ -81,8 +87,9 @@ def _apply(net, params, stats, x, train, rng=None):
   """Applies a network with or without BatchNorm -> (out, new stats or None)."""
   if isinstance(net, resnet.BiLSTM):
     return net.apply({"params": params}, x), stats
-  return common.apply(net, params, stats, x, train=train,
-                      rngs={"dropout": rng} if rng is not None else {})
+  return common.apply(
+    net, params, stats, x, train=train, rngs={"dropout": rng} if rng is not None else {}
+  )
 
 
 def init_variables(config, rng, batch) -> dict:
@@ -163,12 +170,14 @@ def frames_of(nets, params, stats, images, config, train=True, rng=None):
   Encoders with a 2-D token grid (the ViT: 8x32) are averaged over the height first.
   """
   stats = dict(stats)
-  feats, stats["encoder"] = _apply(nets["encoder"], params["encoder"], stats["encoder"],
-                                   common.normalize(images), train, rng)
+  feats, stats["encoder"] = _apply(
+    nets["encoder"], params["encoder"], stats["encoder"], common.normalize(images), train, rng
+  )
   frames = encoders.to_frames(feats, encoders.build(config)[1])
   if "projection" in nets:
-    frames, new = _apply(nets["projection"], params["projection"], stats.get("projection"),
-                         frames, train)
+    frames, new = _apply(
+      nets["projection"], params["projection"], stats.get("projection"), frames, train
+    )
     if new is not None:
       stats["projection"] = new
   return frames, stats
@@ -180,8 +189,7 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   nets = networks(config)
   images = jnp.concatenate([batch["image1"], batch["image2"]])
   frames, stats = frames_of(nets, params, model_state["batch_stats"], images, config, rng=rng)
-  inst = instance_mapping(frames.astype(jnp.float32), config.instance_mapping,
-                          config.num_windows)
+  inst = instance_mapping(frames.astype(jnp.float32), config.instance_mapping, config.num_windows)
   b, w, c = inst.shape
   z1, z2 = jnp.split(inst.reshape(b * w, c), 2)  # view 1 rows, then view 2, same (b, w) order
   loss, acc = nt_xent(z1, z2, config.temperature)
@@ -202,8 +210,7 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   panels = [image1.astype(jnp.float32) / 255, image2.astype(jnp.float32) / 255]
   enc = encoder_from_config(config)
   if getattr(enc, "tps", False):
-    variables = {"params": params["encoder"],
-                 "batch_stats": model_state["batch_stats"]["encoder"]}
+    variables = {"params": params["encoder"], "batch_stats": model_state["batch_stats"]["encoder"]}
     _, out = enc.apply(variables, common.normalize(image1), train=False, mutable=["intermediates"])
     rectified = out["intermediates"]["rectified"][0].astype(jnp.float32)
     panels.append((rectified + 1.0) / 2.0)

@@ -65,14 +65,16 @@ def encoder_from_config(config):
 
 def networks(config) -> dict:
   return {
-      "encoder": encoder_from_config(config),
-      "san": siman_nets.SAN(proj_dim=config.san_dim, eps=config.san_eps, in_eps=config.in_eps),
-      "decoder": siman_nets.Decoder(out_size=(config.image_height, config.image_width),
-                                    width=config.decoder_width,
-                                    num_upsamples=config.decoder_upsamples),
-      "discriminator": siman_nets.Discriminator(width=config.disc_width,
-                                                num_layers=config.disc_layers,
-                                                norm=config.disc_norm),
+    "encoder": encoder_from_config(config),
+    "san": siman_nets.SAN(proj_dim=config.san_dim, eps=config.san_eps, in_eps=config.in_eps),
+    "decoder": siman_nets.Decoder(
+      out_size=(config.image_height, config.image_width),
+      width=config.decoder_width,
+      num_upsamples=config.decoder_upsamples,
+    ),
+    "discriminator": siman_nets.Discriminator(
+      width=config.disc_width, num_layers=config.disc_layers, norm=config.disc_norm
+    ),
   }
 
 
@@ -115,8 +117,9 @@ def encode(params, model_state, images, config, *, train: bool, rng=None):
   encoder = encoder_from_config(config)
   stats = model_state.get("batch_stats", {}).get("encoder")
   rngs = {"dropout": rng} if (train and rng is not None) else {}
-  return common.apply(encoder, params["encoder"], stats, common.normalize(images), train=train,
-                      rngs=rngs)
+  return common.apply(
+    encoder, params["encoder"], stats, common.normalize(images), train=train, rngs=rngs
+  )
 
 
 def restore(params, model_state, source, augmented, config, *, train: bool, rng=None):
@@ -128,8 +131,9 @@ def restore(params, model_state, source, augmented, config, *, train: bool, rng=
   """
   nets = networks(config)
   _, grid_h = encoders.build(config)
-  feats, stats = encode(params, model_state, jnp.concatenate([source, augmented]), config,
-                        train=train, rng=rng)
+  feats, stats = encode(
+    params, model_state, jnp.concatenate([source, augmented]), config, train=train, rng=rng
+  )
   fs, fa = jnp.split(feats, 2)
   restyled, attn = nets["san"].apply({"params": params["san"]}, fa, fs)
   restored = nets["decoder"].apply({"params": params["decoder"]}, feature_map(restyled, grid_h))
@@ -159,8 +163,10 @@ def hinge_discriminator(real_logits, fake_logits):
 
 def discriminator_accuracy(real_logits, fake_logits):
   """Share of patch logits on the right side of 0 (real > 0, fake < 0), both halves averaged."""
-  return 0.5 * (jnp.mean((real_logits > 0).astype(jnp.float32)) +
-                jnp.mean((fake_logits < 0).astype(jnp.float32)))
+  return 0.5 * (
+    jnp.mean((real_logits > 0).astype(jnp.float32))
+    + jnp.mean((fake_logits < 0).astype(jnp.float32))
+  )
 
 
 def adv_weight_at(step, config):
@@ -172,29 +178,34 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   """SimAN losses of one phase on a global batch -> (loss, (metrics, new model_state))."""
   target = common.normalize(batch["target"])
   if phase == "generator":
-    restored, _, stats = restore(params, model_state, batch["source"], batch["augmented"],
-                                 config, train=True, rng=rng)
-    metrics = {"pixel_loss": pixel_loss(restored, target, config.pixel_loss),
-               "adv_loss": -jnp.mean(discriminate(params, restored, config)),
-               "adv_weight": adv_weight_at(step, config)}
-    loss = (config.pixel_weight * metrics["pixel_loss"] +
-            metrics["adv_weight"] * metrics["adv_loss"])
+    restored, _, stats = restore(
+      params, model_state, batch["source"], batch["augmented"], config, train=True, rng=rng
+    )
+    metrics = {
+      "pixel_loss": pixel_loss(restored, target, config.pixel_loss),
+      "adv_loss": -jnp.mean(discriminate(params, restored, config)),
+      "adv_weight": adv_weight_at(step, config),
+    }
+    loss = config.pixel_weight * metrics["pixel_loss"] + metrics["adv_weight"] * metrics["adv_loss"]
     if stats is not None:
-      model_state = {**model_state, "batch_stats": {**model_state["batch_stats"],
-                                                    "encoder": stats}}
+      model_state = {**model_state, "batch_stats": {**model_state["batch_stats"], "encoder": stats}}
     return loss, (metrics, model_state)
   if phase == "discriminator":
     # The generator in training mode (as the generator phase saw it); its BatchNorm
     # statistics were already updated by that phase, so this pass's are dropped.
-    restored, _, _ = restore(params, model_state, batch["source"], batch["augmented"], config,
-                             train=True, rng=rng)
+    restored, _, _ = restore(
+      params, model_state, batch["source"], batch["augmented"], config, train=True, rng=rng
+    )
     restored = jax.lax.stop_gradient(restored)
     # One call on [real; fake]: the discriminator normalizes per example, so this equals
     # two calls.
     real, fake = jnp.split(discriminate(params, jnp.concatenate([target, restored]), config), 2)
     real_loss, fake_loss = hinge_discriminator(real, fake)
-    metrics = {"disc_real_loss": real_loss, "disc_fake_loss": fake_loss,
-               "disc_accuracy": discriminator_accuracy(real, fake)}
+    metrics = {
+      "disc_real_loss": real_loss,
+      "disc_fake_loss": fake_loss,
+      "disc_accuracy": discriminator_accuracy(real, fake),
+    }
     return real_loss + fake_loss, (metrics, model_state)
   raise ValueError(f"phase={phase!r} is unknown; valid: generator, discriminator")
 

@@ -56,14 +56,26 @@ def _p(init, *names):
 
 
 def _dense(features, names=("embed", "mlp"), use_bias=True, dtype=jnp.float32, name=None):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=_p(_dense_init, *names), bias_init=_p(_zeros, names[-1]),
-                  name=name)
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_p(_dense_init, *names),
+    bias_init=_p(_zeros, names[-1]),
+    name=name,
+  )
 
 
 def _layer_norm(dtype, name=None, eps=1e-6):
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=_p(_ones, "embed"), bias_init=_p(_zeros, "embed"), name=name)
+  return nn.LayerNorm(
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=_p(_ones, "embed"),
+    bias_init=_p(_zeros, "embed"),
+    name=name,
+  )
 
 
 # ----------------------------------------------------------------------------- CTC
@@ -77,6 +89,7 @@ class CtcDecoder(nn.Module):
             LayerNorm(eps 1e-6) -> GELU (exact) -> Linear(hidden_dim, C);
     linear  one Linear(D, C) on the raw tokens averaged over the height (`classifier`).
   """
+
   num_classes: int
   grid_h: int = 1
   head: str = "linear"
@@ -91,13 +104,20 @@ class CtcDecoder(nn.Module):
       raise ValueError(f"config.ctc.head={self.head!r} is unknown; valid: {', '.join(CTC_HEADS)}")
     self.encoder_norm = _layer_norm(self.dtype)
     # params layers_{0,1,3} <-> PyTorch ctc_classifier.{0,1,3} (an nn.Sequential there too).
-    self.ctc_classifier = nn.Sequential([
+    self.ctc_classifier = nn.Sequential(
+      [
         _dense(self.hidden_dim, ("embed", "mlp"), dtype=self.dtype),
-        nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
-                     scale_init=_p(_ones, "mlp"), bias_init=_p(_zeros, "mlp")),
+        nn.LayerNorm(
+          epsilon=1e-6,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          scale_init=_p(_ones, "mlp"),
+          bias_init=_p(_zeros, "mlp"),
+        ),
         lambda y: nn.gelu(y, approximate=False),
         _dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype),
-    ])
+      ]
+    )
 
   def __call__(self, features, *, train: bool = False):
     del train
@@ -114,8 +134,9 @@ def ctc_loss(logits, labels, *, blank: int, eos: int, pad: int):
   """
   label_paddings = ((labels == eos) | (labels == pad)).astype(jnp.float32)
   logit_paddings = jnp.zeros(logits.shape[:2], jnp.float32)
-  return optax.ctc_loss(logits.astype(jnp.float32), logit_paddings, labels, label_paddings,
-                        blank_id=blank)
+  return optax.ctc_loss(
+    logits.astype(jnp.float32), logit_paddings, labels, label_paddings, blank_id=blank
+  )
 
 
 def ctc_greedy(logits, *, blank: int, eos: int, pad: int, length: int):
@@ -142,6 +163,7 @@ def ctc_greedy(logits, *, blank: int, eos: int, pad: int, length: int):
 # ----------------------------------------------------------------------------- attention
 class _AttentionStep(nn.Module):
   """One ASTER decoder step (`DecoderUnit`): attend over the frames, GRU, classify."""
+
   num_classes: int
   hidden_dim: int
   attention_dim: int
@@ -150,9 +172,13 @@ class _AttentionStep(nn.Module):
   def setup(self):
     self.s_proj = _dense(self.attention_dim, (None, "mlp"), dtype=self.dtype)  # sEmbed
     self.score = _dense(1, ("mlp", None), dtype=self.dtype)  # wEmbed
-    self.tgt_embedding = nn.Embed(self.num_classes + 1, self.attention_dim,
-                                  embedding_init=_p(nn.initializers.normal(0.02), "vocab", "mlp"),
-                                  dtype=self.dtype, param_dtype=jnp.float32)
+    self.tgt_embedding = nn.Embed(
+      self.num_classes + 1,
+      self.attention_dim,
+      embedding_init=_p(nn.initializers.normal(0.02), "vocab", "mlp"),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     self.gru = nn.GRUCell(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32)
     self.fc = _dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype)
 
@@ -173,6 +199,7 @@ class AttentionDecoder(nn.Module):
   Training: `(features [B, N, D], inputs int32 [B, L]) -> logits [B, L, C]` with teacher
   forcing (a `nn.scan` over the L steps). Inference: `greedy_decode`.
   """
+
   num_classes: int
   hidden_dim: int = 512
   attention_dim: int = 512
@@ -181,8 +208,7 @@ class AttentionDecoder(nn.Module):
 
   def setup(self):
     self.x_proj = _dense(self.attention_dim, ("embed", "mlp"), dtype=self.dtype)  # xEmbed
-    self.cell = _AttentionStep(self.num_classes, self.hidden_dim, self.attention_dim,
-                               self.dtype)
+    self.cell = _AttentionStep(self.num_classes, self.hidden_dim, self.attention_dim, self.dtype)
 
   def prepare(self, features):
     x = encoders.to_frames(features, self.grid_h).astype(self.dtype)
@@ -204,14 +230,19 @@ class AttentionDecoder(nn.Module):
     def body(cell, state, token, memory):
       logits, state = cell(memory, state, token)
       return state, logits
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(1, nn.broadcast), out_axes=1)
+
+    scan = nn.scan(
+      body,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=(1, nn.broadcast),
+      out_axes=1,
+    )
     _, logits = scan(self.cell, state, inputs, memory)
     return logits
 
 
 # ----------------------------------------------------------------------------- transformer
-
 
 
 def _split_heads(x, num_heads: int):
@@ -236,14 +267,16 @@ class MultiHeadAttention(nn.Module):
 
   Names follow the NRTR/DiG PyTorch layout (w_qs, w_ks, w_vs, fc, layer_norm).
   """
+
   d_model: int
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
-    dense = lambda names, bias, name: _dense(self.d_model, names, use_bias=bias,
-                                             dtype=self.dtype, name=name)
+    dense = lambda names, bias, name: _dense(
+      self.d_model, names, use_bias=bias, dtype=self.dtype, name=name
+    )
     self.w_qs = dense(("embed", "heads"), False, "w_qs")
     self.w_ks = dense(("embed", "heads"), False, "w_ks")
     self.w_vs = dense(("embed", "heads"), False, "w_vs")
@@ -269,6 +302,7 @@ class MultiHeadAttention(nn.Module):
 
 class FeedForward(nn.Module):
   """Pre-norm position-wise MLP with its residual: `x + w_2(relu(w_1(LN(x))))`."""
+
   d_model: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -285,6 +319,7 @@ class FeedForward(nn.Module):
 
 class DecoderLayer(nn.Module):
   """Masked self-attention, cross-attention on the encoder memory, MLP (all pre-norm)."""
+
   d_model: int
   num_heads: int
   mlp_dim: int
@@ -292,12 +327,14 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    attn = lambda name: MultiHeadAttention(self.d_model, self.num_heads, self.dropout_rate,
-                                           self.dtype, name=name)
+    attn = lambda name: MultiHeadAttention(
+      self.d_model, self.num_heads, self.dropout_rate, self.dtype, name=name
+    )
     self.slf_attn = attn("slf_attn")
     self.enc_attn = attn("enc_attn")
-    self.pos_ffn = FeedForward(self.d_model, self.mlp_dim, self.dropout_rate, self.dtype,
-                               name="pos_ffn")
+    self.pos_ffn = FeedForward(
+      self.d_model, self.mlp_dim, self.dropout_rate, self.dtype, name="pos_ffn"
+    )
 
   def memory_kv(self, memory):
     return self.enc_attn.kv(memory)
@@ -328,6 +365,7 @@ class TransformerDecoder(nn.Module):
   Training: `(features [B, N, D], inputs int32 [B, L]) -> logits [B, L, C]`, causal.
   Inference: `greedy_decode` with a k/v cache (one position per step).
   """
+
   num_classes: int
   d_model: int = 512
   num_layers: int = 6
@@ -339,14 +377,20 @@ class TransformerDecoder(nn.Module):
 
   def setup(self):
     # linear_norm/layers_{0,1} <-> PyTorch linear_norm.{0,1} (an nn.Sequential there too).
-    self.linear_norm = nn.Sequential([_dense(self.d_model, ("embed", "mlp"), dtype=self.dtype),
-                                      _layer_norm(self.dtype)])
+    self.linear_norm = nn.Sequential(
+      [_dense(self.d_model, ("embed", "mlp"), dtype=self.dtype), _layer_norm(self.dtype)]
+    )
     self.trg_word_emb = nn.Embed(
-        self.num_classes + 1, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-        embedding_init=_p(nn.initializers.normal(self.d_model ** -0.5), "vocab", "embed"))
-    self.layer_stack = [DecoderLayer(self.d_model, self.num_heads, self.mlp_dim,
-                                     self.dropout_rate, self.dtype)
-                        for _ in range(self.num_layers)]
+      self.num_classes + 1,
+      self.d_model,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=_p(nn.initializers.normal(self.d_model**-0.5), "vocab", "embed"),
+    )
+    self.layer_stack = [
+      DecoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)
+      for _ in range(self.num_layers)
+    ]
     self.layer_norm = _layer_norm(self.dtype)
     self.classifier = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
@@ -364,8 +408,7 @@ class TransformerDecoder(nn.Module):
   def init_cache(self, memory, length: int):
     k = memory[0][0]
     shape = (k.shape[0], length) + k.shape[2:]
-    return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
-            for _ in self.layer_stack]
+    return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.layer_stack]
 
   def step(self, memory, cache, token, pos):
     x = self._embed(token[:, None], jnp.reshape(pos, (1,)), train=False)
@@ -392,14 +435,16 @@ class DigAttention(nn.Module):
 
   `__call__(x [B, Lq, d], kv, mask) -> [B, Lq, d]`; `kv(y [B, S, d]) -> (k, v) [B, S, H, hd]`.
   """
+
   d_model: int
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
-    dense = lambda names, name: _dense(self.d_model, names, use_bias=False, dtype=self.dtype,
-                                       name=name)
+    dense = lambda names, name: _dense(
+      self.d_model, names, use_bias=False, dtype=self.dtype, name=name
+    )
     self.linear_q = dense(("embed", "heads"), "linear_q")
     self.linear_k = dense(("embed", "heads"), "linear_k")
     self.linear_v = dense(("embed", "heads"), "linear_v")
@@ -422,6 +467,7 @@ class DigAttention(nn.Module):
 
 class DigFeedForward(nn.Module):
   """Official `PositionwiseFeedForward`: `w_2(gelu(w_1(x)))` (exact GELU; no residual)."""
+
   d_model: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -438,8 +484,9 @@ class DigFeedForward(nn.Module):
 class DigDecoderLayer(nn.Module):
   """Official `TransformerDecoderLayer` (pre-norm, LayerNorm eps 1e-5):
 
-      x = x + self_attn(norm1(x));  x = x + enc_attn(norm2(x), memory);  x = x + mlp(norm3(x))
+  x = x + self_attn(norm1(x));  x = x + enc_attn(norm2(x), memory);  x = x + mlp(norm3(x))
   """
+
   d_model: int
   num_heads: int
   mlp_dim: int
@@ -447,15 +494,15 @@ class DigDecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    attn = lambda name: DigAttention(self.d_model, self.num_heads, self.dropout_rate,
-                                     self.dtype, name=name)
+    attn = lambda name: DigAttention(
+      self.d_model, self.num_heads, self.dropout_rate, self.dtype, name=name
+    )
     self.norm1 = _layer_norm(self.dtype, "norm1", eps=1e-5)
     self.norm2 = _layer_norm(self.dtype, "norm2", eps=1e-5)
     self.norm3 = _layer_norm(self.dtype, "norm3", eps=1e-5)
     self.self_attn = attn("self_attn")
     self.enc_attn = attn("enc_attn")
-    self.mlp = DigFeedForward(self.d_model, self.mlp_dim, self.dropout_rate, self.dtype,
-                              name="mlp")
+    self.mlp = DigFeedForward(self.d_model, self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")
 
   def memory_kv(self, memory):
     return self.enc_attn.kv(memory)
@@ -493,18 +540,25 @@ class DigTransformerDecoder(TransformerDecoder):
   Same interface as `TransformerDecoder` (teacher forcing, `prepare` / `init_cache` / `step`
   for `greedy_decode`). Decoding length must stay <= n_position (200 in the release).
   """
+
   n_position: int = 200
 
   def setup(self):
     self.encoder_norm = _layer_norm(self.dtype, "encoder_norm")
-    self.linear_norm = nn.Sequential([_dense(self.d_model, ("embed", "mlp"), dtype=self.dtype),
-                                      _layer_norm(self.dtype, eps=1e-5)])
+    self.linear_norm = nn.Sequential(
+      [_dense(self.d_model, ("embed", "mlp"), dtype=self.dtype), _layer_norm(self.dtype, eps=1e-5)]
+    )
     self.trg_word_emb = nn.Embed(
-        self.num_classes + 1, self.d_model, dtype=self.dtype, param_dtype=jnp.float32,
-        embedding_init=_p(nn.initializers.normal(1.0), "vocab", "embed"))  # nn.Embedding's
-    self.layer_stack = [DigDecoderLayer(self.d_model, self.num_heads, self.mlp_dim,
-                                        self.dropout_rate, self.dtype)
-                        for _ in range(self.num_layers)]
+      self.num_classes + 1,
+      self.d_model,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=_p(nn.initializers.normal(1.0), "vocab", "embed"),
+    )  # nn.Embedding's
+    self.layer_stack = [
+      DigDecoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)
+      for _ in range(self.num_layers)
+    ]
     self.layer_norm = _layer_norm(self.dtype)
     self.classifier = _dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
@@ -561,9 +615,14 @@ def greedy_decode(decoder, variables, features, *, length: int, bos: int, eos: i
     ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], pos, axis=1)
     return pos + 1, nxt, cache, done | (nxt == eos), ids, logp
 
-  init = (jnp.zeros((), jnp.int32), jnp.full((b,), bos, jnp.int32), cache,
-          jnp.zeros((b,), bool), jnp.full((b, length), pad, jnp.int32),
-          jnp.zeros((b,), jnp.float32))
+  init = (
+    jnp.zeros((), jnp.int32),
+    jnp.full((b,), bos, jnp.int32),
+    cache,
+    jnp.zeros((b,), bool),
+    jnp.full((b, length), pad, jnp.int32),
+    jnp.zeros((b,), jnp.float32),
+  )
   _, _, _, _, ids, logp = jax.lax.while_loop(cond, body, init)
   return ids, jnp.exp(logp)
 
@@ -574,16 +633,32 @@ def from_config(config, num_classes: int, grid_h: int):
   dtype = encoders.compute_dtype(config)
   if name == "ctc":
     ctc = config.get("ctc", None) or {}
-    return CtcDecoder(num_classes, grid_h=grid_h, head=ctc.get("head", "linear"),
-                      hidden_dim=ctc.get("hidden_dim", 512), dtype=dtype)
+    return CtcDecoder(
+      num_classes,
+      grid_h=grid_h,
+      head=ctc.get("head", "linear"),
+      hidden_dim=ctc.get("hidden_dim", 512),
+      dtype=dtype,
+    )
   if name == "attention":
     a = config.attention
-    return AttentionDecoder(num_classes, hidden_dim=a.hidden_dim,
-                            attention_dim=a.attention_dim, grid_h=grid_h, dtype=dtype)
+    return AttentionDecoder(
+      num_classes,
+      hidden_dim=a.hidden_dim,
+      attention_dim=a.attention_dim,
+      grid_h=grid_h,
+      dtype=dtype,
+    )
   if name == "transformer":
     t = config.transformer
-    kw = dict(d_model=t.d_model, num_layers=t.num_layers, num_heads=t.num_heads,
-              mlp_dim=t.mlp_dim, dropout_rate=t.get("dropout_rate", 0.0), dtype=dtype)
+    kw = dict(
+      d_model=t.d_model,
+      num_layers=t.num_layers,
+      num_heads=t.num_heads,
+      mlp_dim=t.mlp_dim,
+      dropout_rate=t.get("dropout_rate", 0.0),
+      dtype=dtype,
+    )
     style = t.get("style", "nrtr")
     if style == "dig":
       return DigTransformerDecoder(num_classes, n_position=t.get("n_position", 200), **kw)

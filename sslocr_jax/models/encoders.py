@@ -26,21 +26,22 @@ def compute_dtype(config) -> jnp.dtype:
   """
   name = str(config.get("dtype", "float32"))
   if name == "auto":
-    return jnp.dtype(jnp.bfloat16 if jax.devices()[0].platform in ACCELERATOR_PLATFORMS
-                     else jnp.float32)
+    return jnp.dtype(
+      jnp.bfloat16 if jax.devices()[0].platform in ACCELERATOR_PLATFORMS else jnp.float32
+    )
   return jnp.dtype(name)
 
 
 REMAT_POLICIES = {
-    # Keep every activation for the backward pass (fastest, most memory).
-    "none": None,
-    # Keep only each block's input; recompute the block in the backward pass (least memory,
-    # about one more forward: ~1.33x the step's FLOPs).
-    "full": jax.checkpoint_policies.nothing_saveable,
-    # Keep the matmul outputs (dense layers, attention scores) and recompute the cheap
-    # elementwise rest (norms, GELU, softmax, residuals). A ResNet block has no matmul (its
-    # convolutions are not dots), so there it behaves as "full".
-    "save_dots": jax.checkpoint_policies.dots_saveable,
+  # Keep every activation for the backward pass (fastest, most memory).
+  "none": None,
+  # Keep only each block's input; recompute the block in the backward pass (least memory,
+  # about one more forward: ~1.33x the step's FLOPs).
+  "full": jax.checkpoint_policies.nothing_saveable,
+  # Keep the matmul outputs (dense layers, attention scores) and recompute the cheap
+  # elementwise rest (norms, GELU, softmax, residuals). A ResNet block has no matmul (its
+  # convolutions are not dots), so there it behaves as "full".
+  "save_dots": jax.checkpoint_policies.dots_saveable,
 }
 
 
@@ -48,8 +49,7 @@ def remat_name(remat) -> str:
   """`config.model.remat` as a policy name; the booleans of older configs mean none / full."""
   name = ("full" if remat else "none") if isinstance(remat, bool) else str(remat)
   if name not in REMAT_POLICIES:
-    raise ValueError(f"config.model.remat={remat!r} is unknown; valid: "
-                     f"{', '.join(REMAT_POLICIES)}")
+    raise ValueError(f"config.model.remat={remat!r} is unknown; valid: {', '.join(REMAT_POLICIES)}")
   return name
 
 
@@ -72,14 +72,20 @@ def build(config):
   dtype = compute_dtype(config)
   if m.name == "vit":
     vit = importlib.import_module("sslocr_jax.models.vit")
-    encoder = vit.Encoder(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                          mlp_ratio=m.get("mlp_ratio", 4.0), patch_size=m.get("patch_size", 4),
-                          image_size=(config.image_height, config.image_width),
-                          drop_path_rate=m.get("drop_path_rate", 0.0),
-                          dropout_rate=m.get("dropout_rate", 0.0),
-                          attn_dropout_rate=m.get("attn_dropout_rate", 0.0),
-                          pos_dropout=m.get("pos_dropout", False),
-                          dtype=dtype, remat=remat_name(m.get("remat", "none")))
+    encoder = vit.Encoder(
+      embed_dim=m.embed_dim,
+      depth=m.depth,
+      num_heads=m.num_heads,
+      mlp_ratio=m.get("mlp_ratio", 4.0),
+      patch_size=m.get("patch_size", 4),
+      image_size=(config.image_height, config.image_width),
+      drop_path_rate=m.get("drop_path_rate", 0.0),
+      dropout_rate=m.get("dropout_rate", 0.0),
+      attn_dropout_rate=m.get("attn_dropout_rate", 0.0),
+      pos_dropout=m.get("pos_dropout", False),
+      dtype=dtype,
+      remat=remat_name(m.get("remat", "none")),
+    )
     return encoder, config.image_height // m.get("patch_size", 4)
   if m.name == "resnet":
     resnet = importlib.import_module("sslocr_jax.models.resnet")

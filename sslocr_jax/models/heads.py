@@ -44,6 +44,7 @@ class MLP(nn.Module):
     last_bn_affine: whether that last BN has scale/bias (False in MoCo v3 / DiG).
     dtype: compute dtype (params float32, BN statistics float32).
   """
+
   num_layers: int
   hidden_dim: int
   out_dim: int
@@ -61,16 +62,30 @@ class MLP(nn.Module):
       out_name = "embed" if last else "mlp"
       in_name = None if in_name == out_name else in_name  # no logical axis named twice
       feat_name = "embed" if last else "mlp"
-      x = nn.Dense(dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=_p(_dense_init, in_name, out_name),
-                   bias_init=_p(_zeros, feat_name), name=f"linear_{l}")(x)
+      x = nn.Dense(
+        dim,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_p(_dense_init, in_name, out_name),
+        bias_init=_p(_zeros, feat_name),
+        name=f"linear_{l}",
+      )(x)
       if last and not self.last_bn:
         break
       affine = self.last_bn_affine if last else True
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       use_scale=affine, use_bias=affine, dtype=self.dtype,
-                       param_dtype=jnp.float32, scale_init=_p(_ones, feat_name),
-                       bias_init=_p(_zeros, feat_name), name=f"bn_{l}")(x)
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        use_scale=affine,
+        use_bias=affine,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        scale_init=_p(_ones, feat_name),
+        bias_init=_p(_zeros, feat_name),
+        name=f"bn_{l}",
+      )(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -88,8 +103,7 @@ def projector(hidden_dim: int = 4096, out_dim: int = 256, **kw) -> MLP:
   return MLP(3, hidden_dim, out_dim, **kw)
 
 
-def predictor(hidden_dim: int = 4096, out_dim: int = 256, last_bn: bool = True,
-              **kw) -> MLP:
+def predictor(hidden_dim: int = 4096, out_dim: int = 256, last_bn: bool = True, **kw) -> MLP:
   """Query-side predictor: 256 -> 4096 -> 256.
 
   DiG's release builds it with `_build_mlp(2, dim, mlp_dim, dim)` and the default
@@ -106,6 +120,7 @@ class MimHead(nn.Module):
   -> exact GELU -> Linear(192->48, bias); 48 = 4*4*3 pixels laid out (p1 p2 c).
   `embed_dim` only checks the input width (None: inferred).
   """
+
   embed_dim: int | None = None
   hidden: int = 192
   patch_pixels: int = 48
@@ -116,12 +131,23 @@ class MimHead(nn.Module):
     if self.embed_dim is not None and x.shape[-1] != self.embed_dim:
       raise ValueError(f"MimHead expects width {self.embed_dim}, got {x.shape}")
     dense = lambda n, names, bias, name: nn.Dense(
-        n, use_bias=bias, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=_p(_dense_init, *names), bias_init=_p(_zeros, names[1]), name=name)
+      n,
+      use_bias=bias,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_dense_init, *names),
+      bias_init=_p(_zeros, names[1]),
+      name=name,
+    )
     x = dense(self.hidden, ("embed", "mlp"), False, "linear_0")(x)
     x = dense(self.hidden, (None, "mlp"), False, "linear_1")(x)
-    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
-                     scale_init=_p(_ones, "mlp"), bias_init=_p(_zeros, "mlp"),
-                     name="norm")(x)
+    x = nn.LayerNorm(
+      epsilon=1e-6,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      scale_init=_p(_ones, "mlp"),
+      bias_init=_p(_zeros, "mlp"),
+      name="norm",
+    )(x)
     x = nn.gelu(x, approximate=False)
     return dense(self.patch_pixels, ("mlp", None), True, "linear_2")(x)

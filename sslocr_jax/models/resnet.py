@@ -71,20 +71,35 @@ def num_frames(width: int) -> int:
 
 
 def _conv(features, kernel, strides=1, padding="SAME", name=None, dtype=jnp.float32):
-  return nn.Conv(features, kernel, strides=strides, padding=padding, use_bias=False,
-                 dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=_p(_conv_init, None, None, "conv_in", "conv_out"), name=name)
+  return nn.Conv(
+    features,
+    kernel,
+    strides=strides,
+    padding=padding,
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_p(_conv_init, None, None, "conv_in", "conv_out"),
+    name=name,
+  )
 
 
 def _bn(train, name, dtype=jnp.float32):
-  return nn.BatchNorm(use_running_average=not train, dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=_p(_ones, "conv_out"), bias_init=_p(_zeros, "conv_out"),
-                      name=name, **_BN)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=_p(_ones, "conv_out"),
+    bias_init=_p(_zeros, "conv_out"),
+    name=name,
+    **_BN,
+  )
 
 
 class BasicBlock(nn.Module):
   """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN (+ 1x1 conv-BN shortcut when the width
   changes) -> ReLU. `x [B, H, W, Cin]` -> `[B, H, W, planes]`."""
+
   planes: int
   dtype: Any = jnp.float32
 
@@ -106,6 +121,7 @@ class ResNetFeatures(nn.Module):
 
   `x [B, 32, W, Cin]` -> `[B, 1, W // 4 + 1, channels]`.
   """
+
   channels: int = 512
   blocks: Sequence[int] = (1, 2, 5, 3)
   dtype: Any = jnp.float32
@@ -128,15 +144,15 @@ class ResNetFeatures(nn.Module):
 
     x = conv_bn_relu(x, c // 16, "0_1")
     x = conv_bn_relu(x, c // 8, "0_2")
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))                        # H/2, W/2
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # H/2, W/2
     x = conv_bn_relu(layer(x, 0), widths[0], "1")
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))                        # H/4, W/4
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))  # H/4, W/4
     x = conv_bn_relu(layer(x, 1), widths[1], "2")
     x = nn.max_pool(x, (2, 2), strides=(2, 1), padding=((0, 0), (1, 1)))  # H/8, W/4 + 1
     x = conv_bn_relu(layer(x, 2), widths[2], "3")
     x = layer(x, 3)
     x = conv_bn_relu(x, widths[3], "4_1", (2, 2), (2, 1), ((0, 0), (1, 1)))  # H/16, W/4 + 2
-    return conv_bn_relu(x, widths[3], "4_2", (2, 2), 1, "VALID")     # H/16 - 1, W/4 + 1
+    return conv_bn_relu(x, widths[3], "4_2", (2, 2), 1, "VALID")  # H/16 - 1, W/4 + 1
 
 
 # ----------------------------------------------------------------------------- TPS
@@ -161,17 +177,21 @@ def tps_grid_matrix(num_fiducials: int, height: int, width: int) -> np.ndarray:
   c = fiducials(f)
   r = np.linalg.norm(c[:, None] - c[None], axis=-1)
   np.fill_diagonal(r, 1.0)
-  hat_c = r ** 2 * np.log(r)
-  delta = np.concatenate([
+  hat_c = r**2 * np.log(r)
+  delta = np.concatenate(
+    [
       np.concatenate([np.ones((f, 1)), c, hat_c], axis=1),
       np.concatenate([np.zeros((2, 3)), c.T], axis=1),
-      np.concatenate([np.zeros((1, 3)), np.ones((1, f))], axis=1)], axis=0)  # [F+3, F+3]
+      np.concatenate([np.zeros((1, 3)), np.ones((1, f))], axis=1),
+    ],
+    axis=0,
+  )  # [F+3, F+3]
   inv_delta = np.linalg.inv(delta)
   gx = (np.arange(-width, width, 2) + 1.0) / width
   gy = (np.arange(-height, height, 2) + 1.0) / height
   p = np.stack(np.meshgrid(gx, gy), axis=2).reshape(-1, 2)  # [H*W, 2] (x, y)
   rbf = np.linalg.norm(p[:, None] - c[None], axis=-1)
-  rbf = rbf ** 2 * np.log(rbf + 1e-6)
+  rbf = rbf**2 * np.log(rbf + 1e-6)
   p_hat = np.concatenate([np.ones((p.shape[0], 1)), p, rbf], axis=1)  # [H*W, F+3]
   return (p_hat @ inv_delta)[:, :f].astype(np.float32)
 
@@ -192,8 +212,9 @@ def grid_sample(images, grid):
   x1, y1 = jnp.minimum(x0 + 1, w - 1), jnp.minimum(y0 + 1, h - 1)
   flat = images.reshape(b, h * w, c)
   at = lambda yy, xx: jnp.take_along_axis(flat, (yy * w + xx)[..., None], axis=1)
-  out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) +
-         wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1)))
+  out = (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * (
+    (1 - wx) * at(y1, x0) + wx * at(y1, x1)
+  )
   return out.reshape(b, ho, wo, c).astype(images.dtype)
 
 
@@ -209,6 +230,7 @@ class TPS(nn.Module):
 
   `images [B, H, W, 3]` -> `[B, H, W, 3]`.
   """
+
   num_fiducials: int = 20
   channels: int = 512
   dtype: Any = jnp.float32
@@ -224,13 +246,25 @@ class TPS(nn.Module):
       if i < 3:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.astype(jnp.float32).mean(axis=(1, 2))  # [B, C]
-    x = nn.relu(nn.Dense(256, dtype=jnp.float32, param_dtype=jnp.float32,
-                         kernel_init=_p(_dense_init, "embed", "mlp"),
-                         bias_init=_p(_zeros, "mlp"), name="loc_fc1")(x))
+    x = nn.relu(
+      nn.Dense(
+        256,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        kernel_init=_p(_dense_init, "embed", "mlp"),
+        bias_init=_p(_zeros, "mlp"),
+        name="loc_fc1",
+      )(x)
+    )
     base = jnp.asarray(fiducials(self.num_fiducials).reshape(-1), jnp.float32)
-    pts = nn.Dense(2 * self.num_fiducials, dtype=jnp.float32, param_dtype=jnp.float32,
-                   kernel_init=_p(_zeros, "mlp", None),
-                   bias_init=_p(lambda *_: base, None), name="loc_fc2")(x)
+    pts = nn.Dense(
+      2 * self.num_fiducials,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_zeros, "mlp", None),
+      bias_init=_p(lambda *_: base, None),
+      name="loc_fc2",
+    )(x)
     pts = pts.reshape(b, self.num_fiducials, 2)
     m = jnp.asarray(tps_grid_matrix(self.num_fiducials, h, w))  # [H*W, F]
     grid = jnp.einsum("nf,bfk->bnk", m, pts).reshape(b, h, w, 2)
@@ -243,6 +277,7 @@ class BiLSTM(nn.Module):
 
   `x [B, T, Din]` -> `[B, T, out_dim]` (out_dim defaults to H).
   """
+
   hidden: int = 256
   out_dim: int | None = None
   dtype: Any = jnp.float32
@@ -250,15 +285,23 @@ class BiLSTM(nn.Module):
   @nn.compact
   def __call__(self, x):
     cell = lambda name: nn.OptimizedLSTMCell(
-        self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=_p(nn.initializers.lecun_normal(), "embed", "mlp"),
-        recurrent_kernel_init=_p(nn.initializers.orthogonal(), None, "mlp"),
-        bias_init=_p(_zeros, "mlp"), name=name)
-    x = nn.Bidirectional(nn.RNN(cell("forward")), nn.RNN(cell("backward")))(
-        x.astype(self.dtype))
-    return nn.Dense(self.out_dim or self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=_p(nn.initializers.lecun_normal(), "mlp", "embed"),
-                    bias_init=_p(_zeros, "embed"), name="linear")(x)
+      self.hidden,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(nn.initializers.lecun_normal(), "embed", "mlp"),
+      recurrent_kernel_init=_p(nn.initializers.orthogonal(), None, "mlp"),
+      bias_init=_p(_zeros, "mlp"),
+      name=name,
+    )
+    x = nn.Bidirectional(nn.RNN(cell("forward")), nn.RNN(cell("backward")))(x.astype(self.dtype))
+    return nn.Dense(
+      self.out_dim or self.hidden,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(nn.initializers.lecun_normal(), "mlp", "embed"),
+      bias_init=_p(_zeros, "embed"),
+      name="linear",
+    )(x)
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -276,6 +319,7 @@ class Encoder(nn.Module):
     dtype: compute dtype (params and BatchNorm statistics stay float32).
     remat: rematerialisation policy of each ResNet basic block (`encoders.REMAT_POLICIES`).
   """
+
   channels: int = 512
   blocks: Sequence[int] = (1, 2, 5, 3)
   lstm_hidden: int = 256
@@ -303,8 +347,9 @@ class Encoder(nn.Module):
     if self.tps:
       x = TPS(self.num_fiducials, self.tps_channels, self.dtype, name="tps")(x, train)
       self.sow("intermediates", "rectified", x)
-    x = ResNetFeatures(self.channels, tuple(self.blocks), self.dtype, self.remat,
-                       name="cnn")(x, train)
+    x = ResNetFeatures(self.channels, tuple(self.blocks), self.dtype, self.remat, name="cnn")(
+      x, train
+    )
     x = x.mean(axis=1)  # [B, T, C]: AdaptiveAvgPool over the (already 1-high) height
     for l in range(self.lstm_layers):
       x = BiLSTM(self.lstm_hidden, dtype=self.dtype, name=f"lstm_{l}")(x)
@@ -315,13 +360,17 @@ def from_config(config) -> Encoder:
   """`Encoder` from `config.model` (fields as in the class; missing ones take the defaults)
   and `config.dtype`."""
   m = config.model
-  return Encoder(channels=int(m.get("channels", 512)), blocks=tuple(m.get("blocks", (1, 2, 5, 3))),
-                 lstm_hidden=int(m.get("lstm_hidden", 256)),
-                 lstm_layers=int(m.get("lstm_layers", 2)), tps=bool(m.get("tps", False)),
-                 num_fiducials=int(m.get("num_fiducials", 20)),
-                 tps_channels=int(m.get("tps_channels", 512)),
-                 dtype=encoders.compute_dtype(config),
-                 remat=encoders.remat_name(m.get("remat", "none")))
+  return Encoder(
+    channels=int(m.get("channels", 512)),
+    blocks=tuple(m.get("blocks", (1, 2, 5, 3))),
+    lstm_hidden=int(m.get("lstm_hidden", 256)),
+    lstm_layers=int(m.get("lstm_layers", 2)),
+    tps=bool(m.get("tps", False)),
+    num_fiducials=int(m.get("num_fiducials", 20)),
+    tps_channels=int(m.get("tps_channels", 512)),
+    dtype=encoders.compute_dtype(config),
+    remat=encoders.remat_name(m.get("remat", "none")),
+  )
 
 
 class BiLSTMStack(nn.Module):
@@ -332,6 +381,7 @@ class BiLSTMStack(nn.Module):
   (Aberdam et al., CVPR 2021, Sec. 4; configs/finetune.py `decoder_bilstm_layers`). Param
   names `lstm_{l}` as in `Encoder`.
   """
+
   hidden: int = 256
   layers: int = 1
   dtype: Any = jnp.float32

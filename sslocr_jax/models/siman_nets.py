@@ -26,9 +26,15 @@ def _p(init, *names):
 
 
 def _conv(features, kernel, strides=1, name=None):
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding="SAME",
-                 kernel_init=_p(_conv_init, None, None, "conv_in", "conv_out"),
-                 bias_init=_p(_zeros, "conv_out"), name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=strides,
+    padding="SAME",
+    kernel_init=_p(_conv_init, None, None, "conv_in", "conv_out"),
+    bias_init=_p(_zeros, "conv_out"),
+    name=name,
+  )
 
 
 # ----------------------------------------------------------------------------- SAN, pure parts
@@ -76,6 +82,7 @@ class SAN(nn.Module):
     eps: added to the aligned variance before the square root.
     in_eps: added to the variance of the instance normalization.
   """
+
   proj_dim: int
   eps: float = 1e-5
   in_eps: float = 1e-5
@@ -85,8 +92,12 @@ class SAN(nn.Module):
     """fa [B, Na, D], fs [B, Ns, D] -> (restyled [B, Na, D], attention [B, Na, Ns]), float32."""
     fa, fs = fa.astype(jnp.float32), fs.astype(jnp.float32)
     na, ns = instance_norm(fa, self.in_eps), instance_norm(fs, self.in_eps)
-    dense = lambda name: nn.Dense(self.proj_dim, kernel_init=_p(_dense_init, "embed", "mlp"),
-                                  bias_init=_p(_zeros, "mlp"), name=name)
+    dense = lambda name: nn.Dense(
+      self.proj_dim,
+      kernel_init=_p(_dense_init, "embed", "mlp"),
+      bias_init=_p(_zeros, "mlp"),
+      name=name,
+    )
     attn = attention(dense("query")(na), dense("key")(ns))
     mean, std = aligned_stats(attn, fs, self.eps)
     return restyle(na, mean, std), attn
@@ -116,6 +127,7 @@ class Decoder(nn.Module):
     width: channels at the base grid.
     num_upsamples: k.
   """
+
   out_size: tuple[int, int]
   width: int = 128
   num_upsamples: int = 2
@@ -124,12 +136,16 @@ class Decoder(nn.Module):
   def __call__(self, x):
     b, h, w, _ = x.shape
     k = self.num_upsamples
-    base_h, base_w = self.out_size[0] // 2 ** k, self.out_size[1] // 2 ** k
-    if base_h * 2 ** k != self.out_size[0] or base_w * 2 ** k != self.out_size[1]:
+    base_h, base_w = self.out_size[0] // 2**k, self.out_size[1] // 2**k
+    if base_h * 2**k != self.out_size[0] or base_w * 2**k != self.out_size[1]:
       raise ValueError(f"out_size {self.out_size} is not divisible by 2^{k}")
     r = max(base_h // h, 1)
-    x = nn.Dense(r * self.width, kernel_init=_p(_dense_init, "embed", "mlp"),
-                 bias_init=_p(_zeros, "mlp"), name="to_grid")(x.astype(jnp.float32))
+    x = nn.Dense(
+      r * self.width,
+      kernel_init=_p(_dense_init, "embed", "mlp"),
+      bias_init=_p(_zeros, "mlp"),
+      name="to_grid",
+    )(x.astype(jnp.float32))
     x = x.reshape(b, h, w, r, self.width).transpose(0, 1, 3, 2, 4).reshape(b, h * r, w, -1)
     if x.shape[1:3] != (base_h, base_w):
       x = jax.image.resize(x, (b, base_h, base_w, self.width), "bilinear")
@@ -156,6 +172,7 @@ class Discriminator(nn.Module):
     num_layers: stride-2 convolutions n (2: 8 x 16 logits for 32 x 64, receptive field 34 px).
     norm: "instance" | "none" (no BatchNorm: the discriminator keeps no state).
   """
+
   width: int = 64
   num_layers: int = 2
   norm: str = "instance"
@@ -168,9 +185,14 @@ class Discriminator(nn.Module):
     def norm(x, name):
       if self.norm == "none":
         return x
-      return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5,
-                          scale_init=_p(nn.initializers.ones, "conv_out"),
-                          bias_init=_p(_zeros, "conv_out"), name=name)(x)
+      return nn.GroupNorm(
+        num_groups=None,
+        group_size=1,
+        epsilon=1e-5,
+        scale_init=_p(nn.initializers.ones, "conv_out"),
+        bias_init=_p(_zeros, "conv_out"),
+        name=name,
+      )(x)
 
     x = nn.leaky_relu(_conv(self.width, 4, 2, name="conv0")(images.astype(jnp.float32)), 0.2)
     c = self.width

@@ -94,6 +94,7 @@ class KeyMismatchError(ValueError):
 @dataclasses.dataclass
 class Entry:
   """torch_keys <-> jax_keys; `fwd(jax arrays) -> torch arrays`, `inv` the reverse."""
+
   torch_keys: tuple
   jax_keys: tuple
   fwd: Callable
@@ -162,8 +163,11 @@ def _module_name(seg: str, style: str) -> str:
     m = re.fullmatch(r"loc_(conv|bn)_(\d+)", seg)
     if m:
       return f"conv.{4 * int(m.group(2)) + (m.group(1) == 'bn')}"
-    table = {"tps": "Transformation.LocalizationNetwork", "loc_fc1": "localization_fc1.0",
-             "loc_fc2": "localization_fc2"}
+    table = {
+      "tps": "Transformation.LocalizationNetwork",
+      "loc_fc1": "localization_fc1.0",
+      "loc_fc2": "localization_fc2",
+    }
     if seg in table:
       return table[seg]
     if seg == "cnn":
@@ -191,8 +195,12 @@ def _leaf_entry(torch_prefix: str, jax_key: str, rel: tuple, shape, style: str) 
   mods = ".".join(_module_name(s, style) for s in rel[:-1])
   leaf = rel[-1]
   fwd, inv = _ident, _ident
-  name = {"scale": "weight", "embedding": "weight", "mean": "running_mean",
-          "var": "running_var"}.get(leaf, leaf)
+  name = {
+    "scale": "weight",
+    "embedding": "weight",
+    "mean": "running_mean",
+    "var": "running_var",
+  }.get(leaf, leaf)
   if leaf == "kernel":
     name = "weight"
     if len(shape) == 2:
@@ -223,11 +231,16 @@ def _gru_entries(torch_prefix: str, base: str) -> list:
     ih, hh = np.split(np.asarray(a[0]), 3), np.split(np.asarray(a[1]), 3)
     return [ih[0] + hh[0], ih[1] + hh[1], ih[2], hh[2]]
 
-  return [Entry((torch_prefix + "weight_ih",), tuple(k(g, "kernel") for g in ins), w_fwd, w_inv),
-          Entry((torch_prefix + "weight_hh",), tuple(k(g, "kernel") for g in hids), w_fwd, w_inv),
-          Entry((torch_prefix + "bias_ih", torch_prefix + "bias_hh"),
-                (k("ir", "bias"), k("iz", "bias"), k("in", "bias"), k("hn", "bias")),
-                b_fwd, b_inv)]
+  return [
+    Entry((torch_prefix + "weight_ih",), tuple(k(g, "kernel") for g in ins), w_fwd, w_inv),
+    Entry((torch_prefix + "weight_hh",), tuple(k(g, "kernel") for g in hids), w_fwd, w_inv),
+    Entry(
+      (torch_prefix + "bias_ih", torch_prefix + "bias_hh"),
+      (k("ir", "bias"), k("iz", "bias"), k("in", "bias"), k("hn", "bias")),
+      b_fwd,
+      b_inv,
+    ),
+  ]
 
 
 def _lstm_entries(torch_prefix: str, base: str, suffix: str) -> list:
@@ -248,16 +261,29 @@ def _lstm_entries(torch_prefix: str, base: str, suffix: str) -> list:
     return list(np.split(np.asarray(a[0]) + np.asarray(a[1]), 4))
 
   return [
-      Entry((f"{torch_prefix}weight_ih_l0{suffix}",),
-            tuple(f"{base}/i{g}/kernel" for g in gates), w_fwd, w_inv),
-      Entry((f"{torch_prefix}weight_hh_l0{suffix}",),
-            tuple(f"{base}/h{g}/kernel" for g in gates), w_fwd, w_inv),
-      Entry((f"{torch_prefix}bias_ih_l0{suffix}", f"{torch_prefix}bias_hh_l0{suffix}"),
-            tuple(f"{base}/h{g}/bias" for g in gates), b_fwd, b_inv)]
+    Entry(
+      (f"{torch_prefix}weight_ih_l0{suffix}",),
+      tuple(f"{base}/i{g}/kernel" for g in gates),
+      w_fwd,
+      w_inv,
+    ),
+    Entry(
+      (f"{torch_prefix}weight_hh_l0{suffix}",),
+      tuple(f"{base}/h{g}/kernel" for g in gates),
+      w_fwd,
+      w_inv,
+    ),
+    Entry(
+      (f"{torch_prefix}bias_ih_l0{suffix}", f"{torch_prefix}bias_hh_l0{suffix}"),
+      tuple(f"{base}/h{g}/bias" for g in gates),
+      b_fwd,
+      b_inv,
+    ),
+  ]
 
 
 def _bn_counter(torch_mean_key: str) -> Entry:
-  key = torch_mean_key[:-len("running_mean")] + "num_batches_tracked"
+  key = torch_mean_key[: -len("running_mean")] + "num_batches_tracked"
   return Entry((key,), (), lambda a: [np.zeros((), np.int64)], lambda a: [], optional=True)
 
 
@@ -270,14 +296,18 @@ def _network_entries(torch_prefix: str, roots: list, flat_shapes: dict, style: s
     for key in keys:
       if key in done:
         continue
-      rel = tuple(key[len(root) + 1:].split("/"))
+      rel = tuple(key[len(root) + 1 :].split("/"))
       if style == "attention" and "gru" in rel:
         i = rel.index("gru")
-        base = root + "/" + "/".join(rel[:i + 1])
-        tp = torch_prefix + ".".join(rel[:i + 1]) + "."
+        base = root + "/" + "/".join(rel[: i + 1])
+        tp = torch_prefix + ".".join(rel[: i + 1]) + "."
         group = _gru_entries(tp, base)
-      elif style == "resnet" and len(rel) >= 3 and rel[0].startswith("lstm_") and \
-          rel[1] in ("forward", "backward"):
+      elif (
+        style == "resnet"
+        and len(rel) >= 3
+        and rel[0].startswith("lstm_")
+        and rel[1] in ("forward", "backward")
+      ):
         base = f"{root}/{rel[0]}/{rel[1]}"
         tp = f"{torch_prefix}{_module_name(rel[0], style)}.rnn."
         group = _lstm_entries(tp, base, "" if rel[1] == "forward" else "_reverse")
@@ -300,8 +330,7 @@ def _encoder_style(config) -> str:
 
 def encoder_spec(config) -> tuple:
   """(torch prefix, [jax roots], style) of the encoder every method has."""
-  return ("encoder.", ["params/encoder", "model_state/batch_stats/encoder"],
-          _encoder_style(config))
+  return ("encoder.", ["params/encoder", "model_state/batch_stats/encoder"], _encoder_style(config))
 
 
 def _fixed_entry(key: str, table: np.ndarray) -> Entry:
@@ -350,8 +379,16 @@ def _is_sincos(table) -> bool:
   return t.ndim == 2 and bool(np.allclose(t, posembed.sincos_1d(*t.shape), atol=1e-4))
 
 
-def import_state(flat: dict, target: dict, specs: list, fixed: dict | None = None,
-                 include: str = "all", *, what: str = "model", show: int = 50) -> dict:
+def import_state(
+  flat: dict,
+  target: dict,
+  specs: list,
+  fixed: dict | None = None,
+  include: str = "all",
+  *,
+  what: str = "model",
+  show: int = 50,
+) -> dict:
   """Flat PyTorch state dict -> `{"params": ..., "model_state": ...}` numpy trees holding the
   networks `specs` of the model whose leaves are `target` {jax key: (shape, dtype)}
   (include="encoder": `specs` is the encoder's, other networks' keys are ignored).
@@ -366,9 +403,12 @@ def import_state(flat: dict, target: dict, specs: list, fixed: dict | None = Non
   if include == "encoder":  # a fine-tuned DiG file as init_from: its final norm is not ours
     relevant = [k for k in relevant if k not in FINETUNE_ENCODER_NORM or k in expected]
   unknown = [k for k in relevant if k not in expected and not _ignored(k)]
-  unknown += [f"{k} {tuple(np.shape(flat[k]))} (not the fixed sin-cos table: a learned "
-              "position embedding is not supported)"
-              for k in relevant if _ignored(k) and not _is_sincos(flat[k])]
+  unknown += [
+    f"{k} {tuple(np.shape(flat[k]))} (not the fixed sin-cos table: a learned "
+    "position embedding is not supported)"
+    for k in relevant
+    if _ignored(k) and not _is_sincos(flat[k])
+  ]
   out, shapes = {}, []
   if not missing:
     for e in plan:
@@ -387,16 +427,24 @@ def import_state(flat: dict, target: dict, specs: list, fixed: dict | None = Non
         else:
           out[k] = np.asarray(a, dtype)
   if missing or unknown or shapes:
+
     def block(title, items):
       if not items:
         return []
       more = [f"  ... and {len(items) - show} more"] if len(items) > show else []
       return [f"{title} ({len(items)}):"] + [f"  {x}" for x in items[:show]] + more
-    lines = (block("missing keys", missing) + block("unknown keys", unknown) +
-             block("shape mismatches", shapes))
+
+    lines = (
+      block("missing keys", missing)
+      + block("unknown keys", unknown)
+      + block("shape mismatches", shapes)
+    )
     raise KeyMismatchError(
-        f"state dict does not match the {what} (include={include!r}):\n"
-        + "\n".join(lines), missing, unknown, shapes)
+      f"state dict does not match the {what} (include={include!r}):\n" + "\n".join(lines),
+      missing,
+      unknown,
+      shapes,
+    )
   tree = unflatten(out)
   tree.setdefault("params", {})
   tree.setdefault("model_state", {})
@@ -412,13 +460,16 @@ def load_torch_state(path: str) -> dict:
     raise errors.MissingPath(f"PyTorch state dict {path!r} does not exist")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
     flat = load_file(path)
   else:
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ImportError(f"reading {path} needs PyTorch (pip install 'sslocr_jax[torch]'), "
-                        "or convert it to .safetensors") from e
+      raise ImportError(
+        f"reading {path} needs PyTorch (pip install 'sslocr_jax[torch]'), "
+        "or convert it to .safetensors"
+      ) from e
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
       if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -426,7 +477,7 @@ def load_torch_state(path: str) -> dict:
         break
     flat = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
   if flat and all(k.startswith("module.") for k in flat):
-    flat = {k[len("module."):]: v for k, v in flat.items()}
+    flat = {k[len("module.") :]: v for k, v in flat.items()}
   return flat
 
 

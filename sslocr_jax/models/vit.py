@@ -31,10 +31,10 @@ from sslocr_jax.models import encoders
 
 # Official DiG sizes (depth 12, MLP ratio 4). "mu" is a micro model for CPU tests.
 SIZES = {
-    "mu": dict(embed_dim=32, depth=1, num_heads=2),
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=512, depth=12, num_heads=8),
+  "mu": dict(embed_dim=32, depth=1, num_heads=2),
+  "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+  "small": dict(embed_dim=384, depth=12, num_heads=6),
+  "base": dict(embed_dim=512, depth=12, num_heads=8),
 }
 
 _LN_EPS = 1e-6
@@ -43,7 +43,8 @@ _zeros = nn.initializers.zeros
 _ones = nn.initializers.ones
 # DiG's MoCo model re-inits the patch conv as xavier-uniform on the [3*p*p, D] matrix.
 _patch_init = nn.initializers.variance_scaling(
-    1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+  1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1
+)
 
 
 def _p(init, *names):
@@ -59,6 +60,7 @@ def encoder_kwargs(size: str, **overrides) -> dict[str, Any]:
 
 class DropPath(nn.Module):
   """Stochastic depth per sample (timm `drop_path`): `x [B, ...]` -> same shape."""
+
   rate: float
 
   @nn.compact
@@ -73,6 +75,7 @@ class DropPath(nn.Module):
 
 class PatchEmbed(nn.Module):
   """4x4 stride-4 conv, row-major flatten: `[B, H, W, 3]` -> `[B, (H/p)*(W/p), D]`."""
+
   embed_dim: int
   patch_size: int = 4
   dtype: Any = jnp.float32
@@ -80,10 +83,17 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, images):
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=_p(_patch_init, None, None, None, "embed"),
-                bias_init=_p(_zeros, "embed"), name="proj")(images)
+    x = nn.Conv(
+      self.embed_dim,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_patch_init, None, None, None, "embed"),
+      bias_init=_p(_zeros, "embed"),
+      name="proj",
+    )(images)
     b, h, w, d = x.shape
     return x.reshape(b, h * w, d)  # token = row * W/p + col
 
@@ -93,6 +103,7 @@ class Attention(nn.Module):
 
   `x [B, N, D]` -> `[B, N, D]`.
   """
+
   num_heads: int
   attn_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
@@ -102,8 +113,14 @@ class Attention(nn.Module):
   def __call__(self, x, deterministic: bool):
     b, n, d = x.shape
     h, hd = self.num_heads, d // self.num_heads
-    qkv = nn.Dense(3 * d, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=_p(_dense_init, "embed", "heads"), name="qkv")(x)
+    qkv = nn.Dense(
+      3 * d,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_dense_init, "embed", "heads"),
+      name="qkv",
+    )(x)
     q_bias = self.param("q_bias", _p(_zeros, "heads"), (d,), jnp.float32)
     v_bias = self.param("v_bias", _p(_zeros, "heads"), (d,), jnp.float32)
     bias = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
@@ -113,21 +130,27 @@ class Attention(nn.Module):
       # One op XLA can lower to a fused kernel (cuDNN flash attention on GPU for bf16); on
       # CPU the same einsums and float32 softmax as below. The scale goes on the logits
       # rather than on q: equal up to float rounding.
-      out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5).reshape(b, n, d)
+      out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5).reshape(b, n, d)
     else:  # attention dropout (fine-tuning) needs the probabilities
-      q = q * jnp.asarray(hd ** -0.5, self.dtype)
+      q = q * jnp.asarray(hd**-0.5, self.dtype)
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
       attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       attn = nn.Dropout(self.attn_dropout_rate)(attn, deterministic=deterministic)
       out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
-    out = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=_p(_dense_init, "heads", "embed"),
-                   bias_init=_p(_zeros, "embed"), name="proj")(out)
+    out = nn.Dense(
+      d,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_dense_init, "heads", "embed"),
+      bias_init=_p(_zeros, "embed"),
+      name="proj",
+    )(out)
     return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
   """fc1 -> exact GELU -> fc2 -> dropout: `[B, N, D]` -> `[B, N, D]`."""
+
   hidden_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
@@ -135,24 +158,40 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     d = x.shape[-1]
-    x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=_p(_dense_init, "embed", "mlp"),
-                 bias_init=_p(_zeros, "mlp"), name="fc1")(x)
+    x = nn.Dense(
+      self.hidden_dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_dense_init, "embed", "mlp"),
+      bias_init=_p(_zeros, "mlp"),
+      name="fc1",
+    )(x)
     x = nn.gelu(x, approximate=False)
-    x = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=_p(_dense_init, "mlp", "embed"),
-                 bias_init=_p(_zeros, "embed"), name="fc2")(x)
+    x = nn.Dense(
+      d,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_p(_dense_init, "mlp", "embed"),
+      bias_init=_p(_zeros, "embed"),
+      name="fc2",
+    )(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
 def _layer_norm(dtype, name):
-  return nn.LayerNorm(epsilon=_LN_EPS, dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=_p(_ones, "embed"), bias_init=_p(_zeros, "embed"),
-                      name=name)  # statistics in float32 (force_float32_reductions)
+  return nn.LayerNorm(
+    epsilon=_LN_EPS,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=_p(_ones, "embed"),
+    bias_init=_p(_zeros, "embed"),
+    name=name,
+  )  # statistics in float32 (force_float32_reductions)
 
 
 class Block(nn.Module):
   """Pre-norm transformer block: `[B, N, D]` -> `[B, N, D]`."""
+
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
@@ -166,8 +205,9 @@ class Block(nn.Module):
     d = x.shape[-1]
     drop_path = DropPath(self.drop_path_rate)
     y = _layer_norm(self.dtype, "norm1")(x)
-    y = Attention(self.num_heads, self.attn_dropout_rate, self.dropout_rate,
-                  dtype=self.dtype, name="attn")(y, det)
+    y = Attention(
+      self.num_heads, self.attn_dropout_rate, self.dropout_rate, dtype=self.dtype, name="attn"
+    )(y, det)
     x = x + drop_path(y, det)
     y = _layer_norm(self.dtype, "norm2")(x)
     y = Mlp(int(d * self.mlp_ratio), self.dropout_rate, dtype=self.dtype, name="mlp")(y, det)
@@ -191,6 +231,7 @@ class Encoder(nn.Module):
     remat: rematerialisation policy of each block: none | full | save_dots
       (`encoders.REMAT_POLICIES`; True/False of older configs = full/none).
   """
+
   embed_dim: int
   depth: int
   num_heads: int
@@ -215,10 +256,12 @@ class Encoder(nn.Module):
     if tuple(images.shape[1:3]) != tuple(self.image_size):
       raise ValueError(f"Expected images [B, {self.image_size}, 3], got {images.shape}")
     x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(
-        images.astype(self.dtype))
+      images.astype(self.dtype)
+    )
     # DiG initializes the mask token to zeros (it is not re-initialized in the release).
-    mask_token = self.param("mask_token", _p(_zeros, None, None, "embed"),
-                            (1, 1, self.embed_dim), jnp.float32)
+    mask_token = self.param(
+      "mask_token", _p(_zeros, None, None, "embed"), (1, 1, self.embed_dim), jnp.float32
+    )
     if mask is not None:
       m = mask[..., None].astype(self.dtype)
       x = x * (1 - m) + mask_token.astype(self.dtype) * m
@@ -230,6 +273,13 @@ class Encoder(nn.Module):
     block_cls = encoders.remat_block(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth else []
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), self.dropout_rate,
-                    self.attn_dropout_rate, dtype=self.dtype, name=f"blocks_{i}")(x, train)
+      x = block_cls(
+        self.num_heads,
+        self.mlp_ratio,
+        float(rates[i]),
+        self.dropout_rate,
+        self.attn_dropout_rate,
+        dtype=self.dtype,
+        name=f"blocks_{i}",
+      )(x, train)
     return x

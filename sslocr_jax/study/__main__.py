@@ -37,18 +37,23 @@ from sslocr_jax.study import plan
 from sslocr_jax.study import report
 from sslocr_jax.study import runner
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (configs/study.py:V).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Study config (configs/study.py:V).", lock_config=True
+)
 _STUDY_DIR = flags.DEFINE_string("study_dir", None, "Folder of every run of the study.")
-_ONLY = flags.DEFINE_string("only", "", "Run only runs whose name matches (re.search), with "
-                            "the unfinished runs they need.")
+_ONLY = flags.DEFINE_string(
+  "only", "", "Run only runs whose name matches (re.search), with the unfinished runs they need."
+)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run nothing.")
-_REDO_STALE = flags.DEFINE_bool("redo_stale", False, "Delete the workdir of each stale run "
-                                "and run it again.")
-_RESULTS = flags.DEFINE_string("results", os.path.join(plan.ROOT, "docs", "results.md"),
-                               "The report (Markdown).")
-_PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Plots and grids (default: the report's "
-                                 "path without .md, e.g. docs/results/).")
+_REDO_STALE = flags.DEFINE_bool(
+  "redo_stale", False, "Delete the workdir of each stale run and run it again."
+)
+_RESULTS = flags.DEFINE_string(
+  "results", os.path.join(plan.ROOT, "docs", "results.md"), "The report (Markdown)."
+)
+_PLOTS_DIR = flags.DEFINE_string(
+  "plots_dir", None, "Plots and grids (default: the report's path without .md, e.g. docs/results/)."
+)
 
 
 def main(argv):
@@ -57,8 +62,9 @@ def main(argv):
   if not _STUDY_DIR.value:
     raise app.UsageError("--study_dir is required")
   study_dir = _STUDY_DIR.value
-  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
-              "configs/study.py")
+  spec = next(
+    (a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "configs/study.py"
+  )
   try:
     problems = plan.check_study(study)
   except ValueError as e:  # an override naming no field
@@ -77,20 +83,23 @@ def main(argv):
   try:
     ok = runner.run_all(runs, study_dir, manifest, _REDO_STALE.value)
   except KeyboardInterrupt:
-    raise SystemExit("study: interrupted (the running run saved a checkpoint); rerun the same "
-                     "command to resume") from None
+    raise SystemExit(
+      "study: interrupted (the running run saved a checkpoint); rerun the same command to resume"
+    ) from None
   finally:
     manifest.invocation["wall_s"] = round(time.time() - t0, 2)
     manifest.save()
   plots_dir = _PLOTS_DIR.value or os.path.splitext(_RESULTS.value)[0]
   report.write_report(study, planned, study_dir, manifest, _RESULTS.value, plots_dir, spec)
   inv = manifest.invocation
-  print(f"study: ran {len(inv['ran'])}, skipped {len(inv['skipped'])} finished, failed "
-        f"{len(inv['failed'])}, blocked {len(inv['blocked'])}, stale {len(inv['stale'])}; "
-        f"report {_RESULTS.value}", flush=True)
+  print(
+    f"study: ran {len(inv['ran'])}, skipped {len(inv['skipped'])} finished, failed "
+    f"{len(inv['failed'])}, blocked {len(inv['blocked'])}, stale {len(inv['stale'])}; "
+    f"report {_RESULTS.value}",
+    flush=True,
+  )
   if not ok:
     raise SystemExit(1)
-
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def _parse_like(old, text: str):
     return type(old)(float(text)) if isinstance(old, int) and "." in text else type(old)(text)
   if isinstance(old, (list, tuple)):
     import ast  # pylint: disable=g-import-not-at-top
+
     return type(old)(ast.literal_eval(text))
   return text
 
@@ -46,8 +47,10 @@ def encoder_signature(config: dict, kind: str) -> dict:
   model = config["model"]
   if model["name"] != kind:
     return {"name": model["name"]}
-  sig = {k: (list(model[k]) if isinstance(model[k], (list, tuple)) else model[k])
-         for k in config_utils.ENCODER_KEYS[kind]}
+  sig = {
+    k: (list(model[k]) if isinstance(model[k], (list, tuple)) else model[k])
+    for k in config_utils.ENCODER_KEYS[kind]
+  }
   if kind == "vit":
     sig.update(image_height=config["image_height"], image_width=config["image_width"])
   return sig
@@ -55,8 +58,12 @@ def encoder_signature(config: dict, kind: str) -> dict:
 
 def val_seeds(study) -> list[int]:
   """The validation renderer seeds of the fine-tuning configs (synthetic val_data)."""
-  return sorted({int(resolve(ft["config"], ft["overrides"])["val_data"]["seed"])
-                 for ft in study.finetune.values()})
+  return sorted(
+    {
+      int(resolve(ft["config"], ft["overrides"])["val_data"]["seed"])
+      for ft in study.finetune.values()
+    }
+  )
 
 
 def check_study(study) -> list[str]:
@@ -69,8 +76,10 @@ def check_study(study) -> list[str]:
     problems.append(f"arm names repeat: {names}")
   for arm in study.arms:
     if arm["encoder"] not in study.finetune:
-      problems.append(f"arm {arm['name']}: encoder {arm['encoder']!r} has no fine-tuning "
-                      f"recipe; valid: {sorted(study.finetune)}")
+      problems.append(
+        f"arm {arm['name']}: encoder {arm['encoder']!r} has no fine-tuning "
+        f"recipe; valid: {sorted(study.finetune)}"
+      )
     unknown = set(arm.get("protocols") or ()) - set(protocols)
     if unknown:
       problems.append(f"arm {arm['name']}: unknown protocols {sorted(unknown)}")
@@ -80,8 +89,10 @@ def check_study(study) -> list[str]:
   if problems:
     return problems
   if int(study.test.seed) in val_seeds(study):
-    problems.append(f"test.seed={study.test.seed} is a validation seed: the test set would "
-                    "repeat the validation lines")
+    problems.append(
+      f"test.seed={study.test.seed} is a validation seed: the test set would "
+      "repeat the validation lines"
+    )
   for arm in study.arms:
     if not arm["config"]:
       continue
@@ -90,8 +101,10 @@ def check_study(study) -> list[str]:
     got = encoder_signature(resolve(arm["config"], arm["overrides"]), arm["encoder"])
     diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
     if diff:
-      problems.append(f"arm {arm['name']}: pretraining vs fine-tuning encoder differ "
-                      f"(field: pretrain, finetune): {diff}")
+      problems.append(
+        f"arm {arm['name']}: pretraining vs fine-tuning encoder differ "
+        f"(field: pretrain, finetune): {diff}"
+      )
   return problems
 
 
@@ -100,8 +113,9 @@ def fraction_tag(f: float) -> str:
 
 
 def _main_cmd(config: str, workdir: str, overrides) -> list[str]:
-  return (["-m", "sslocr_jax.main", f"--config={config}", f"--workdir={workdir}"] +
-          [f"--config.{o}" for o in overrides])
+  return ["-m", "sslocr_jax.main", f"--config={config}", f"--workdir={workdir}"] + [
+    f"--config.{o}" for o in overrides
+  ]
 
 
 def make_plan(study, study_dir: str) -> list[dict]:
@@ -117,10 +131,16 @@ def make_plan(study, study_dir: str) -> list[dict]:
       continue
     for s in pre_seeds:
       name = f"pretrain/{arm['name']}-s{s}"
-      runs.append(dict(name=name, kind="pretrain", workdir=name, deps=[],
-                       args=_main_cmd(arm["config"], "{study}/" + name,
-                                      [f"seed={s}"] + list(arm["overrides"])),
-                       meta=dict(arm=arm["name"], seed=s, encoder=arm["encoder"])))
+      runs.append(
+        dict(
+          name=name,
+          kind="pretrain",
+          workdir=name,
+          deps=[],
+          args=_main_cmd(arm["config"], "{study}/" + name, [f"seed={s}"] + list(arm["overrides"])),
+          meta=dict(arm=arm["name"], seed=s, encoder=arm["encoder"]),
+        )
+      )
   eval_sets = [("test", "{study}/data/" + study.test.name)]
   for root in study.lmdb_roots:
     name = base = os.path.basename(os.path.normpath(root)) or "lmdb"
@@ -147,17 +167,41 @@ def _finetune_runs(arm, ft, proto, f, s, pre_seeds, eval_sets, study) -> list[di
     overrides.append("init_from={study}/" + pre)
     deps.append(pre)
   overrides += list(ft["overrides"]) + list(proto["overrides"])
-  meta = dict(arm=arm["name"], fraction=f, protocol=proto["name"], seed=s,
-              encoder=arm["encoder"], pretrain=deps[0] if deps else "")
-  runs = [dict(name=name, kind="finetune", workdir=name, deps=deps, meta=meta,
-               args=_main_cmd(ft["config"], "{study}/" + name, overrides))]
+  meta = dict(
+    arm=arm["name"],
+    fraction=f,
+    protocol=proto["name"],
+    seed=s,
+    encoder=arm["encoder"],
+    pretrain=deps[0] if deps else "",
+  )
+  runs = [
+    dict(
+      name=name,
+      kind="finetune",
+      workdir=name,
+      deps=deps,
+      meta=meta,
+      args=_main_cmd(ft["config"], "{study}/" + name, overrides),
+    )
+  ]
   for set_name, root in eval_sets:
-    ev = f"eval/{name[len('finetune/'):]}/{set_name}"
+    ev = f"eval/{name[len('finetune/') :]}/{set_name}"
     ev_overrides = [f"checkpoint={{study}}/{name}", f"data.lmdb_root={root}"]
-    runs.append(dict(name=ev, kind="evaluate", workdir=ev, deps=[name],
-                     meta=dict(meta, set=set_name, finetune=name),
-                     args=_main_cmd(study.evaluate["config"], "{study}/" + ev,
-                                    ev_overrides + list(study.evaluate["overrides"]))))
+    runs.append(
+      dict(
+        name=ev,
+        kind="evaluate",
+        workdir=ev,
+        deps=[name],
+        meta=dict(meta, set=set_name, finetune=name),
+        args=_main_cmd(
+          study.evaluate["config"],
+          "{study}/" + ev,
+          ev_overrides + list(study.evaluate["overrides"]),
+        ),
+      )
+    )
   return runs
 
 
@@ -190,6 +234,5 @@ def train_samples(run: dict) -> int:
   if run["kind"] == "evaluate":
     return 0
   spec = run["args"][2].split("=", 1)[1]
-  c = resolve(spec, [a[len("--config."):] for a in run["args"][4:]])
+  c = resolve(spec, [a[len("--config.") :] for a in run["args"][4:]])
   return int(c["total_steps"]) * int(c["batch_size"])
-

@@ -13,14 +13,21 @@ from sslocr_jax.study import plan
 from sslocr_jax.study import runner
 
 READING_START, READING_END = "<!-- reading:start -->", "<!-- reading:end -->"
-READING_PLACEHOLDER = ("_To be written by a person after reading the tables and plots. The "
-                       "driver states no conclusions; the comparisons above are arithmetic "
-                       "only._")
+READING_PLACEHOLDER = (
+  "_To be written by a person after reading the tables and plots. The "
+  "driver states no conclusions; the comparisons above are arithmetic "
+  "only._"
+)
 
 
 def spread(values: list[float]) -> dict:
-  return dict(mean=statistics.fmean(values), n=len(values), min=min(values), max=max(values),
-              std=statistics.stdev(values) if len(values) > 1 else 0.0)
+  return dict(
+    mean=statistics.fmean(values),
+    n=len(values),
+    min=min(values),
+    max=max(values),
+    std=statistics.stdev(values) if len(values) > 1 else 0.0,
+  )
 
 
 def collect(runs: list[dict], study_dir: str) -> dict:
@@ -33,12 +40,24 @@ def collect(runs: list[dict], study_dir: str) -> dict:
     if not res:
       continue
     m = run["meta"]
-    cell = raw.setdefault(m["set"], {}).setdefault(m["protocol"], {}).setdefault(
-        m["arm"], {}).setdefault(m["fraction"], {"accuracy": [], "one_minus_ned": []})
+    cell = (
+      raw.setdefault(m["set"], {})
+      .setdefault(m["protocol"], {})
+      .setdefault(m["arm"], {})
+      .setdefault(m["fraction"], {"accuracy": [], "one_minus_ned": []})
+    )
     for k in cell:
       cell[k].append(float(res["average"][k]))
-  return {s: {p: {a: {f: {k: spread(v) for k, v in c.items()} for f, c in fr.items()}
-                  for a, fr in arms.items()} for p, arms in ps.items()} for s, ps in raw.items()}
+  return {
+    s: {
+      p: {
+        a: {f: {k: spread(v) for k, v in c.items()} for f, c in fr.items()}
+        for a, fr in arms.items()
+      }
+      for p, arms in ps.items()
+    }
+    for s, ps in raw.items()
+  }
 
 
 def _cell(s: dict | None) -> str:
@@ -73,16 +92,21 @@ def results_tables(study, results: dict) -> list[str]:
       if not table:
         continue
       lines += [f"### {set_name}, protocol `{proto}`", ""]
-      head = ["arm"] + [f"{m} f={plan.fraction_tag(f)}" for f in fractions
-                        for m in ("acc %", "1-NED %")]
+      head = ["arm"] + [
+        f"{m} f={plan.fraction_tag(f)}" for f in fractions for m in ("acc %", "1-NED %")
+      ]
       lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
       for arm in arms:
         if arm in table:
-          cells = [_cell(table[arm].get(f, {}).get(m)) for f in fractions
-                   for m in ("accuracy", "one_minus_ned")]
+          cells = [
+            _cell(table[arm].get(f, {}).get(m))
+            for f in fractions
+            for m in ("accuracy", "one_minus_ned")
+          ]
           lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-      lines += [""] + _diff_lines(study, arms, fractions, proto, table,
-                                  per_proto.get("full", {})) + [""]
+      lines += (
+        [""] + _diff_lines(study, arms, fractions, proto, table, per_proto.get("full", {})) + [""]
+      )
   return lines
 
 
@@ -98,21 +122,31 @@ def _diff_lines(study, arms, fractions, proto, table, full) -> list[str]:
     cells = []
     for f in fractions:
       a, b = table[arm].get(f), bres.get(f)
-      cells.append("–" if not (a and b) else " / ".join(
-          f"{a[m]['mean'] - b[m]['mean']:+.2f}" for m in ("accuracy", "one_minus_ned")))
+      cells.append(
+        "–"
+        if not (a and b)
+        else " / ".join(
+          f"{a[m]['mean'] - b[m]['mean']:+.2f}" for m in ("accuracy", "one_minus_ned")
+        )
+      )
     rows.append(f"| {arm} | {base} ({bproto}) | " + " | ".join(cells) + " |")
   if not rows:
     return []
   head = ["arm", "vs"] + [f"f={plan.fraction_tag(f)}: Δacc / Δ1-NED" for f in fractions]
-  return (["Difference of the seed means, arm minus scratch (same encoder kind), in "
-           "percentage points:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-          + rows)
+  return [
+    "Difference of the seed means, arm minus scratch (same encoder kind), in percentage points:",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ] + rows
 
 
 def _plt():
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -123,13 +157,20 @@ def plot_fractions(study, results: dict, plots_dir: str) -> list[str]:
   for set_name, per_proto in results.items():
     for proto, table in per_proto.items():
       fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-      for ax, (m, label) in zip(axes, (("accuracy", "word accuracy %"),
-                                       ("one_minus_ned", "1-NED %"))):
+      for ax, (m, label) in zip(
+        axes, (("accuracy", "word accuracy %"), ("one_minus_ned", "1-NED %"))
+      ):
         for arm in [a["name"] for a in study.arms if a["name"] in table]:
           fs = sorted(table[arm])
-          ax.errorbar(fs, [table[arm][f][m]["mean"] for f in fs],
-                      yerr=[table[arm][f][m]["std"] for f in fs], marker="o", capsize=3,
-                      label=arm, linestyle="--" if arm.startswith("scratch") else "-")
+          ax.errorbar(
+            fs,
+            [table[arm][f][m]["mean"] for f in fs],
+            yerr=[table[arm][f][m]["std"] for f in fs],
+            marker="o",
+            capsize=3,
+            label=arm,
+            linestyle="--" if arm.startswith("scratch") else "-",
+          )
         if len(study.fractions) > 1 and min(study.fractions) > 0:
           ax.set_xscale("log")
         ax.set_xticks(list(study.fractions), [f"{f * 100:g}%" for f in study.fractions])
@@ -146,8 +187,11 @@ def plot_fractions(study, results: dict, plots_dir: str) -> list[str]:
 
 def plot_pretrain_losses(runs: list[dict], study_dir: str, plots_dir: str) -> str | None:
   """pretrain_losses.png: every *loss column of each pretraining run's metrics.jsonl."""
-  pre = [(r, paths.read_metrics(os.path.join(study_dir, r["workdir"]))) for r in runs
-         if r["kind"] == "pretrain"]
+  pre = [
+    (r, paths.read_metrics(os.path.join(study_dir, r["workdir"])))
+    for r in runs
+    if r["kind"] == "pretrain"
+  ]
   pre = [(r, rows) for r, rows in pre if rows]
   if not pre:
     return None
@@ -164,7 +208,7 @@ def plot_pretrain_losses(runs: list[dict], study_dir: str, plots_dir: str) -> st
     ax.set_xlabel("step")
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(pre):]:
+  for ax in list(axes.flat)[len(pre) :]:
     ax.axis("off")
   path = _save(fig, plots_dir, "pretrain_losses.png")
   plt.close(fig)
@@ -211,8 +255,10 @@ def _encoder_text(workdir: str) -> str:
     return "–"
   if m["name"] == "vit":
     return f"ViT {m['embed_dim']}x{m['depth']} ({m['num_heads']} heads)"
-  return (f"ResNet {m['channels']} {tuple(m['blocks'])} + BiLSTM {m['lstm_hidden']}x"
-          f"{m['lstm_layers']}{' + TPS' if m.get('tps') else ''}")
+  return (
+    f"ResNet {m['channels']} {tuple(m['blocks'])} + BiLSTM {m['lstm_hidden']}x"
+    f"{m['lstm_layers']}{' + TPS' if m.get('tps') else ''}"
+  )
 
 
 def _fmt_s(s) -> str:
@@ -223,37 +269,52 @@ def _fmt_s(s) -> str:
 
 def what_was_run(study, runs, study_dir, manifest, spec: str) -> list[str]:
   """Header, machine, sizes, seeds, wall times, and every command."""
-  m, entries, state = manifest.data["machine"], manifest.data["runs"], runner.states(runs, study_dir)
+  m, entries, state = (
+    manifest.data["machine"],
+    manifest.data["runs"],
+    runner.states(runs, study_dir),
+  )
   total = sum(entries.get(r["name"], {}).get("wall_s", 0) for r in runs)
   test = manifest.data.get("test_set", {})
   lines = [
-      "## What was run", "",
-      f"- study config: `{spec}`; study folder `{study_dir}`; report written {runner.now()}",
-      f"- machine: {m['platform']}, {m['cpu']}, {m['cpu_count']} logical CPUs (load average "
-      f"{m['load_avg_at_start'][0]:.1f} when this report's invocation started), Python "
-      f"{m['python']}, jax {m.get('jax', '?')}, flax {m.get('flax', '?')}",
-      f"- labeled fractions {list(study.fractions)}, fine-tuning seeds {list(study.seeds)}, "
-      f"pretraining seeds {list(study.pretrain_seeds)}, protocols "
-      + ", ".join(f"`{p['name']}` ({' '.join(p['overrides'])})" for p in study.protocols),
-      f"- test set `{study.test.name}`: {test.get('samples', study.test.num_samples)} synthetic "
-      f"lines in `{study.test.font_split}` fonts, renderer seed {study.test.seed} (validation "
-      f"uses seed {', '.join(map(str, plan.val_seeds(study)))}), in "
-      f"`{os.path.join(study_dir, 'data', study.test.name)}`"
-      + (f"; extra LMDB roots: {list(study.lmdb_roots)}" if study.lmdb_roots else ""),
-      "- fine-tuning recipe: " + "; ".join(
-          f"{k}: `{v['config']}` {' '.join('--config.' + o for o in v['overrides'])}".strip()
-          for k, v in sorted(study.finetune.items())),
-      f"- total wall time of the runs: {_fmt_s(total)}", "",
-      "| run | status | encoder | steps x batch | wall time |", "|---|---|---|---|---|"]
+    "## What was run",
+    "",
+    f"- study config: `{spec}`; study folder `{study_dir}`; report written {runner.now()}",
+    f"- machine: {m['platform']}, {m['cpu']}, {m['cpu_count']} logical CPUs (load average "
+    f"{m['load_avg_at_start'][0]:.1f} when this report's invocation started), Python "
+    f"{m['python']}, jax {m.get('jax', '?')}, flax {m.get('flax', '?')}",
+    f"- labeled fractions {list(study.fractions)}, fine-tuning seeds {list(study.seeds)}, "
+    f"pretraining seeds {list(study.pretrain_seeds)}, protocols "
+    + ", ".join(f"`{p['name']}` ({' '.join(p['overrides'])})" for p in study.protocols),
+    f"- test set `{study.test.name}`: {test.get('samples', study.test.num_samples)} synthetic "
+    f"lines in `{study.test.font_split}` fonts, renderer seed {study.test.seed} (validation "
+    f"uses seed {', '.join(map(str, plan.val_seeds(study)))}), in "
+    f"`{os.path.join(study_dir, 'data', study.test.name)}`"
+    + (f"; extra LMDB roots: {list(study.lmdb_roots)}" if study.lmdb_roots else ""),
+    "- fine-tuning recipe: "
+    + "; ".join(
+      f"{k}: `{v['config']}` {' '.join('--config.' + o for o in v['overrides'])}".strip()
+      for k, v in sorted(study.finetune.items())
+    ),
+    f"- total wall time of the runs: {_fmt_s(total)}",
+    "",
+    "| run | status | encoder | steps x batch | wall time |",
+    "|---|---|---|---|---|",
+  ]
   for r in runs:
     if r["kind"] == "evaluate":
       continue
     e = entries.get(r["name"], {})
     wd = os.path.join(study_dir, r["workdir"])
-    lines.append(f"| {r['name']} | {state[r['name']]} | {_encoder_text(wd)} | "
-                 f"{_steps_batch(wd)} | {_fmt_s(e.get('wall_s'))} |")
-  lines += ["", "<details><summary>every command (from the repository root)</summary>", "",
-            "```"] + [plan.shown(r, study_dir) for r in runs] + ["```", "", "</details>", ""]
+    lines.append(
+      f"| {r['name']} | {state[r['name']]} | {_encoder_text(wd)} | "
+      f"{_steps_batch(wd)} | {_fmt_s(e.get('wall_s'))} |"
+    )
+  lines += (
+    ["", "<details><summary>every command (from the repository root)</summary>", "", "```"]
+    + [plan.shown(r, study_dir) for r in runs]
+    + ["```", "", "</details>", ""]
+  )
   return lines
 
 
@@ -276,20 +337,30 @@ def write_report(study, runs, study_dir, manifest, results_path, plots_dir, spec
   loss_plot = plot_pretrain_losses(runs, study_dir, plots_dir)
   grids = copy_reconstructions(runs, study_dir, plots_dir)
   lines = [
-      "# Pretraining study: results", "",
-      "Written by `python -m sslocr_jax.study` (do not edit by hand, except the Reading section). "
-      "To reproduce or extend (finished runs are skipped, interrupted ones resumed):", "",
-      f"    python -m sslocr_jax.study --config={spec} --study_dir={study_dir}", "",
-      "Word accuracy and 1-NED are percentages on the test sets (configs/evaluate.py: "
-      "lowercase, [0-9a-z]); each cell is the mean over fine-tuning seeds ± the sample "
-      "standard deviation (min–max); one seed: the value. `–`: not run (yet).", ""]
+    "# Pretraining study: results",
+    "",
+    "Written by `python -m sslocr_jax.study` (do not edit by hand, except the Reading section). "
+    "To reproduce or extend (finished runs are skipped, interrupted ones resumed):",
+    "",
+    f"    python -m sslocr_jax.study --config={spec} --study_dir={study_dir}",
+    "",
+    "Word accuracy and 1-NED are percentages on the test sets (configs/evaluate.py: "
+    "lowercase, [0-9a-z]); each cell is the mean over fine-tuning seeds ± the sample "
+    "standard deviation (min–max); one seed: the value. `–`: not run (yet).",
+    "",
+  ]
   lines += what_was_run(study, runs, study_dir, manifest, spec)
-  lines += ["## Results", ""] + (results_tables(study, results) or ["No evaluation has "
-                                                                     "finished yet.", ""])
+  lines += ["## Results", ""] + (
+    results_tables(study, results) or ["No evaluation has finished yet.", ""]
+  )
   lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({rel(p)})" for p in plots]
   if loss_plot:
-    lines += ["", "Pretraining losses (metrics.jsonl):", "", f"![pretraining losses]"
-              f"({rel(loss_plot)})"]
+    lines += [
+      "",
+      "Pretraining losses (metrics.jsonl):",
+      "",
+      f"![pretraining losses]({rel(loss_plot)})",
+    ]
   if grids:
     lines += ["", "Reconstructions (the latest grid of each DiG / SimAN pretraining):", ""]
     lines += [f"![{os.path.basename(g)}]({rel(g)})" for g in grids]
@@ -298,7 +369,15 @@ def write_report(study, runs, study_dir, manifest, results_path, plots_dir, spec
   with open(results_path, "w") as f:
     f.write("\n".join(lines))
   with open(os.path.join(study_dir, "summary.json"), "w") as f:
-    json.dump({s: {p: {a: {plan.fraction_tag(fr): c for fr, c in fs.items()} for a, fs in t.items()}
-                   for p, t in ps.items()} for s, ps in results.items()}, f, indent=1)
+    json.dump(
+      {
+        s: {
+          p: {a: {plan.fraction_tag(fr): c for fr, c in fs.items()} for a, fs in t.items()}
+          for p, t in ps.items()
+        }
+        for s, ps in results.items()
+      },
+      f,
+      indent=1,
+    )
   return results
-

@@ -17,7 +17,6 @@ from sslocr_jax import paths
 from sslocr_jax.study import plan
 
 
-
 def read_json(path: str, default=None):
   try:
     with open(path) as f:
@@ -33,8 +32,11 @@ def trained_to_end(workdir: str) -> bool:
     return False
   total = int(config["total_steps"])
   steps = [r.get("step", -1) for r in paths.read_metrics(workdir)]
-  return bool(steps) and max(steps) >= total and os.path.isdir(
-      os.path.join(workdir, "checkpoints", str(total)))
+  return (
+    bool(steps)
+    and max(steps) >= total
+    and os.path.isdir(os.path.join(workdir, "checkpoints", str(total)))
+  )
 
 
 def _finished_at(study_dir: str, name: str) -> str | None:
@@ -75,14 +77,23 @@ class Manifest:
     self.data.update(study=study.to_dict(), study_dir=study_dir, machine=machine())
     self.data.setdefault("runs", {})
     self.data.setdefault("invocations", [])
-    self.invocation = dict(start=now(), argv=sys.argv[1:], machine=self.data["machine"],
-                           ran=[], skipped=[], failed=[], blocked=[], stale=[])
+    self.invocation = dict(
+      start=now(),
+      argv=sys.argv[1:],
+      machine=self.data["machine"],
+      ran=[],
+      skipped=[],
+      failed=[],
+      blocked=[],
+      stale=[],
+    )
     self.data["invocations"].append(self.invocation)
 
   def run(self, run: dict, study_dir: str) -> dict:
     entry = self.data["runs"].setdefault(run["name"], {"attempts": [], "wall_s": 0.0})
-    entry.update(kind=run["kind"], workdir=run["workdir"], meta=run["meta"],
-                 command=plan.shown(run, study_dir))
+    entry.update(
+      kind=run["kind"], workdir=run["workdir"], meta=run["meta"], command=plan.shown(run, study_dir)
+    )
     return entry
 
   def note(self, name: str, what: str) -> None:
@@ -105,13 +116,19 @@ def machine() -> dict:
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f
-                  if line.startswith("model name")), cpu)
+      cpu = next(
+        (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+      )
   except OSError:
     pass
-  out = dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
-             python=platform.python_version(), load_avg_at_start=list(os.getloadavg()),
-             jax_platforms=os.environ.get("JAX_PLATFORMS", ""))
+  out = dict(
+    platform=platform.platform(),
+    cpu=cpu,
+    cpu_count=os.cpu_count(),
+    python=platform.python_version(),
+    load_avg_at_start=list(os.getloadavg()),
+    jax_platforms=os.environ.get("JAX_PLATFORMS", ""),
+  )
   for pkg in ("jax", "jaxlib", "flax"):
     try:
       out[pkg] = importlib.metadata.version(pkg)
@@ -153,15 +170,23 @@ def execute(run: dict, study_dir: str, entry: dict) -> int:
     finally:
       signal.signal(signal.SIGTERM, old)
       wall = time.time() - t0
-      entry["attempts"].append(dict(start=start, wall_s=round(wall, 2), rc=proc.returncode,
-                                    load_avg_at_start=load))
+      entry["attempts"].append(
+        dict(start=start, wall_s=round(wall, 2), rc=proc.returncode, load_avg_at_start=load)
+      )
       entry["wall_s"] = round(entry["wall_s"] + wall, 2)
   if rc == 0 and not complete(run, workdir):
     return -1
   if rc == 0:
     with open(os.path.join(workdir, plan.DONE), "w") as f:
-      json.dump(dict(args=run["args"], finished=now(), wall_s=entry["wall_s"],
-                   deps={d: _finished_at(study_dir, d) for d in run["deps"]}), f)
+      json.dump(
+        dict(
+          args=run["args"],
+          finished=now(),
+          wall_s=entry["wall_s"],
+          deps={d: _finished_at(study_dir, d) for d in run["deps"]},
+        ),
+        f,
+      )
   return rc
 
 
@@ -173,8 +198,7 @@ def _tail(path: str, n: int = 15) -> str:
     return ""
 
 
-def run_all(runs: list[dict], study_dir: str, manifest: Manifest,
-            redo_stale: bool = False) -> bool:
+def run_all(runs: list[dict], study_dir: str, manifest: Manifest, redo_stale: bool = False) -> bool:
   """Runs every unfinished run in order; a failed run blocks the runs that need it."""
   bad = set()
   for i, run in enumerate(runs, 1):
@@ -197,9 +221,17 @@ def run_all(runs: list[dict], study_dir: str, manifest: Manifest,
       entry["status"] = what
       manifest.note(run["name"], what)
       bad.add(run["name"])
-      print(f"{tag}: {what}" + (" (finished with another command, or from a run that is stale "
-                                "or was redone: delete its workdir to redo it, or pass "
-                                "--redo_stale)" if what == "stale" else ""), flush=True)
+      print(
+        f"{tag}: {what}"
+        + (
+          " (finished with another command, or from a run that is stale "
+          "or was redone: delete its workdir to redo it, or pass "
+          "--redo_stale)"
+          if what == "stale"
+          else ""
+        ),
+        flush=True,
+      )
       continue
     print(f"{tag}: running ({'resuming' if entry['attempts'] else 'new'})", flush=True)
     try:
@@ -225,23 +257,30 @@ def run_all(runs: list[dict], study_dir: str, manifest: Manifest,
 def ensure_test_set(study, study_dir: str) -> dict:
   """Writes the held-out test LMDB once (atomically); fails if its spec has changed."""
   from sslocr_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   spec = dict(study.test)
   path = os.path.join(study_dir, "data", spec["name"])
   spec_path = os.path.join(path, "spec.json")
   if os.path.exists(spec_path):
     old = read_json(spec_path)
     if old.get("spec") != spec:
-      raise SystemExit(f"error: {path} was written for {old.get('spec')}, the study now asks "
-                       f"for {spec}: delete it (and the eval/ folders) to rewrite it")
+      raise SystemExit(
+        f"error: {path} was written for {old.get('spec')}, the study now asks "
+        f"for {spec}: delete it (and the eval/ folders) to rewrite it"
+      )
     return old
   t0 = time.time()
-  src = sources.SyntheticSource(spec["num_samples"], seed=spec["seed"],
-                                font_split=spec["font_split"],
-                                word_prob=float(spec.get("word_prob", 0.6)))
+  src = sources.SyntheticSource(
+    spec["num_samples"],
+    seed=spec["seed"],
+    font_split=spec["font_split"],
+    word_prob=float(spec.get("word_prob", 0.6)),
+  )
   tmp = path + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  n = sources.write_lmdb(tmp, ((r["image"], r["label"]) for r in map(src.__getitem__,
-                                                                     range(len(src)))))
+  n = sources.write_lmdb(
+    tmp, ((r["image"], r["label"]) for r in map(src.__getitem__, range(len(src))))
+  )
   info = dict(spec=spec, samples=n, wall_s=round(time.time() - t0, 2), written=now())
   with open(os.path.join(tmp, "spec.json"), "w") as f:
     json.dump(info, f, indent=1)
@@ -260,6 +299,7 @@ def dry_run(runs: list[dict], study_dir: str) -> None:
       todo[r["kind"]] = todo.get(r["kind"], 0) + plan.train_samples(r)
     print(f"{state:8s} {r['name']}\n         {plan.shown(r, study_dir)}")
   print("\n" + ", ".join(f"{k} {s}: {n}" for (k, s), n in sorted(counts.items())))
-  print("training samples to do (steps x batch, summed): " + ", ".join(
-      f"{k} {n:,}" for k, n in sorted(todo.items()) if n))
-
+  print(
+    "training samples to do (steps x batch, summed): "
+    + ", ".join(f"{k} {n:,}" for k, n in sorted(todo.items()) if n)
+  )

@@ -29,11 +29,16 @@ class Checkpointer:
   def __init__(self, directory, max_to_keep: int = 3, async_save: bool = True):
     self.directory: epath.Path = paths.workdir_path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+      self.directory,
+      options=options,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -63,8 +68,12 @@ class Checkpointer:
           raise
         _quiet_closed_loop_callbacks()
         skipped.append((s, damage_reason(e)))
-        logging.warning("checkpoint %s/%d does not restore (%s); trying the previous step",
-                        self.directory, s, skipped[-1][1])
+        logging.warning(
+          "checkpoint %s/%d does not restore (%s); trying the previous step",
+          self.directory,
+          s,
+          skipped[-1][1],
+        )
         continue
       if skipped and step is None:
         self._set_aside([k for k, _ in skipped])
@@ -87,6 +96,7 @@ class Checkpointer:
         logging.warning("set the damaged checkpoint %s aside as %s", src, dst.name)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices("checkpoint_set_aside")
     self.manager.reload()
 
@@ -104,8 +114,9 @@ class Checkpointer:
 
 def abstract_like(state, shardings):
   """ShapeDtypeStructs carrying the given shardings, the restore target for `state`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
 
 
 def _quiet_closed_loop_callbacks() -> None:
@@ -121,6 +132,7 @@ def _quiet_closed_loop_callbacks() -> None:
     if kind is RuntimeError and str(value) == "Event loop is closed":
       return
     previous(kind, value, tb)
+
   hook._sslocr_quiet = True  # pylint: disable=protected-access
   sys.excepthook = hook
 
@@ -154,8 +166,9 @@ def checkpoint_steps(directory) -> list[int]:
   directory = epath.Path(directory)
   if not directory.is_dir():
     return []
-  return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
-                reverse=True)
+  return sorted(
+    (int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True
+  )
 
 
 def restore_params(directory, step: int | None = None):
@@ -176,14 +189,19 @@ def restore_params(directory, step: int | None = None):
     path = directory / str(s) / "state"
     handler = ocp.StandardCheckpointHandler()
     try:
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
-                            handler.metadata(path).tree)
+      target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), handler.metadata(path).tree
+      )
       return handler.restore(path, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except
       _quiet_closed_loop_callbacks()
       skipped.append((s, damage_reason(e)))
-      logging.warning("checkpoint %s/%d does not restore (%s); trying the previous step",
-                      directory, s, skipped[-1][1])
+      logging.warning(
+        "checkpoint %s/%d does not restore (%s); trying the previous step",
+        directory,
+        s,
+        skipped[-1][1],
+      )
     finally:
       handler.close()
   raise _none_restores(directory, skipped)

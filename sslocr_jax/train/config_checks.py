@@ -28,37 +28,55 @@ from etils import epath
 from sslocr_jax import errors
 
 RESUME_SAFE = (
-    "total_steps", "schedule_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-    "async_checkpoints", "viz_every", "eval_every", "eval_batch_size", "best_metric",
-    "distributed", "init_from", "dtype", "grad_accum_steps", "mesh.*", "sharding.*",
-    "data.num_workers", "data.num_threads", "data.prefetch", "val_data.*", "model.remat*",
-    "profile*", "stop_check_seconds",
+  "total_steps",
+  "schedule_steps",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "async_checkpoints",
+  "viz_every",
+  "eval_every",
+  "eval_batch_size",
+  "best_metric",
+  "distributed",
+  "init_from",
+  "dtype",
+  "grad_accum_steps",
+  "mesh.*",
+  "sharding.*",
+  "data.num_workers",
+  "data.num_threads",
+  "data.prefetch",
+  "val_data.*",
+  "model.remat*",
+  "profile*",
+  "stop_check_seconds",
 )
 
 
 # (field, lowest, lowest allowed?, highest, highest allowed?, integer?)
 _RANGES = (
-    ("mask_ratio", 0.0, True, 1.0, False, False),
-    ("batch_size", 1, True, math.inf, False, True),
-    ("eval_batch_size", 0, True, math.inf, False, True),  # 0 = batch_size
-    ("total_steps", 1, True, math.inf, False, True),
-    ("schedule_steps", 0, True, math.inf, False, True),  # 0 = total_steps
-    ("log_every", 1, True, math.inf, False, True),
-    ("checkpoint_every", 0, True, math.inf, False, True),
-    ("keep_checkpoints", 1, True, math.inf, False, True),
-    ("eval_every", 0, True, math.inf, False, True),
-    ("viz_every", 0, True, math.inf, False, True),
-    ("grad_accum_steps", 1, True, math.inf, False, True),
-    ("num_windows", 1, True, math.inf, False, True),
-    ("max_len", 1, True, math.inf, False, True),
-    ("temperature", 0.0, False, math.inf, False, False),
-    ("label_smoothing", 0.0, True, 1.0, False, False),
-    ("data.fraction", 0.0, False, 1.0, True, False),
-    ("val_data.fraction", 0.0, False, 1.0, True, False),
-    ("data.num_samples", 1, True, math.inf, False, True),
-    ("val_data.num_samples", 1, True, math.inf, False, True),
-    ("optim.warmup_steps", 0, True, math.inf, False, True),
-    ("optim.warmup_fraction", 0.0, True, 1.0, False, False),
+  ("mask_ratio", 0.0, True, 1.0, False, False),
+  ("batch_size", 1, True, math.inf, False, True),
+  ("eval_batch_size", 0, True, math.inf, False, True),  # 0 = batch_size
+  ("total_steps", 1, True, math.inf, False, True),
+  ("schedule_steps", 0, True, math.inf, False, True),  # 0 = total_steps
+  ("log_every", 1, True, math.inf, False, True),
+  ("checkpoint_every", 0, True, math.inf, False, True),
+  ("keep_checkpoints", 1, True, math.inf, False, True),
+  ("eval_every", 0, True, math.inf, False, True),
+  ("viz_every", 0, True, math.inf, False, True),
+  ("grad_accum_steps", 1, True, math.inf, False, True),
+  ("num_windows", 1, True, math.inf, False, True),
+  ("max_len", 1, True, math.inf, False, True),
+  ("temperature", 0.0, False, math.inf, False, False),
+  ("label_smoothing", 0.0, True, 1.0, False, False),
+  ("data.fraction", 0.0, False, 1.0, True, False),
+  ("val_data.fraction", 0.0, False, 1.0, True, False),
+  ("data.num_samples", 1, True, math.inf, False, True),
+  ("val_data.num_samples", 1, True, math.inf, False, True),
+  ("optim.warmup_steps", 0, True, math.inf, False, True),
+  ("optim.warmup_fraction", 0.0, True, 1.0, False, False),
 )
 
 
@@ -86,7 +104,9 @@ def check_values(config) -> None:
     if value is None or isinstance(value, bool):
       continue
     if field.endswith("num_samples") and _get(config, field.rsplit(".", 1)[0] + ".source") not in (
-        None, "synthetic"):
+      None,
+      "synthetic",
+    ):
       continue  # only the synthetic source reads num_samples
     allowed = _range_text(lo, lo_in, hi, hi_in, integer)
     ok = isinstance(value, (int, float)) and math.isfinite(value)
@@ -110,8 +130,9 @@ def check_batch_divides(config, num_devices: int, mesh_shape=None) -> None:
   if batch % num_devices:
     mesh = f" (mesh {dict(mesh_shape)})" if mesh_shape else ""
     raise errors.UserError(
-        f"config.batch_size={batch} is not divisible by the {num_devices} data-parallel "
-        f"devices{mesh}; allowed: a multiple of {num_devices}")
+      f"config.batch_size={batch} is not divisible by the {num_devices} data-parallel "
+      f"devices{mesh}; allowed: a multiple of {num_devices}"
+    )
 
 
 def _flat(tree, prefix="") -> dict:
@@ -126,8 +147,11 @@ def _flat(tree, prefix="") -> dict:
 
 def _plain(config) -> dict:
   """The config as config.json holds it (tuples become lists)."""
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
-      else json.loads(json.dumps(config))
+  return (
+    json.loads(config.to_json_best_effort())
+    if hasattr(config, "to_json_best_effort")
+    else json.loads(json.dumps(config))
+  )
 
 
 def config_differences(stored: dict, config) -> list[tuple[str, object, object]]:
@@ -149,16 +173,19 @@ def check_resume(config, workdir, has_checkpoint: bool) -> None:
   try:
     stored = json.loads(path.read_text())
   except ValueError as e:
-    raise errors.UserError(f"{path} is not valid JSON ({e}); it was written by the run that "
-                           "made the checkpoints: restore it, or use a new --workdir") from None
+    raise errors.UserError(
+      f"{path} is not valid JSON ({e}); it was written by the run that "
+      "made the checkpoints: restore it, or use a new --workdir"
+    ) from None
   diffs = config_differences(stored, config)
   if diffs:
     shown = ", ".join(f"{f} ({_short(a)} -> {_short(b)})" for f, a, b in diffs[:8])
     more = f" and {len(diffs) - 8} more" if len(diffs) > 8 else ""
     raise errors.UserError(
-        f"{workdir} holds a run with another config; these fields cannot change on resume: "
-        f"{shown}{more}. Use a new --workdir, or the stored values (config.json); the fields "
-        f"that may change on resume are {', '.join(RESUME_SAFE)}")
+      f"{workdir} holds a run with another config; these fields cannot change on resume: "
+      f"{shown}{more}. Use a new --workdir, or the stored values (config.json); the fields "
+      f"that may change on resume are {', '.join(RESUME_SAFE)}"
+    )
 
 
 def _short(value) -> str:

@@ -28,8 +28,10 @@ def make_batch_predictor(method, config, mesh, batch_size: int):
   n_dev = mesh.size
   batch_size = -(-int(batch_size) // n_dev) * n_dev
   local_size = batch_size // jax.process_count()
-  fn = jax.jit(functools.partial(method.predict, config=config),
-               out_shardings=sharding_lib.batch_sharding(mesh))
+  fn = jax.jit(
+    functools.partial(method.predict, config=config),
+    out_shardings=sharding_lib.batch_sharding(mesh),
+  )
 
   def predict_batch(params, model_state, images):
     images = np.asarray(images, np.uint8)
@@ -53,9 +55,16 @@ def make_batch_predictor(method, config, mesh, batch_size: int):
 def eval_dataset(method, config, data_config, batch_size: int):
   """Un-augmented, unshuffled, single-pass batches {image, text, index} of `data_config`; with
   several processes, this process's shard (records p, p + n, ...)."""
-  return pipeline.make_dataset(config, method.eval_views, data_config=data_config,
-                               batch_size=batch_size, shuffle=False, repeat=False,
-                               drop_remainder=False, num_workers=0)
+  return pipeline.make_dataset(
+    config,
+    method.eval_views,
+    data_config=data_config,
+    batch_size=batch_size,
+    shuffle=False,
+    repeat=False,
+    drop_remainder=False,
+    num_workers=0,
+  )
 
 
 def evaluate_batches(predict_batch, params, model_state, batches, charset) -> metrics.Counts:
@@ -73,6 +82,7 @@ def evaluate_batches(predict_batch, params, model_state, batches, charset) -> me
     batch = next(it, None)
     if multi:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       if not np.any(multihost_utils.process_allgather(np.asarray(batch is not None))):
         break
     elif batch is None:
@@ -84,12 +94,15 @@ def evaluate_batches(predict_batch, params, model_state, batches, charset) -> me
       counts += metrics.score(preds, [str(t) for t in batch["text"]])
   if multi:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     # int32 counts and a float32 NED sum (exact to ~1e-7 relative): enough for a percentage.
-    ints = multihost_utils.process_allgather(np.asarray([counts.samples, counts.correct],
-                                                        np.int32))
+    ints = multihost_utils.process_allgather(np.asarray([counts.samples, counts.correct], np.int32))
     ned = multihost_utils.process_allgather(np.asarray(counts.one_minus_ned_sum, np.float32))
-    counts = metrics.Counts(int(np.sum(ints[..., 0])), int(np.sum(ints[..., 1])),
-                            float(np.sum(np.asarray(ned, np.float64))))
+    counts = metrics.Counts(
+      int(np.sum(ints[..., 0])),
+      int(np.sum(ints[..., 1])),
+      float(np.sum(np.asarray(ned, np.float64))),
+    )
   return counts
 
 
@@ -111,4 +124,5 @@ def make_evaluator(method, config, mesh):
     counts = evaluate_batches(predict_batch, state.params, state.model_state, batches, cs)
     r = counts.report()
     return {"val_accuracy": r["accuracy"], "val_one_minus_ned": r["one_minus_ned"]}
+
   return evaluate

@@ -84,6 +84,7 @@ class _Preemption:
     if step < self._next_check:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     interval = self.next_interval(step - self._last[0], now - self._last[1])
     # The all-gather completes after the steps before it (it queues behind them on the
     # devices), so the wall time between two checks is that of the steps in between.
@@ -100,34 +101,41 @@ class _Preemption:
 def make_optimizers(config, method, phases, batch_spec) -> tuple[dict, dict]:
   """({phase: optax transformation}, {phase: lr schedule}) from `config.optim`."""
   abstract_params = jax.eval_shape(
-      lambda r: method.init_variables(config, r, state_lib.example_batch(batch_spec)),
-      jax.random.PRNGKey(0))["params"]
+    lambda r: method.init_variables(config, r, state_lib.example_batch(batch_spec)),
+    jax.random.PRNGKey(0),
+  )["params"]
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   abstract_params = nn.unbox(abstract_params)
   optimizers, schedules = {}, {}
   for phase, keys in phases:
     optim_config = config.optim[phase] if phase in config.optim else config.optim
     optimizers[phase], schedules[phase] = optim.make_optimizer(
-        optim_config, state_lib.split_trainable(abstract_params, keys), config.batch_size,
-        config_utils.schedule_steps(config))
+      optim_config,
+      state_lib.split_trainable(abstract_params, keys),
+      config.batch_size,
+      config_utils.schedule_steps(config),
+    )
   return optimizers, schedules
 
 
-def jit_train_step(method, config, optimizers, schedules, phases, shardings, batch_shardings,
-                   mesh):
+def jit_train_step(method, config, optimizers, schedules, phases, shardings, batch_shardings, mesh):
   """The jitted `train_step(state, batch) -> (state, metrics)`: state sharded as `shardings`
   (and donated), batch as `batch_shardings`, metrics replicated; with fsdp > 1 the params are
   gathered for compute (`sharding.gathered`)."""
   gather = sharding_lib.gathered(shardings.params) if mesh.shape["fsdp"] > 1 else None
-  return jax.jit(step_lib.make_train_step(method, config, optimizers, schedules, phases, gather),
-                 in_shardings=(shardings, batch_shardings),
-                 out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                 donate_argnums=(0,))
+  return jax.jit(
+    step_lib.make_train_step(method, config, optimizers, schedules, phases, gather),
+    in_shardings=(shardings, batch_shardings),
+    out_shardings=(shardings, sharding_lib.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What `setup` builds for a run: everything `train` (and benchmarks/tests) step with."""
+
   method: types.ModuleType  # sslocr_jax.methods.<config.method>
   mesh: jax.sharding.Mesh
   state: Any  # the initial TrainState, sharded by `shardings`
@@ -151,14 +159,25 @@ def setup(config, workdir: str | None = None, mesh=None) -> Setup:
   batch_spec = pipeline.batch_spec(config, method.make_views)
 
   optimizers, schedules = make_optimizers(config, method, phases, batch_spec)
-  state, shardings = state_lib.init_train_state(method, config, optimizers, phases, batch_spec,
-                                                mesh, rules)
+  state, shardings = state_lib.init_train_state(
+    method, config, optimizers, phases, batch_spec, mesh, rules
+  )
   batch_shardings = {k: sharding_lib.batch_sharding(mesh) for k in batch_spec}
-  train_step = jit_train_step(method, config, optimizers, schedules, phases, shardings,
-                              batch_shardings, mesh)
-  return Setup(method=method, mesh=mesh, state=state, shardings=shardings, train_step=train_step,
-               dataset=ds, batch_shardings=batch_shardings, schedules=schedules,
-               optimizers=optimizers, phases=phases)
+  train_step = jit_train_step(
+    method, config, optimizers, schedules, phases, shardings, batch_shardings, mesh
+  )
+  return Setup(
+    method=method,
+    mesh=mesh,
+    state=state,
+    shardings=shardings,
+    train_step=train_step,
+    dataset=ds,
+    batch_shardings=batch_shardings,
+    schedules=schedules,
+    optimizers=optimizers,
+    phases=phases,
+  )
 
 
 def train(config, workdir) -> dict:
@@ -172,13 +191,16 @@ def train(config, workdir) -> dict:
   # with the one its checkpoints were written with. config.json is (re)written only once the
   # state is initialised or restored.
   config_checks.check_values(config)
-  config_checks.check_resume(config, workdir,
-                             bool(ckpt_lib.checkpoint_steps(workdir / "checkpoints")))
+  config_checks.check_resume(
+    config, workdir, bool(ckpt_lib.checkpoint_steps(workdir / "checkpoints"))
+  )
   s = setup(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
-                                       max_to_keep=int(config.get("keep_checkpoints", 3)),
-                                       async_save=bool(config.get("async_checkpoints", True)))
+  checkpointer = ckpt_lib.Checkpointer(
+    workdir / "checkpoints",
+    max_to_keep=int(config.get("keep_checkpoints", 3)),
+    async_save=bool(config.get("async_checkpoints", True)),
+  )
   closers = [checkpointer]  # + the metric writer and best/ once they exist
   try:
     return _train(config, workdir, s, checkpointer, closers)
@@ -204,18 +226,23 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
   closers.append(writer)
   total = int(config.total_steps)
   n_params = state_lib.count_params(state.params)
-  _log(f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
-       f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
-       f"workdir {workdir}")
-  _log(f"compute dtype {encoders.compute_dtype(config).name} (config.dtype={config.dtype}; "
-       f"params and optimizer state float32), {pipeline.resolve_num_workers(config.data)} data "
-       f"workers per process, remat {config.get('model', {}).get('remat', 'none')}")
+  _log(
+    f"{config.method}: {n_params / 1e6:.2f}M params, {jax.device_count()} devices "
+    f"mesh {dict(mesh.shape)}, global batch {config.batch_size}, steps {start}->{total}, "
+    f"workdir {workdir}"
+  )
+  _log(
+    f"compute dtype {encoders.compute_dtype(config).name} (config.dtype={config.dtype}; "
+    f"params and optimizer state float32), {pipeline.resolve_num_workers(config.data)} data "
+    f"workers per process, remat {config.get('model', {}).get('remat', 'none')}"
+  )
 
   visualize = None
   if hasattr(method, "visualize") and config.get("viz_every", 0):
-    visualize = jax.jit(lambda st, b: method.visualize(st.params, st.model_state, b,
-                                                       jax.random.PRNGKey(0), config),
-                        out_shardings=sharding_lib.replicated(mesh))  # readable on every host
+    visualize = jax.jit(
+      lambda st, b: method.visualize(st.params, st.model_state, b, jax.random.PRNGKey(0), config),
+      out_shardings=sharding_lib.replicated(mesh),
+    )  # readable on every host
   evaluator, best = None, None
   if hasattr(method, "predict") and config.get("eval_every", 0):  # a recognizer: validate
     evaluator = evaluation.make_evaluator(method, config, mesh)
@@ -267,8 +294,9 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
     best.close()
   if bad is not None:
     raise NonFiniteLossError(
-        f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
-        f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints")
+      f"non-finite loss at step {bad[0]} ({bad[1]}); stopped without saving. The last good "
+      f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints"
+    )
   return last
 
 
@@ -318,8 +346,10 @@ class _BestCheckpoint:
       self.checkpointer.manager.delete(step)
     self.checkpointer.save(step, state)
     if jax.process_index() == 0:
-      paths.write_text(self.path, json.dumps({"step": step, "metric": self.metric,
-                                                "value": key[0], "others": others}))
+      paths.write_text(
+        self.path,
+        json.dumps({"step": step, "metric": self.metric, "value": key[0], "others": others}),
+      )
 
   def close(self) -> None:
     self.checkpointer.close()

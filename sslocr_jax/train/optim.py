@@ -41,15 +41,21 @@ def schedule(optim_config, global_batch: int, total_steps: int) -> optax.Schedul
   warmup = min(warmup_steps(optim_config, total_steps), max(total_steps - 1, 0))
   end = float(optim_config.get("end_lr", 0.0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=min(end, peak))
+    init_value=0.0,
+    peak_value=peak,
+    warmup_steps=warmup,
+    decay_steps=max(total_steps, warmup + 1),
+    end_value=min(end, peak),
+  )
 
 
 def decay_mask(params):
   """True where weight decay applies: kernels (ndim >= 2), not norms, biases or mask tokens."""
+
   def keep(path, leaf):
     names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
     return leaf.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names)
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -74,13 +80,14 @@ def num_blocks(params) -> int:
     m = re.search(r"blocks_(\d+)", "/".join(str(getattr(k, "key", k)) for k in path))
     if m:
       found.add(int(m.group(1)))
+
   jax.tree_util.tree_map_with_path(visit, params)
   return max(found) + 1 if found else 0
 
 
-def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
-                   num_layers: int | None = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  optim_config, params, global_batch: int, total_steps: int, num_layers: int | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns (optax transformation, lr schedule) for one phase's trainable `params`
   (`num_layers` for layer decay: by default `num_blocks(params)`)."""
   if num_layers is None:
@@ -88,9 +95,14 @@ def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
   lr = schedule(optim_config, global_batch, total_steps)
   name = optim_config.get("name", "adamw")
   if name == "adamw":
-    core = optax.adamw(lr, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999),
-                       eps=optim_config.get("eps", 1e-8),
-                       weight_decay=optim_config.get("weight_decay", 0.0), mask=decay_mask)
+    core = optax.adamw(
+      lr,
+      b1=optim_config.get("b1", 0.9),
+      b2=optim_config.get("b2", 0.999),
+      eps=optim_config.get("eps", 1e-8),
+      weight_decay=optim_config.get("weight_decay", 0.0),
+      mask=decay_mask,
+    )
   elif name == "adam":
     core = optax.adam(lr, b1=optim_config.get("b1", 0.9), b2=optim_config.get("b2", 0.999))
   elif name == "sgd":
@@ -113,22 +125,29 @@ def make_optimizer(optim_config, params, global_batch: int, total_steps: int,
 def _scale_by_network(params, mults: dict) -> optax.GradientTransformation:
   """Multiplies the updates of network `k` (a top-level key of `params`) by `mults[k]` (1 for
   the others): a learning rate per part, e.g. a pretrained encoder slower than a fresh head."""
+
   def update_fn(updates, state, params=None):
     del params
-    return {k: jax.tree.map(lambda u, s=float(mults.get(k, 1.0)): u * jnp.asarray(s, u.dtype), v)
-            for k, v in updates.items()}, state
+    return {
+      k: jax.tree.map(lambda u, s=float(mults.get(k, 1.0)): u * jnp.asarray(s, u.dtype), v)
+      for k, v in updates.items()
+    }, state
+
   del params
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def _scale_by_layer(params, decay: float, num_layers: int) -> optax.GradientTransformation:
   """Multiplies updates of layer i by decay ** (num_layers + 1 - i) (BEiT/DiG layer decay)."""
+
   def scale(path, _):
     names = tuple(getattr(k, "key", str(k)) for k in path)
     return decay ** (num_layers + 1 - layer_id(names, num_layers))
+
   scales = jax.tree_util.tree_map_with_path(scale, params)
 
   def update_fn(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

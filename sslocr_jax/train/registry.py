@@ -15,5 +15,6 @@ def get_method(config):
   try:
     return importlib.import_module(f"sslocr_jax.methods.{name}")
   except ModuleNotFoundError as e:
-    raise errors.UserError(f"config.method={name!r} names no module sslocr_jax/methods/"
-                           f"{name}.py") from e
+    raise errors.UserError(
+      f"config.method={name!r} names no module sslocr_jax/methods/{name}.py"
+    ) from e

@@ -36,6 +36,7 @@ TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 @dataclasses.dataclass
 class Checkpoint:
   """A resolved checkpoint: numpy trees on the host."""
+
   config: ml_collections.ConfigDict | None  # None: a state dict without model JSON or config
   params: dict
   model_state: dict
@@ -83,8 +84,12 @@ def config_from_model_json(info: dict) -> ml_collections.ConfigDict:
   for an older JSON without it, the fields it records (enough for a recognizer)."""
   if "config" in info:
     return ml_collections.ConfigDict(info["config"])
-  c = {"method": info["method"], "model": info["model"],
-       "image_height": int(info["image_size"][0]), "image_width": int(info["image_size"][1])}
+  c = {
+    "method": info["method"],
+    "model": info["model"],
+    "image_height": int(info["image_size"][0]),
+    "image_width": int(info["image_size"][1]),
+  }
   c.update(info.get("heads", {}))
   if "decoder" in info:
     c.update(decoder=info["decoder"], charset=info["charset"], max_len=int(info["max_len"]))
@@ -96,11 +101,12 @@ def _torch_pair(path: epath.Path) -> epath.Path:
   """The state-dict file of `path`: itself, or the one state dict (with a JSON) in a folder."""
   if not path.is_dir():
     return path
-  found = sorted(p for p in path.iterdir()
-                 if is_torch_file(p) and p.with_suffix(".json").is_file())
+  found = sorted(p for p in path.iterdir() if is_torch_file(p) and p.with_suffix(".json").is_file())
   if len(found) != 1:
-    raise errors.MissingPath(f"{path}: no training workdir (config.json) and not one exported "
-                            f"state dict with its .json ({[p.name for p in found]})")
+    raise errors.MissingPath(
+      f"{path}: no training workdir (config.json) and not one exported "
+      f"state dict with its .json ({[p.name for p in found]})"
+    )
   return found[0]
 
 
@@ -113,24 +119,25 @@ def _resolve_torch(path: epath.Path, config, include: str) -> Checkpoint:
   include = include or info.get("include", "all")
   if config is None:
     raise errors.UserError(
-        f"{path}: a PyTorch state dict does not say which model it holds: evaluate it "
-        "with `python -m sslocr_jax.main --config=configs/evaluate.py:dig_official "
-        f"--config.checkpoint={path}` (an official DiG fine-tuned file), read images with "
-        f"`python -m sslocr_jax.predict --checkpoint={path} "
-        "--model_config=configs/evaluate.py:dig_official`, or in Python "
-        "Recognizer.from_checkpoint(path, config=...)")
+      f"{path}: a PyTorch state dict does not say which model it holds: evaluate it "
+      "with `python -m sslocr_jax.main --config=configs/evaluate.py:dig_official "
+      f"--config.checkpoint={path}` (an official DiG fine-tuned file), read images with "
+      f"`python -m sslocr_jax.predict --checkpoint={path} "
+      "--model_config=configs/evaluate.py:dig_official`, or in Python "
+      "Recognizer.from_checkpoint(path, config=...)"
+    )
   flat = torch_mapping.load_torch_state(str(path))
   if include == "auto":  # the whole model when the file holds more than an encoder
     specs, _ = torch_state.network_specs(config, "all")
     others = tuple(p for p, _, _ in specs[1:] if p != "encoder.norm.")
     include = "all" if others and any(k.startswith(others) for k in flat) else "encoder"
   state = torch_state.import_state(flat, config, include)
-  return Checkpoint(config, state["params"], state["model_state"], describe(config, path),
-                    None, str(path))
+  return Checkpoint(
+    config, state["params"], state["model_state"], describe(config, path), None, str(path)
+  )
 
 
-def resolve(path, config=None, *, use_best: bool = True, include: str | None = None
-            ) -> Checkpoint:
+def resolve(path, config=None, *, use_best: bool = True, include: str | None = None) -> Checkpoint:
   """The checkpoint at `path` (see the module docstring).
 
   `include` ("all" | "encoder" | "auto": the whole model if the file holds more than the
@@ -156,10 +163,18 @@ def resolve(path, config=None, *, use_best: bool = True, include: str | None = N
     step = int(state["step"])
   elif step is None:  # a bare {params, model_state} tree: its folder's step
     step = next(iter(ckpt_lib.checkpoint_steps(_steps_folder(directory))), None)
-  state = jax.tree.map(np.asarray, {"params": state.get("params", {}),
-                                    "model_state": state.get("model_state", {}) or {}})
-  return Checkpoint(config, state["params"], state["model_state"], describe(config, directory),
-                    None if step is None else int(step), str(directory))
+  state = jax.tree.map(
+    np.asarray,
+    {"params": state.get("params", {}), "model_state": state.get("model_state", {}) or {}},
+  )
+  return Checkpoint(
+    config,
+    state["params"],
+    state["model_state"],
+    describe(config, directory),
+    None if step is None else int(step),
+    str(directory),
+  )
 
 
 def load_pretrained(method, state, config):
@@ -167,8 +182,9 @@ def load_pretrained(method, state, config):
   method's `load_pretrained(state, config, source)` hook copies; a JAX checkpoint is read from
   its latest step (not best/), a state dict with `include=method.INIT_FROM`."""
   try:
-    source = resolve(config.init_from, config, use_best=False,
-                     include=getattr(method, "INIT_FROM", "encoder"))
+    source = resolve(
+      config.init_from, config, use_best=False, include=getattr(method, "INIT_FROM", "encoder")
+    )
   except FileNotFoundError as e:
     raise errors.MissingPath(f"config.init_from={config.init_from!r}: {e}") from e
   return method.load_pretrained(state, config, source)
@@ -188,5 +204,8 @@ def _has_run_config(p: epath.Path) -> bool:
 
 def _is_jax_checkpoint(p: epath.Path) -> bool:
   """An orbax step folder or a folder of steps (checkpoints/, best/)."""
-  return (p / "state").is_dir() or any(q.name.isdigit() for q in p.iterdir()) or \
-      (p / "checkpoints").is_dir()
+  return (
+    (p / "state").is_dir()
+    or any(q.name.isdigit() for q in p.iterdir())
+    or (p / "checkpoints").is_dir()
+  )

@@ -39,16 +39,21 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   if unknown:
     raise errors.UserError(f"config.mesh has unknown axes {sorted(unknown)}; valid: {MESH_AXES}")
   if sizes.count(-1) > 1:
-    raise errors.UserError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise errors.UserError(
+      f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}"
+    )
   if -1 in sizes:
     rest = math.prod(s for s in sizes if s != -1)
     if len(devices) % rest:
-      raise errors.UserError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide "
-                       f"{len(devices)} devices")
+      raise errors.UserError(
+        f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide {len(devices)} devices"
+      )
     sizes[sizes.index(-1)] = len(devices) // rest
   if math.prod(sizes) != len(devices):
-    raise errors.UserError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices, {len(devices)} are available")
+    raise errors.UserError(
+      f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+      f"devices, {len(devices)} are available"
+    )
   return Mesh(_device_grid(devices, sizes), MESH_AXES)
 
 
@@ -62,6 +67,7 @@ def _device_grid(devices, sizes) -> np.ndarray:
   """
   if devices[0].platform == "tpu" and len(devices) == jax.device_count():
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
     return mesh_utils.create_device_mesh(sizes, devices)
   return np.asarray(devices).reshape(sizes)
 
@@ -73,17 +79,17 @@ def logical_rules(config) -> tuple[tuple[str, str | tuple[str, ...] | None], ...
 
 
 DEFAULT_RULES = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("mlp", None),
-    ("heads", None),
-    ("vocab", None),
-    ("conv_in", None),
-    ("conv_out", "fsdp"),
+  ("batch", BATCH_AXES),
+  ("embed", "fsdp"),
+  ("mlp", None),
+  ("heads", None),
+  ("vocab", None),
+  ("conv_in", None),
+  ("conv_out", "fsdp"),
 )
 
 
-FSDP_MIN_SIZE = 2 ** 16  # elements; smaller params left replicated by the rules stay so
+FSDP_MIN_SIZE = 2**16  # elements; smaller params left replicated by the rules stay so
 
 
 def fsdp_min_size(config) -> int:
@@ -108,6 +114,7 @@ def param_shardings(boxed_params, mesh: Mesh, rules, min_size: int = FSDP_MIN_SI
     else:
       shape, spec = x.shape, P()
     return NamedSharding(mesh, _fsdp_fallback(spec, shape, mesh, min_size))
+
   return jax.tree.map(to_sharding, boxed_params, is_leaf=is_box)
 
 
@@ -132,12 +139,14 @@ def gathered(shardings):
   itself, sharding propagation may split activations over features instead (for ViT-Base DiG
   on 8 devices: 4.4x the temporary memory and an all-reduce per matmul).
   """
+
   def drop(sh: NamedSharding) -> NamedSharding:
     out = []
     for ax in sh.spec:
       names = tuple(a for a in ((ax,) if isinstance(ax, str) else (ax or ())) if a != "fsdp")
       out.append(names[0] if len(names) == 1 else (names or None))
     return NamedSharding(sh.mesh, P(*out))
+
   return jax.tree.map(drop, shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
@@ -152,8 +161,12 @@ def state_shardings(abstract_state, params_shardings, mesh: Mesh):
   that parameter's sharding; every other leaf (step, rng, BatchNorm statistics, scalars) is
   replicated.
   """
-  by_path = {_path_names(p): sh for p, sh in jax.tree_util.tree_flatten_with_path(
-      params_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+  by_path = {
+    _path_names(p): sh
+    for p, sh in jax.tree_util.tree_flatten_with_path(
+      params_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )[0]
+  }
   replicated_ = NamedSharding(mesh, P())
 
   def pick(path, leaf):
@@ -163,6 +176,7 @@ def state_shardings(abstract_state, params_shardings, mesh: Mesh):
       if sh is not None and len(sh.spec) <= len(getattr(leaf, "shape", ())):
         return sh
     return replicated_
+
   return jax.tree_util.tree_map_with_path(pick, abstract_state)
 
 
@@ -188,8 +202,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Process-local numpy batch -> global `jax.Array`s sharded over the batch axes."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )
 
 
 def local_rows(x, mesh: Mesh) -> np.ndarray:
@@ -198,6 +213,7 @@ def local_rows(x, mesh: Mesh) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(BATCH_AXES)))
 
 

@@ -56,16 +56,16 @@ def init_train_state(method, config, optimizers: dict, phases, batch_spec: dict,
   return state, shardings
 
 
-def abstract_train_state(method, config, optimizers: dict, phases, batch_spec: dict, mesh,
-                         rules):
+def abstract_train_state(method, config, optimizers: dict, phases, batch_spec: dict, mesh, rules):
   """The state as `ShapeDtypeStruct`s carrying their shardings, allocating nothing.
 
   For ahead-of-time compilation (`jit(...).lower(abstract, ...)`, e.g. memory analysis of a
   model that would not fit) with the same shardings `init_train_state` gives.
   """
   _, _, abstract, shardings = _build(method, config, optimizers, phases, batch_spec, mesh, rules)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+  )
 
 
 def _build(method, config, optimizers, phases, batch_spec, mesh, rules):
@@ -79,15 +79,20 @@ def _build(method, config, optimizers, phases, batch_spec, mesh, rules):
     init_rng, train_rng = jax.random.split(rng)
     variables = nn.unbox(init_variables(init_rng))
     params = variables["params"]
-    opt_state = {phase: optimizers[phase].init(split_trainable(params, keys))
-                 for phase, keys in phases}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      model_state=variables.get("model_state", {}), rng=train_rng)
+    opt_state = {
+      phase: optimizers[phase].init(split_trainable(params, keys)) for phase, keys in phases
+    }
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=opt_state,
+      model_state=variables.get("model_state", {}),
+      rng=train_rng,
+    )
 
   rng = jax.random.PRNGKey(seed)
   boxed = jax.eval_shape(init_variables, jax.random.split(rng)[0])["params"]
-  p_shardings = sharding_lib.param_shardings(boxed, mesh, rules,
-                                             sharding_lib.fsdp_min_size(config))
+  p_shardings = sharding_lib.param_shardings(boxed, mesh, rules, sharding_lib.fsdp_min_size(config))
   abstract = jax.eval_shape(init_fn, rng)
   shardings = sharding_lib.state_shardings(abstract, p_shardings, mesh)
   shardings = shardings.replace(params=p_shardings)

@@ -33,8 +33,9 @@ import optax
 from sslocr_jax.train.state import split_trainable
 
 
-def make_train_step(method, config, optimizers: dict, schedules: dict, phases,
-                    gather_shardings=None):
+def make_train_step(
+  method, config, optimizers: dict, schedules: dict, phases, gather_shardings=None
+):
   """Returns the (unjitted) `train_step(state, batch) -> (state, metrics)`.
 
   `gather_shardings`: {network: tree of NamedSharding} the params are computed with (FSDP).
@@ -55,16 +56,18 @@ def make_train_step(method, config, optimizers: dict, schedules: dict, phases,
         full = {**params, **trainable}
         if gather_shardings is not None:
           full = jax.lax.with_sharding_constraint(full, {k: gather_shardings[k] for k in full})
-        return method.loss_fn(full, model_state, batch, rng, step=state.step, phase=phase,
-                              config=config)
+        return method.loss_fn(
+          full, model_state, batch, rng, step=state.step, phase=phase, config=config
+        )
 
       grad_fn = jax.value_and_grad(loss_of, has_aux=True)
       phase_rng = jax.random.fold_in(rng, i)
       if accum == 1:
         (loss, (aux, model_state)), grads = grad_fn(trainable, model_state, batch, phase_rng)
       else:
-        (loss, (aux, model_state)), grads = accumulate(grad_fn, trainable, model_state, batch,
-                                                       phase_rng, accum)
+        (loss, (aux, model_state)), grads = accumulate(
+          grad_fn, trainable, model_state, batch, phase_rng, accum
+        )
       updates, opt_state[phase] = optimizers[phase].update(grads, opt_state[phase], trainable)
       params = {**params, **optax.apply_updates(trainable, updates)}
       prefix = "" if len(phases) == 1 else f"{phase}/"
@@ -76,8 +79,9 @@ def make_train_step(method, config, optimizers: dict, schedules: dict, phases,
     if len(phases) > 1 and "loss" not in metrics:
       metrics["loss"] = sum(metrics[f"{p}/loss"] for p, _ in phases[:1])
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
     return new_state, metrics
 
   return train_step
@@ -89,10 +93,12 @@ def micro_batches(batch: dict, k: int) -> dict:
   Splitting B as (B/k, k) keeps the batch sharding on the B/k axis (each device's rows stay
   on it), and the scan then slices the unsharded axis of length k.
   """
+
   def split(x):
     if x.shape[0] % k:
       raise ValueError(f"batch of {x.shape[0]} is not divisible by grad_accum_steps={k}")
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
   return jax.tree.map(split, batch)
 
 
@@ -110,17 +116,26 @@ def accumulate(grad_fn, trainable, model_state, batch, rng, k: int):
   first = jax.tree.map(lambda x: x[0], micro)
   (_, (aux_shape, _)), _ = jax.eval_shape(grad_fn, trainable, model_state, first, rng)
   zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
-  init = (jnp.zeros((), jnp.float32), zeros(aux_shape),
-          jax.tree.map(jnp.zeros_like, trainable), model_state)
+  init = (
+    jnp.zeros((), jnp.float32),
+    zeros(aux_shape),
+    jax.tree.map(jnp.zeros_like, trainable),
+    model_state,
+  )
 
   def body(carry, xs):
     loss_sum, aux_sum, grad_sum, model_state = carry
     j, mb = xs
-    (loss, (aux, model_state)), grads = grad_fn(trainable, model_state, mb,
-                                                jax.random.fold_in(rng, j))
+    (loss, (aux, model_state)), grads = grad_fn(
+      trainable, model_state, mb, jax.random.fold_in(rng, j)
+    )
     add = lambda a, b: a + b.astype(a.dtype)
-    return (loss_sum + loss.astype(jnp.float32), jax.tree.map(add, aux_sum, aux),
-            jax.tree.map(add, grad_sum, grads), model_state), None
+    return (
+      loss_sum + loss.astype(jnp.float32),
+      jax.tree.map(add, aux_sum, aux),
+      jax.tree.map(add, grad_sum, grads),
+      model_state,
+    ), None
 
   (loss, aux, grads, model_state), _ = jax.lax.scan(body, init, (jnp.arange(k), micro))
   mean = lambda tree: jax.tree.map(lambda x: x / k, tree)

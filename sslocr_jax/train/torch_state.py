@@ -33,8 +33,10 @@ def network_specs(config, include: str = "all") -> tuple[list, dict]:
     raise ValueError(f"include={include!r}; valid: encoder, all")
   method = registry.get_method(config)
   if not hasattr(method, "export_networks"):
-    raise ValueError(f"export of method {config.method!r} is not supported (it declares no "
-                     "export_networks); use include='encoder' for its encoder")
+    raise ValueError(
+      f"export of method {config.method!r} is not supported (it declares no "
+      "export_networks); use include='encoder' for its encoder"
+    )
   specs, fixed = method.export_networks(config)
   return [enc] + list(specs), dict(fixed)
 
@@ -44,10 +46,10 @@ def abstract_state(config) -> dict:
   config = _config(config)
   method = registry.get_method(config)
   batch = method.example_batch(config)
-  tree = jax.eval_shape(lambda r: nn.unbox(method.init_variables(config, r, batch)),
-                        jax.random.key(0))
-  return {k: (tuple(v.shape), np.dtype(v.dtype))
-          for k, v in torch_mapping.flatten(tree).items()}
+  tree = jax.eval_shape(
+    lambda r: nn.unbox(method.init_variables(config, r, batch)), jax.random.key(0)
+  )
+  return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in torch_mapping.flatten(tree).items()}
 
 
 def export_state(state, config, include: str = "all") -> dict:
@@ -63,8 +65,9 @@ def import_state(flat: dict, config, include: str = "all") -> dict:
   """
   specs, fixed = network_specs(config, include)
   method = _config(config).get("method", "recognition")
-  return torch_mapping.import_state(flat, abstract_state(config), specs, fixed, include,
-                                    what=f"{method} model of the config")
+  return torch_mapping.import_state(
+    flat, abstract_state(config), specs, fixed, include, what=f"{method} model of the config"
+  )
 
 
 def import_params(flat: dict, config, include: str = "all") -> dict:

@@ -33,11 +33,15 @@ class MetricWriter:
       self.workdir.mkdir(parents=True, exist_ok=True)
       if _tensorboard_can_write(self.workdir):
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
         self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
       else:
-        logging.warning("No TensorBoard events for workdir %s: tensorboardX cannot write "
-                        "there (install google-cloud-storage for gs://); metrics.jsonl and "
-                        "PNG grids are written as usual.", self.workdir)
+        logging.warning(
+          "No TensorBoard events for workdir %s: tensorboardX cannot write "
+          "there (install google-cloud-storage for gs://); metrics.jsonl and "
+          "PNG grids are written as usual.",
+          self.workdir,
+        )
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.active:
@@ -80,6 +84,7 @@ def _tensorboard_can_write(workdir: epath.Path) -> bool:
   if not paths.is_remote(workdir):
     return True
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+
   scheme = os.fspath(workdir).split("://", 1)[0]
   enabled = {"gs": record_writer.GCS_ENABLED, "s3": record_writer.S3_ENABLED}
   return bool(enabled.get(scheme, False))
@@ -88,8 +93,10 @@ def _tensorboard_can_write(workdir: epath.Path) -> bool:
 def write_config(config, workdir) -> None:
   """WORKDIR/config.json (the resolved config), on process 0."""
   if jax.process_index() == 0:
-    paths.write_text(paths.workdir_path(workdir) / "config.json",
-               config.to_json_best_effort(indent=2, sort_keys=True))
+    paths.write_text(
+      paths.workdir_path(workdir) / "config.json",
+      config.to_json_best_effort(indent=2, sort_keys=True),
+    )
 
 
 def truncate_metrics(workdir, step: int) -> None:
@@ -97,8 +104,11 @@ def truncate_metrics(workdir, step: int) -> None:
   path = paths.workdir_path(workdir) / "metrics.jsonl"
   if jax.process_index() or not path.exists():
     return
-  rows = [line + "\n" for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)["step"] <= step]
+  rows = [
+    line + "\n"
+    for line in path.read_text().splitlines()
+    if line.strip() and json.loads(line)["step"] <= step
+  ]
   paths.write_text(path, "".join(rows))
 
 

@@ -14,13 +14,17 @@ def main(argv=None):
   ap.add_argument("--num_train", type=int, default=100_000)
   ap.add_argument("--num_test", type=int, default=2_000)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--split", action="append", default=[],
-                  help="lmdb_import: name=folder[,folder...] (repeatable)")
+  ap.add_argument(
+    "--split", action="append", default=[], help="lmdb_import: name=folder[,folder...] (repeatable)"
+  )
   a = ap.parse_args(argv)
   if a.builder == "synthetic_lines":
-    cfg = tb.SyntheticLinesConfig(name=a.config_name or f"n{a.num_train}_s{a.seed}",
-                                  num_train=a.num_train, num_test=a.num_test,
-                                  seed=a.seed)
+    cfg = tb.SyntheticLinesConfig(
+      name=a.config_name or f"n{a.num_train}_s{a.seed}",
+      num_train=a.num_train,
+      num_test=a.num_test,
+      seed=a.seed,
+    )
     out = tb.build(tb.SyntheticLines, a.data_dir, cfg)
   else:
     splits = lmdb_import.parse_splits(";".join(a.split))

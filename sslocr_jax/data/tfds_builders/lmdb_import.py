@@ -25,7 +25,7 @@ ENV = "SSLOCR_LMDB_SPLITS"
 
 
 def parse_splits(text):
-  """"train=/a,/b;test=/c" -> {"train": ["/a", "/b"], "test": ["/c"]}."""
+  """ "train=/a,/b;test=/c" -> {"train": ["/a", "/b"], "test": ["/c"]}."""
   out = {}
   for part in filter(None, (p.strip() for p in text.split(";"))):
     name, eq, folders = part.partition("=")
@@ -53,22 +53,26 @@ class LmdbImport(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.Text(),
-            "source": tfds.features.Text(),  # "folder:record"
-        }),
-        supervised_keys=("image", "label"),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.Text(),
+          "source": tfds.features.Text(),  # "folder:record"
+        }
+      ),
+      supervised_keys=("image", "label"),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     splits = self.builder_config.splits or parse_splits(os.environ.get(ENV, ""))
     if not splits:
-      raise ValueError(f"lmdb_import: no splits; give LmdbImportConfig(splits=...) "
-                       f"or set ${ENV}='train=/lmdb/a,/lmdb/b;test=/lmdb/c'")
+      raise ValueError(
+        f"lmdb_import: no splits; give LmdbImportConfig(splits=...) "
+        f"or set ${ENV}='train=/lmdb/a,/lmdb/b;test=/lmdb/c'"
+      )
     for folders in splits.values():
       for f in folders:
         sources._check_lmdb_dir(f)  # pylint: disable=protected-access
@@ -98,5 +102,8 @@ class LmdbImport(tfds.core.GeneratorBasedBuilder):
     raw = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw.dtype != np.uint8 or raw.ndim != 3 or raw.shape[2] != 3:  # kept as stored if RGB
       buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
-    return {"image": bytes(buf), "label": label.decode("utf-8", "replace"),
-            "source": f"{folder}:{rec}"}
+    return {
+      "image": bytes(buf),
+      "label": label.decode("utf-8", "replace"),
+      "source": f"{folder}:{rec}",
+    }

@@ -32,34 +32,35 @@ class SyntheticLines(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      SyntheticLinesConfig(name="default"),
-      SyntheticLinesConfig(name="small", num_train=10_000, num_test=1_000),
+    SyntheticLinesConfig(name="default"),
+    SyntheticLinesConfig(name="small", num_train=10_000, num_test=1_000),
   ]
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "label": tfds.features.Text(),
-            "index": np.int64,
-            "font": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+          "label": tfds.features.Text(),
+          "index": np.int64,
+          "font": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "label"),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
     return {
-        "train": self._generate_examples(c.seed, "train", c.num_train),
-        "test": self._generate_examples(c.seed + 1, "heldout", c.num_test),
+      "train": self._generate_examples(c.seed, "train", c.num_train),
+      "test": self._generate_examples(c.seed + 1, "heldout", c.num_test),
     }
 
   def _generate_examples(self, seed, font_split, num):
-    renderer = render.Renderer(seed=seed, height=self.builder_config.height,
-                               font_split=font_split)
+    renderer = render.Renderer(seed=seed, height=self.builder_config.height, font_split=font_split)
     for i in range(num):
       image, label = renderer.render(i)
       face = renderer.faces[renderer.sample_text(i)[0]].name
