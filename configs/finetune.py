@@ -58,6 +58,7 @@ Every field can be overridden: `--config.decoder=ctc --config.init_from=runs/dig
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import resnet
 from sslocr_jax.models import vit
 import ml_collections
 
@@ -79,13 +80,8 @@ def model_block(size: str, encoder: str) -> ml_collections.ConfigDict:
       pos_dropout=False,
       remat="none",
       # CNN + BiLSTM (models/resnet.py)
-      channels=512,
-      blocks=(1, 2, 5, 3),
-      lstm_hidden=256,
-      lstm_layers=2,
+      **resnet.SIZE,
       tps=True,
-      num_fiducials=20,
-      tps_channels=512,
     )
   )
 

@@ -35,6 +35,7 @@ ours is AdamW, peak 1e-3 x batch/256, 2000 warm-up steps, cosine to 1e-5, gradie
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import resnet
 import ml_collections
 
 
@@ -48,19 +49,7 @@ def get_config(arg=None):
   c.image_height, c.image_width = 32, 128
 
   # Encoder (models/resnet.py): TPS + ResNet + 2-layer BiLSTM, 33 frames for 32x128.
-  c.model = ml_collections.ConfigDict(
-    dict(
-      name="resnet",
-      channels=512,
-      blocks=(1, 2, 5, 3),
-      lstm_hidden=256,
-      lstm_layers=2,
-      tps=tps,
-      num_fiducials=20,
-      tps_channels=512,
-      remat="none",
-    )
-  )
+  c.model = ml_collections.ConfigDict(cu.resnet_model(resnet.SIZE, tps))
 
   # SeqCLR objective (names as in the paper).
   c.seqclr_encoder_stage = "lstm"

@@ -28,25 +28,14 @@ Every field can be overridden: `--config.adv_weight=0 --config.optim.generator.b
 """
 
 from sslocr_jax import config_utils as cu
+from sslocr_jax.models import resnet
 from sslocr_jax.models import vit
 import ml_collections
 
 
 def model_block(encoder: str, size: str, tps: bool) -> ml_collections.ConfigDict:
   if encoder == "resnet":
-    return ml_collections.ConfigDict(
-      dict(
-        name="resnet",
-        channels=512,
-        blocks=(1, 2, 5, 3),
-        lstm_hidden=256,
-        lstm_layers=2,
-        tps=tps,
-        num_fiducials=20,
-        tps_channels=512,
-        remat="none",
-      )
-    )
+    return ml_collections.ConfigDict(cu.resnet_model(resnet.SIZE, tps))
   if encoder == "vit":
     return ml_collections.ConfigDict(
       dict(

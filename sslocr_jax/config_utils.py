@@ -146,6 +146,12 @@ def vit_size(sizes: dict, size: str) -> dict:
   return dict(size=size, **table[size])
 
 
+def resnet_model(size: dict, tps: bool) -> dict:
+  """The `model` fields of the CNN + BiLSTM encoder from the model's own size (configs pass
+  `models/resnet.SIZE`: this module sits below the models)."""
+  return dict(name="resnet", **size, tps=tps, remat="none")
+
+
 def add_run_fields(
   c: ml_collections.ConfigDict, checkpoint_every: int = 1000, viz_every: int | None = 1000
 ) -> None:

@@ -121,3 +121,16 @@ def test_header_and_vit_sizes_come_from_one_place():
     want = config_utils.vit_size(vit.SIZES, size)
     for m in models:
       assert {k: m[k] for k in want} == want, (variant, m.size)
+
+
+def test_resnet_paper_size_comes_from_the_model():
+  """seqclr, siman and finetune (encoder=resnet) take the CNN + BiLSTM size from
+  `models/resnet.SIZE` (one table), so a pretraining's encoder fine-tunes unchanged."""
+  from sslocr_jax.models import resnet
+
+  for name, variant in (("seqclr", ""), ("siman", ""), ("finetune", "encoder=resnet")):
+    m = load_config(name, variant).model
+    assert m.name == "resnet"
+    assert {
+      k: tuple(v) if isinstance(v, list) else v for k, v in m.items() if k in resnet.SIZE
+    } == (resnet.SIZE), name

@@ -305,6 +305,20 @@ class BiLSTM(nn.Module):
 
 
 # ----------------------------------------------------------------------------- encoder
+# The paper size (SeqCLR / SimAN use the clovaai TPS-ResNet-BiLSTM: 512 output channels, blocks
+# (1, 2, 5, 3), two BiLSTMs of 256; clovaai/deep-text-recognition-benchmark
+# modules/feature_extraction.py ResNet_FeatureExtractor). Configs take it through
+# config_utils.resnet_model; their cpu/smoke variants narrow it.
+SIZE = dict(
+  channels=512,
+  blocks=(1, 2, 5, 3),
+  lstm_hidden=256,
+  lstm_layers=2,
+  num_fiducials=20,
+  tps_channels=512,
+)
+
+
 class Encoder(nn.Module):
   """[TPS ->] ResNet -> height average -> [BiLSTM x lstm_layers].
 
