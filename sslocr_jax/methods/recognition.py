@@ -155,7 +155,7 @@ def sequence_module(config):
   return resnet.BiLSTMStack(
     int(config.model.get("lstm_hidden", 256)),
     layers,
-    dtype=jnp.dtype(config.get("dtype", "float32")),
+    dtype=encoders.compute_dtype(config),
   )
 
 
