@@ -214,3 +214,12 @@ def test_predict_cli(finetuned, tmp_path, capsys):
   for line in lines:
     path, text, conf = line.split("\t")
     assert os.path.exists(path) and 0.0 <= float(conf) <= 1.0 and "\t" not in text
+
+
+def test_worst_failures_grid_takes_labels_with_dollar_signs():
+  """Labels are printable ASCII: "$" must not switch matplotlib into (failing) mathtext."""
+  from sslocr_jax.evaluate import failures
+
+  image = np.zeros((32, 128, 3), np.uint8)
+  png = failures.grid_png([(image, "$5^", "$x_", 0.5, 1.0), (image, "a", "b", 0.1, 1.0)])
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"

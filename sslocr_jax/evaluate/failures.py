@@ -81,7 +81,9 @@ def grid_png(items, columns: int = 4) -> bytes:
     ax.axis("off")
   for ax, (image, label, pred, conf, ned) in zip(axes.ravel(), items):
     ax.imshow(image)
-    ax.set_title(f"{label!r} -> {pred!r}\nconf {conf:.2f}, ned {ned:.2f}", fontsize=7)
+    ax.set_title(
+      f"{label!r} -> {pred!r}\nconf {conf:.2f}, ned {ned:.2f}", fontsize=7, parse_math=False
+    )  # labels may hold "$"
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
