@@ -366,8 +366,11 @@ def write_report(study, runs, study_dir, manifest, results_path, plots_dir, spec
     lines += [f"![{os.path.basename(g)}]({rel(g)})" for g in grids]
   lines += ["", "## Reading", "", READING_START, _keep_reading(results_path), READING_END, ""]
   os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+  # The report is committed: paths under the working folder (the repository root) are written
+  # relative to it, even when --study_dir was given as an absolute path.
+  text = "\n".join(lines).replace(os.path.join(os.getcwd(), ""), "")
   with open(results_path, "w") as f:
-    f.write("\n".join(lines))
+    f.write(text)
   with open(os.path.join(study_dir, "summary.json"), "w") as f:
     json.dump(
       {
