@@ -34,7 +34,7 @@ import cv2  # noqa: E402
 
 from sslocr_jax.data import charset as charset_lib  # noqa: E402
 from sslocr_jax.data import sources  # noqa: E402
-from sslocr_jax.evaluate import metrics  # noqa: E402
+from sslocr_jax.data import metrics  # noqa: E402
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "fine-tuning workdir(s) to score")
 _N = flags.DEFINE_integer("n", 1000, "lines to render (before leaving out non-alphanumeric ones)")
