@@ -1,68 +1,71 @@
-r"""The pretraining study (issue 14): four claims of the papers, tested by parts.
+r"""The pretraining study (issue 14): four claims of the papers, tested part by part.
 
-Run by `python -m sslocr_jax.study` (not by sslocr_jax.main), one part at a time:
+Run by `python -m sslocr_jax.study` (not by sslocr_jax.main), one part per sitting
+(docs/study.md):
 
     python -m sslocr_jax.study --config=configs/study.py:cpu --dry_run      # parts, minutes
-    python -m sslocr_jax.study --config=configs/study.py:cpu --part=claim1_ctc \
-        --study_dir=runs/study
-    git add docs/results docs/results.md && git commit -m "study: claim1_ctc"
+    python -m sslocr_jax.study --config=configs/study.py:cpu --part=seqclr_maps_ctc
+    git add docs/results docs/results.md && git commit -m "study: seqclr_maps_ctc"
 
-Each finished cell (one fine-tuning and its evaluation) writes its small result (scores, the
-hash of its resolved configs, wall times, seed; never checkpoints) to
+A cell is (arm, protocol, labeled fraction, fine-tuning seed): a fine-tuning from its arm's
+pretraining (seed 0) or from scratch, then the evaluation of its best validation checkpoint
+on the test set. Each finished cell writes its small result (scores, the hash of its resolved
+configs, how its fine-tuning ended, wall times, commands; never checkpoints) to
 docs/results/<part>/<cell>.json; a part's pretrainings write their curves to
-docs/results/<part>/pretrain/<arm>-s<seed>.json. A rerun skips the cells whose committed
-result has the hash of their current configs and reruns those whose configs changed (e.g. a
-recipe edited here). docs/results.md is regenerated from the committed results only (its
-Reading section, written by a person, is kept): `--report_only` rewrites it without running.
-Run folders under --study_dir are scratch space: a part runs from nothing in one sitting.
+docs/results/<part>/pretrain/<arm>-s0.json. A rerun skips the cells whose committed result has
+the hash of their current configs and reruns those whose configs changed (e.g. a recipe
+edited here). docs/results.md is regenerated from the committed files only (its Reading
+section, written by a person, is kept); `--report_only` rewrites it without running.
 
-The claims (direction, not the papers' figures), each a list of paired comparisons "arm >
-baseline" on word accuracy (percentage points, same fine-tuning seeds paired), called
-reproduced / refuted / inconclusive by the 95% t-interval of the paired differences:
-  claim1  SeqCLR, frozen encoder, CTC and attention decoders: window >= frame > all;
-  claim2  DiG >= each official half after fine-tuning (1% labels); frozen encoder:
-          contrastive-only > MIM-only;
-  claim3  pretrained + scarce labels > scratch + the same labels (DiG, SeqCLR window, SimAN;
-          1% and 10%), the gap larger at 1% than at 10%;
-  claim4  a frozen pretrained encoder > a frozen random encoder.
+The claims (direction, not the papers' figures), each a list of paired comparisons
+"arm > baseline" or "arm >= baseline" on word accuracy (same fine-tuning seeds paired), called
+reproduced / refuted / inconclusive by the 95% paired t interval of the differences (">=":
+non-inferiority within `margin` points):
+  seqclr_maps   SeqCLR, frozen encoder, CTC and attention decoders: window >= frame > all;
+  dig_halves    DiG >= each official half after fine-tuning (1% labels); frozen encoder:
+                contrastive-only > MIM-only;
+  scarce        pretrained + scarce labels > scratch + the same labels (DiG, SeqCLR window,
+                SimAN; 1% and 10%), and the gap at 1% > the gap at 10%;
+  frozen_floor  a frozen pretrained encoder > a frozen random encoder.
 
 Variants (`--config=configs/study.py:VARIANT`):
   (none)  the accelerator-sized study: the paper recipes (dig.py, seqclr.py, siman.py,
-          finetune.py defaults), one part per claim, a 10,000-line test set;
-  cpu     the same cells with every `:cpu` variant, split into ten parts that each fit 150
-          minutes of this 2-core CPU by the `--dry_run` estimate (costed at each fine-tuning's
-          step cap: early stopping only shortens them). Labeled fractions 1% (2,000 lines) and
-          10% (20,000 lines) of finetune.py:cpu's 200,000; fine-tuning stops when validation
-          accuracy (512 lines in held-out fonts) has not improved for 5 evaluations (100 steps
-          apart), not before step 300, at the latest at the cap (ResNet 1200 / 1500 steps at
-          1% / 10%, ViT 600); the test set (2,000 lines in held-out fonts, another renderer
-          seed) is scored once, on the best checkpoint. Each pretraining runs 650 steps of 32
-          = 20,800 lines (10.4x the 1% subset) with the representation probe every 130 steps
-          (`probe_every`, dropped while the pretraining configs lack the field);
+          finetune.py defaults: 10 epochs of the labeled subset, validated every eval_every),
+          the same cells as `cpu`, one part per claim, a 10,000-line test set;
+  cpu     every `:cpu` variant, split into ten parts that each fit 150 minutes of a 2-core CPU
+          by the `--dry_run` estimate (at each fine-tuning's step cap: early stopping only
+          shortens). Labeled fractions 1% (2,000 lines) and 10% (20,000) of finetune.py:cpu's
+          200,000; fine-tuning stops when validation accuracy (512 lines in held-out fonts,
+          renderer seed 1,000,003) has not improved for 5 evaluations 100 steps apart (not
+          before step 300, never while it is still 0), at the latest at the cap (ResNet 1200 /
+          1500 steps at 1% / 10%, ViT 600); the test set (2,000 lines in held-out fonts,
+          renderer seed 2,000,003) is scored once per cell, on best/. Each pretraining runs
+          650 steps of 32 = 20,800 lines (10.4x the 1% subset) with the representation probe
+          every 130 steps (`probe_every`, dropped while the pretraining configs lack it);
   smoke   one tiny part (DiG smoke + scratch, one cell each): what tests/test_study.py runs.
 
 Fields (lists of dicts are edited here, not on the command line):
   arms              name, `config` (pretraining config; "" = from scratch), `overrides`
                     ("field=value" for the pretraining), `encoder` (vit | resnet);
   finetune          per encoder kind: `config` and `overrides` shared by every cell;
-  recipes           per initialisation (`scratch` | `pretrained`) and encoder kind: the
-                    fine-tuning overrides of that initialisation (encoder lr multiplier, layer
-                    decay, warm-up, clipping); not yet selected on validation (issue 14 asks
-                    for it): they are the levers of docs/recognition.md;
+  recipes           per initialisation (`scratch` | `pretrained`) and encoder kind, the
+                    fine-tuning recipe: encoder_lr_mult, layer_decay, warmup_steps, base_lr,
+                    grad_clip (plan.RECIPE_FIELDS names the config field of each);
   budgets           per (encoder, fraction): step cap and evaluation interval;
-  protocols         name and overrides (full fine-tuning, frozen encoder + CTC, frozen encoder
-                    + attention decoder);
-  parts             name, claim, `cells` ((arm, protocol, fraction), ...), run for each of
-                    `seeds`; every (arm, protocol, fraction) belongs to one part;
-  claims            name, title, `comparisons` (dicts: arm, baseline, protocol, fraction and,
-                    for "the gap is larger at fraction f than at g", `vs_fraction`);
-  seeds             fine-tuning seeds (config.seed; the labeled subset is the same for all:
-                    data.fraction_seed), paired across arms; pretraining uses seed 0;
+  protocols         name and overrides: full fine-tuning, frozen encoder + CTC, frozen encoder
+                    + attention decoder;
+  parts             name, claim, `cells` ((arm, protocol, fraction), ...), each run for every
+                    seed; every (arm, protocol, fraction) belongs to one part;
+  claims            name, title, `comparisons` (arm, baseline, protocol, fraction, relation
+                    ">" | ">=", and for "the gap is larger at fraction f than at g",
+                    `vs_fraction` g);
+  seeds, margin     fine-tuning seeds (config.seed; the labeled subset is the same for all:
+                    data.fraction_seed), paired across arms; the ">=" margin in points;
   pretrain_optional pretraining fields set only where the config has them (`probe_every`);
   test, lmdb_roots  the held-out test set (written once per study folder) and extra LMDBs;
   evaluate          the evaluation's `config` / `overrides` (configs/evaluate.py);
-  cost              the `--dry_run` estimator's rates (images/s on this 2-core CPU, from the
-                    figures in docs/recognition.md and docs/benchmarks.md) and start-up times.
+  cost              the `--dry_run` estimator's rates (images/s on a 2-core CPU, from
+                    docs/recognition.md and the pilot), start-up times and the part budget.
 
 Encoders must match between pretraining and fine-tuning (the driver checks before running).
 """

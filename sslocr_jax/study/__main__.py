@@ -92,7 +92,10 @@ def main(argv):
     raise SystemExit("error: " + "\n".join(problems))
   if _REPORT_ONLY.value:
     verdicts = report.write_report(study, results_dir, _REPORT.value)
-    print(f"report {_REPORT.value}: " + ", ".join(f"{k} {v}" for k, v in verdicts.items()))
+    print(
+      f"report {report.shown_path(_REPORT.value, _REPORT.value)}: "
+      + ", ".join(f"{k} {v}" for k, v in verdicts.items())
+    )
     return
   if not parts:
     if _DRY_RUN.value:
@@ -130,7 +133,7 @@ def main(argv):
   print(
     f"study: ran {len(inv['ran'])}, skipped {len(inv['skipped'])} finished, failed "
     f"{len(inv['failed'])}, blocked {len(inv['blocked'])}, stale {len(inv['stale'])}; "
-    f"report {os.path.relpath(_REPORT.value, plan.ROOT)}: "
+    f"report {report.shown_path(_REPORT.value, _REPORT.value)}: "
     + ", ".join(f"{k} {v}" for k, v in verdicts.items()),
     flush=True,
   )

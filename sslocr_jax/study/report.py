@@ -264,7 +264,8 @@ def write_report(study, results_dir: str, report_path: str, plot: bool = True) -
     "A comparison pairs the same fine-tuning seeds; its 95% interval is Student's paired t; "
     f"`>`: reproduced when the interval is above 0, refuted when below; `>=`: above / below "
     f"−{study.get('margin', 0.0):g} points. A claim is reproduced when all its comparisons "
-    "are, refuted when one is.",
+    "are, refuted when one is. In a gap row the two score columns are the arm − baseline "
+    "differences at the two fractions.",
     "",
   ]
   lines += claims
