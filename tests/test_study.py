@@ -213,6 +213,40 @@ def test_todo_cells_skip_committed_results_of_the_same_hash(tmp_path):
   assert len(runner.todo_cells(study, ["smoke"], runs, str(tmp_path))) == 2
 
 
+def test_a_finished_pretraining_commits_its_thinned_curves(tmp_path):
+  """A pretraining folder as the loop and the driver leave it (no training here)."""
+  study = _study("smoke")
+  runs = plan.make_plan(study)
+  pre = next(r for r in runs if r["kind"] == "pretrain")
+  workdir = tmp_path / "study" / pre["workdir"]
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps(dict(total_steps=200, batch_size=8)))
+  rows = [dict(step=s, loss=10.0 / s, probe_accuracy=s / 2, lr=1e-3) for s in range(1, 201)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (workdir / plan.DONE).write_text(json.dumps(dict(args=pre["args"], deps={}, finished="t")))
+  manifest = runner.Manifest(str(tmp_path / "study"), study)
+  manifest.data["runs"][pre["name"]] = dict(wall_s=12.5)
+  written = runner.commit_results(
+    study, runs, str(tmp_path / "study"), manifest, str(tmp_path / "results")
+  )
+  assert written == [str(tmp_path / "results" / "smoke" / "pretrain" / "dig-s0.json")]
+  rec = json.loads(open(written[0]).read())
+  assert rec["hash"] == plan.pretrain_hash(pre) and rec["wall_s"] == 12.5
+  assert sorted(rec["curves"]) == ["loss", "probe_accuracy"]  # no lr: losses and probes
+  loss = rec["curves"]["loss"]
+  assert len(loss) <= 61 and loss[0] == [1, 10.0] and loss[-1] == [200, 0.05]
+  assert "STUDY_DIR/pretrain/dig-s0" in rec["command"]
+  # committed once: a second pass writes nothing (the fine-tunings have not run)
+  assert (
+    runner.commit_results(study, runs, str(tmp_path / "study"), manifest, str(tmp_path / "results"))
+    == []
+  )
+  report.write_report(study, str(tmp_path / "results"), str(tmp_path / "results.md"))
+  with open(tmp_path / "results" / "pretraining.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "![pretraining curves](results/pretraining.png)" in (tmp_path / "results.md").read_text()
+
+
 # ---------------------------------------------------------------- end to end
 
 
