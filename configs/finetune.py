@@ -36,7 +36,10 @@ Protocol fields:
   max_len          longest label (25); oov: drop | unk (labels with characters outside the charset:
                    dropped and counted, or mapped to UNK);
   val_data         validation source (default: synthetic lines in held-out fonts; or lmdb);
-                   eval_every / best_metric keep the best checkpoint in WORKDIR/best/.
+                   eval_every / best_metric keep the best checkpoint in WORKDIR/best/;
+  early_stop_patience / early_stop_min_steps   stop after that many evaluations in a row
+                   without a new best (0 = off), not before that step; the run then ends with
+                   a checkpoint at the stop step and WORKDIR/early_stop.json (train/loop.py).
 
 Recipe fields (the release's value first; the older value of this project still reachable):
   transformer.style   dig (TFDecoder, default) | nrtr (our NRTR-style decoder, sqrt(d) scaled
@@ -156,6 +159,10 @@ def get_config(arg=None):
   c.eval_every = 2000
   c.eval_batch_size = 512
   c.best_metric = "val_accuracy"
+  # Early stopping on best_metric (train/loop.py early_stop_due): stop once `patience`
+  # evaluations in a row stayed below the best one, not before `min_steps`; 0 = off.
+  c.early_stop_patience = 0
+  c.early_stop_min_steps = 0
 
   cu.add_run_fields(c, checkpoint_every=2000, viz_every=None)
 

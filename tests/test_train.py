@@ -119,3 +119,37 @@ def test_layer_decay_counts_the_blocks_of_the_trainable_params():
     {"patch_embed": 0.5**4, "blocks_0": 0.5**3, "blocks_1": 0.5**2, "blocks_2": 0.5}
   )
   assert float(-updates["head"]["kernel"][0, 0]) == pytest.approx(1.0)
+
+
+def test_early_stopping_stops_after_patience_keeps_best_and_stays_stopped(tmp_path, monkeypatch):
+  """Scripted validation accuracy by step: 0 (plateau: no stop), 20, 30 (best), 25, 10 -> with
+  patience 2 (evaluations 2 steps apart) the run stops at step 10, best/ holds step 6, and a
+  rerun of the same command trains nothing."""
+  import json
+
+  from sslocr_jax.train import evaluation
+
+  script = {2: 0.0, 4: 20.0, 6: 30.0, 8: 25.0, 10: 10.0, 12: 50.0}
+
+  def scripted(method, config, mesh):
+    del method, config, mesh
+    return lambda state: {
+      "val_accuracy": script[int(jax.device_get(state.step))],
+      "val_one_minus_ned": 1.0,
+    }
+
+  monkeypatch.setattr(evaluation, "make_evaluator", scripted)
+  config = load_config("finetune", "smoke")
+  config.total_steps, config.eval_every, config.checkpoint_every = 12, 2, 0
+  config.early_stop_patience, config.early_stop_min_steps = 2, 4
+  assert not loop.early_stop_due(config, 4, None)
+  loop.train(config, str(tmp_path))
+  early = json.loads((tmp_path / "early_stop.json").read_text())
+  assert (early["step"], early["best_step"], early["patience"]) == (10, 6, 2)
+  assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 6
+  assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 10
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in rows) == 10 and any("loss" in r for r in rows if r["step"] == 10)
+  loop.train(config, str(tmp_path))  # resumed: stopped, nothing trained, the file kept
+  assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 10
+  assert (tmp_path / "early_stop.json").exists()

@@ -1,32 +1,32 @@
-r"""The pretraining study driver: pretrain, fine-tune, evaluate, write docs/results.md.
+r"""The pretraining study driver: one part at a time, results committed, report regenerated.
 
-    python -m sslocr_jax.study --config=configs/study.py:cpu --study_dir=runs/study \
-        [--only=REGEX] [--dry_run] [--results=docs/results.md] [--plots_dir=docs/results]
+    python -m sslocr_jax.study --config=configs/study.py:cpu --dry_run        # parts, minutes
+    python -m sslocr_jax.study --config=configs/study.py:cpu --part=seqclr_maps_ctc \
+        [--study_dir=runs/study] [--only=REGEX] [--dry_run] [--redo_stale]
+    python -m sslocr_jax.study --config=configs/study.py:cpu --report_only
 
-Every run is a subprocess `python -m sslocr_jax.main ...` in its own workdir under study_dir:
+`--part` takes part names, claim names (all of a claim's parts) or `all`, comma-separated.
+The cells of those parts whose committed result (docs/results/<part>/<cell>.json) has the
+hash of their current configs are skipped; the others run, each a subprocess
+`python -m sslocr_jax.main ...` in its own workdir under --study_dir (scratch space):
 
-    STUDY_DIR/data/<test name>/                      the held-out test LMDB (written once)
-    STUDY_DIR/pretrain/<arm>-s<seed>/                pretraining
-    STUDY_DIR/finetune/<arm>-f<fraction>-<protocol>-s<seed>/
-    STUDY_DIR/eval/<finetune name>/<set>/results.json   configs/evaluate.py on each test set
-    STUDY_DIR/manifest.json                          commands, status, wall time of every run
+    STUDY_DIR/data/<test name>/              the held-out test LMDB (written once)
+    STUDY_DIR/pretrain/<arm>-s0/             a pretraining (only if a cell left needs it)
+    STUDY_DIR/finetune/<cell>/               a fine-tuning (early stopping, best/)
+    STUDY_DIR/eval/<cell>/<set>/results.json configs/evaluate.py on best/
+    STUDY_DIR/manifest.json                  commands, status, wall time of every run
 
-A run is finished when the driver wrote `study_done.json` into its workdir after exit code 0
-(or, for training, when metrics.jsonl and checkpoints/ reached config.total_steps). Finished
-runs are skipped; interrupted ones are resumed by rerunning the same command. A finished run
-whose recorded command differs from the current one, or that used a run redone since (e.g. a
-fine-tuning whose pretraining was redone), is `stale`: it blocks the runs that need it until
-its workdir is deleted, or `--redo_stale` deletes and reruns it (e.g. after a change of the
-fine-tuning recipe in the study config). `--only` selects runs by name (re.search) and pulls
-in the unfinished runs they need. Before anything runs, the study is checked: each arm's
-pretraining encoder must be the one its fine-tuning config builds, and the test set's seed
-must differ from the validation seed of every fine-tuning config. The report (tables, plots,
-reconstruction grids) is rewritten from whatever has finished; the text of its "Reading"
-section, written by a person, is kept.
+After each run, every cell whose runs have all finished writes its result file (scores, hash,
+wall times, commands; never checkpoints), and docs/results.md is regenerated from the
+committed files at the end (its Reading section kept). Interrupted runs resume from their
+workdir when the same command is rerun in the same sitting. A run finished with another
+command is `stale` (`--redo_stale` deletes and reruns it). Before anything runs, the study is
+checked (plan.check_study): encoders match between pretraining and fine-tuning, the test seed
+is not a validation seed, every claim's cells are in some part.
 """
 
 import os
-import sys
+import re
 import time
 
 from absl import app
@@ -40,48 +40,87 @@ from sslocr_jax.study import runner
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Study config (configs/study.py:V).", lock_config=True
 )
-_STUDY_DIR = flags.DEFINE_string("study_dir", None, "Folder of every run of the study.")
-_ONLY = flags.DEFINE_string(
-  "only", "", "Run only runs whose name matches (re.search), with the unfinished runs they need."
+_PART = flags.DEFINE_string("part", "", "Parts (or claims, or `all`) to run, comma-separated.")
+_STUDY_DIR = flags.DEFINE_string("study_dir", "runs/study", "Scratch folder of the runs.")
+_ONLY = flags.DEFINE_string("only", "", "Only the cells of --part whose name matches (re.search).")
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False, "Print the parts' estimates (or, with --part, its runs); run nothing."
 )
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and the commands; run nothing.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Regenerate the report; run nothing.")
 _REDO_STALE = flags.DEFINE_bool(
   "redo_stale", False, "Delete the workdir of each stale run and run it again."
 )
-_RESULTS = flags.DEFINE_string(
-  "results", os.path.join(plan.ROOT, "docs", "results.md"), "The report (Markdown)."
+_RESULTS_DIR = flags.DEFINE_string(
+  "results_dir", os.path.join(plan.ROOT, "docs", "results"), "Committed cell results."
 )
-_PLOTS_DIR = flags.DEFINE_string(
-  "plots_dir", None, "Plots and grids (default: the report's path without .md, e.g. docs/results/)."
+_REPORT = flags.DEFINE_string(
+  "report", os.path.join(plan.ROOT, "docs", "results.md"), "The report (Markdown)."
 )
+
+
+def dry_run_parts(study, results_dir: str) -> None:
+  """One line per part: cells committed and left, estimated minutes of what is left."""
+  planned = plan.make_plan(study)
+  budget = study.cost.get("budget_min", 0)
+  print(f"{'part':24s} {'claim':14s} cells  left  estimate (of the cells left)")
+  for part in study.parts:
+    cells = plan.cells(study, [part["name"]])
+    left = runner.todo_cells(study, [part["name"]], planned, results_dir)
+    runs = plan.for_cells(planned, [c["name"] for c in left])
+    est, full = plan.minutes(study, runs), plan.part_minutes(study, part["name"])
+    over = "  OVER BUDGET" if budget and full > budget else ""
+    print(
+      f"{part['name']:24s} {part['claim']:14s} {len(cells):5d} {len(left):5d}  "
+      f"{est:6.0f} min (all: {full:.0f}){over}"
+    )
+  if budget:
+    print(f"budget per part: {budget:g} min (at the step caps: early stopping only shortens)")
+  else:
+    print("no time estimate: study.cost has no measured rates for this variant")
 
 
 def main(argv):
   del argv
   study = _CONFIG.value
-  if not _STUDY_DIR.value:
-    raise app.UsageError("--study_dir is required")
-  study_dir = _STUDY_DIR.value
-  spec = next(
-    (a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "configs/study.py"
-  )
+  results_dir, study_dir = _RESULTS_DIR.value, _STUDY_DIR.value
   try:
     problems = plan.check_study(study)
-  except ValueError as e:  # an override naming no field
+    parts = plan.parts_of(study, _PART.value) if _PART.value else []
+  except ValueError as e:  # an override naming no field, an unknown part
     raise SystemExit(f"error: {e}") from e
   if problems:
     raise SystemExit("error: " + "\n".join(problems))
-  planned = plan.make_plan(study, study_dir)
-  runs = plan.select(planned, _ONLY.value, lambda r: runner.run_state(r, study_dir) == "done")
+  if _REPORT_ONLY.value:
+    verdicts = report.write_report(study, results_dir, _REPORT.value)
+    print(
+      f"report {report.shown_path(_REPORT.value, _REPORT.value)}: "
+      + ", ".join(f"{k} {v}" for k, v in verdicts.items())
+    )
+    return
+  if not parts:
+    if _DRY_RUN.value:
+      return dry_run_parts(study, results_dir)
+    raise app.UsageError("--part is required (or --dry_run / --report_only)")
+  planned = plan.make_plan(study, parts)
+  left = runner.todo_cells(study, parts, planned, results_dir)
+  left = [c for c in left if not _ONLY.value or re.search(_ONLY.value, c["name"])]
+  runs = plan.for_cells(planned, [c["name"] for c in left])
+  print(
+    f"study: parts {', '.join(parts)}: {len(left)} cells to run "
+    f"(~{plan.minutes(study, runs):.0f} min), "
+    f"{len(plan.cells(study, parts)) - len(left)} committed",
+    flush=True,
+  )
   if _DRY_RUN.value:
-    return runner.dry_run(runs, study_dir)
+    return runner.dry_run(study, runs, study_dir)
   os.makedirs(study_dir, exist_ok=True)
   manifest = runner.Manifest(study_dir, study)
   manifest.data["test_set"] = runner.ensure_test_set(study, study_dir)
   t0 = time.time()
   ok = False
+  commit = lambda run: runner.commit_results(study, runs, study_dir, manifest, results_dir)
   try:
-    ok = runner.run_all(runs, study_dir, manifest, _REDO_STALE.value)
+    ok = runner.run_all(runs, study_dir, manifest, _REDO_STALE.value, on_done=commit)
   except KeyboardInterrupt:
     raise SystemExit(
       "study: interrupted (the running run saved a checkpoint); rerun the same command to resume"
@@ -89,13 +128,13 @@ def main(argv):
   finally:
     manifest.invocation["wall_s"] = round(time.time() - t0, 2)
     manifest.save()
-  plots_dir = _PLOTS_DIR.value or os.path.splitext(_RESULTS.value)[0]
-  report.write_report(study, planned, study_dir, manifest, _RESULTS.value, plots_dir, spec)
+  verdicts = report.write_report(study, results_dir, _REPORT.value)
   inv = manifest.invocation
   print(
     f"study: ran {len(inv['ran'])}, skipped {len(inv['skipped'])} finished, failed "
     f"{len(inv['failed'])}, blocked {len(inv['blocked'])}, stale {len(inv['stale'])}; "
-    f"report {_RESULTS.value}",
+    f"report {report.shown_path(_REPORT.value, _REPORT.value)}: "
+    + ", ".join(f"{k} {v}" for k, v in verdicts.items()),
     flush=True,
   )
   if not ok:

@@ -26,10 +26,14 @@ def read_json(path: str, default=None):
 
 
 def trained_to_end(workdir: str) -> bool:
-  """metrics.jsonl and checkpoints/ both reached config.total_steps (written by the loop)."""
+  """metrics.jsonl and checkpoints/ both reached config.total_steps (written by the loop), or
+  the run stopped early: early_stop.json and a checkpoint at its step."""
   config = read_json(os.path.join(workdir, "config.json"))
   if not config:
     return False
+  early = read_json(os.path.join(workdir, "early_stop.json"))
+  if early and os.path.isdir(os.path.join(workdir, "checkpoints", str(early["step"]))):
+    return True
   total = int(config["total_steps"])
   steps = [r.get("step", -1) for r in paths.read_metrics(workdir)]
   return (
@@ -198,9 +202,13 @@ def _tail(path: str, n: int = 15) -> str:
     return ""
 
 
-def run_all(runs: list[dict], study_dir: str, manifest: Manifest, redo_stale: bool = False) -> bool:
-  """Runs every unfinished run in order; a failed run blocks the runs that need it."""
+def run_all(
+  runs: list[dict], study_dir: str, manifest: Manifest, redo_stale: bool = False, on_done=None
+) -> bool:
+  """Runs every unfinished run in order; a failed run blocks the runs that need it.
+  `on_done(run)` is called after each run that is (or already was) done."""
   bad = set()
+  on_done = on_done or (lambda run: None)
   for i, run in enumerate(runs, 1):
     entry = manifest.run(run, study_dir)
     state = run_state(run, study_dir)
@@ -210,6 +218,7 @@ def run_all(runs: list[dict], study_dir: str, manifest: Manifest, redo_stale: bo
     if state == "done":
       entry["status"] = "done"
       manifest.note(run["name"], "skipped")
+      on_done(run)
       continue
     if state == "stale" and redo_stale and not any(d in bad for d in run["deps"]):
       print(f"{tag}: stale, deleting {run['workdir']} to redo it", flush=True)
@@ -251,6 +260,7 @@ def run_all(runs: list[dict], study_dir: str, manifest: Manifest, redo_stale: bo
       print(f"{tag}: FAILED ({why}); the end of {log}:\n{_tail(log)}", flush=True)
     else:
       print(f"{tag}: done in {entry['attempts'][-1]['wall_s']:.0f} s", flush=True)
+      on_done(run)
   return not bad
 
 
@@ -289,17 +299,150 @@ def ensure_test_set(study, study_dir: str) -> dict:
   return info
 
 
-def dry_run(runs: list[dict], study_dir: str) -> None:
-  """Prints each run's state and command, then counts and training samples still to do."""
-  counts, todo, state_of = {}, {}, states(runs, study_dir)
+def dry_run(study, runs: list[dict], study_dir: str) -> None:
+  """Prints each run's state, estimated minutes and command, then the totals."""
+  counts, todo, secs, state_of = {}, {}, 0.0, states(runs, study_dir)
   for r in runs:
     state = state_of[r["name"]]
     counts[(r["kind"], state)] = counts.get((r["kind"], state), 0) + 1
+    est = plan.minutes(study, [r])
     if state != "done":
       todo[r["kind"]] = todo.get(r["kind"], 0) + plan.train_samples(r)
-    print(f"{state:8s} {r['name']}\n         {plan.shown(r, study_dir)}")
+      secs += est * 60
+    print(f"{state:8s} {r['name']} (~{est:.1f} min)\n         {plan.shown(r, study_dir)}")
   print("\n" + ", ".join(f"{k} {s}: {n}" for (k, s), n in sorted(counts.items())))
   print(
     "training samples to do (steps x batch, summed): "
     + ", ".join(f"{k} {n:,}" for k, n in sorted(todo.items()) if n)
   )
+  print(f"estimated time to do: {secs / 60:.1f} min (at the step caps)")
+
+
+def _write_json(path: str, data: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def committed_hash(path: str) -> str | None:
+  return (read_json(path) or {}).get("hash")
+
+
+def _commands(runs: list[dict]) -> list[str]:
+  return [plan.shown(r, "STUDY_DIR") for r in runs]
+
+
+def _curves(workdir: str, max_points: int = 60) -> dict:
+  """{metric: [[step, value], ...]} of the loss and probe columns of metrics.jsonl, each
+  thinned to about `max_points` points (the last one kept): small enough to commit."""
+  rows = paths.read_metrics(workdir)
+  keys = sorted({k for r in rows for k in r if k.endswith("loss") or k.startswith("probe_")})
+  out = {}
+  for k in keys:
+    pts = [[r["step"], round(float(r[k]), 5)] for r in rows if isinstance(r.get(k), (int, float))]
+    every = max(1, -(-len(pts) // max_points))
+    out[k] = pts[::every] + (pts[-1:] if pts and (len(pts) - 1) % every else [])
+  return out
+
+
+def pretrain_record(run: dict, study_dir: str, manifest: Manifest) -> dict:
+  """The committed result of a pretraining: its hash, size, wall time and curves."""
+  workdir = os.path.join(study_dir, run["workdir"])
+  config = read_json(os.path.join(workdir, "config.json")) or {}
+  return dict(
+    run=run["name"],
+    arm=run["meta"]["arm"],
+    part=run["meta"]["part"],
+    hash=plan.pretrain_hash(run),
+    steps=config.get("total_steps"),
+    batch_size=config.get("batch_size"),
+    wall_s=manifest.data["runs"].get(run["name"], {}).get("wall_s"),
+    curves=_curves(workdir),
+    command=plan.shown(run, "STUDY_DIR"),
+    machine=_machine_brief(manifest),
+    finished=now(),
+  )
+
+
+def _machine_brief(manifest: Manifest) -> dict:
+  m = manifest.data["machine"]
+  return {k: m.get(k) for k in ("cpu", "cpu_count", "load_avg_at_start", "jax", "flax")}
+
+
+def cell_record(study, cell: dict, runs: list[dict], study_dir: str, manifest: Manifest) -> dict:
+  """The committed result of a finished cell: scores on every test set, how its fine-tuning
+  ended (early stop, best validation step), wall times, hash and commands."""
+  mine = [r for r in runs if r["meta"].get("cell") == cell["name"]]
+  ft = next(r for r in mine if r["kind"] == "finetune")
+  ft_dir = os.path.join(study_dir, ft["workdir"])
+  config = read_json(os.path.join(ft_dir, "config.json")) or {}
+  early = read_json(os.path.join(ft_dir, "early_stop.json"))
+  best = read_json(os.path.join(ft_dir, "best", "best.json")) or {}
+  steps = [r.get("step", 0) for r in paths.read_metrics(ft_dir)]
+  scores = {}
+  for r in mine:
+    if r["kind"] == "evaluate":
+      avg = (read_json(os.path.join(study_dir, r["workdir"], "results.json")) or {})["average"]
+      scores[r["meta"]["set"]] = {k: avg[k] for k in ("accuracy", "one_minus_ned", "samples")}
+  walls = manifest.data["runs"]
+  pre = f"pretrain/{cell['pretrain']}" if cell["pretrain"] else None
+  return dict(
+    {k: cell[k] for k in ("name", "part", "claim", "arm", "protocol", "fraction", "seed")},
+    encoder=cell["encoder"],
+    hash=plan.cell_hash(study, cell, runs),
+    scores=scores,
+    finetune=dict(
+      step_cap=config.get("total_steps"),
+      batch_size=config.get("batch_size"),
+      stopped_at=early["step"] if early else max(steps, default=None),
+      early_stopped=bool(early),
+      best_step=best.get("step"),
+      best_val=dict(best.get("others", {}), **{best.get("metric", "val"): best.get("value")})
+      if best
+      else {},
+    ),
+    wall_s=dict(
+      pretrain=walls.get(pre, {}).get("wall_s") if pre else None,
+      finetune=walls.get(ft["name"], {}).get("wall_s"),
+      evaluate=round(
+        sum(walls.get(r["name"], {}).get("wall_s", 0) for r in mine if r is not ft), 2
+      ),
+    ),
+    commands=_commands(([r for r in runs if r["name"] == pre] if pre else []) + mine),
+    machine=_machine_brief(manifest),
+    finished=now(),
+  )
+
+
+def commit_results(study, runs: list[dict], study_dir: str, manifest, results_dir: str) -> list:
+  """Writes the result file of every finished cell (and pretraining) of `runs` whose file is
+  missing or has another hash; returns the paths written."""
+  state, written = states(runs, study_dir), []
+  for run in runs:
+    if run["kind"] == "pretrain" and state[run["name"]] == "done":
+      path = plan.pretrain_result_path(results_dir, run)
+      if committed_hash(path) != plan.pretrain_hash(run):
+        _write_json(path, pretrain_record(run, study_dir, manifest))
+        written.append(path)
+  for cell in {r["meta"]["cell"]: r["meta"] for r in runs if "cell" in r["meta"]}.values():
+    mine = [r for r in runs if r["meta"].get("cell") == cell["name"]]
+    if not all(state[r["name"]] == "done" for r in mine):
+      continue
+    path = plan.cell_result_path(results_dir, cell)
+    if committed_hash(path) != plan.cell_hash(study, cell, runs):
+      _write_json(path, cell_record(study, cell, runs, study_dir, manifest))
+      written.append(path)
+      print(f"result: {os.path.relpath(path, plan.ROOT)}", flush=True)
+  return written
+
+
+def todo_cells(study, parts: list[str], runs: list[dict], results_dir: str) -> list[dict]:
+  """The cells of `parts` without a committed result of their current hash."""
+  return [
+    c
+    for c in plan.cells(study, parts)
+    if committed_hash(plan.cell_result_path(results_dir, c)) != plan.cell_hash(study, c, runs)
+  ]

@@ -11,12 +11,13 @@ what is allowed (the CLI prints it and exits with status 2).
 
 Resume-safe fields (`RESUME_SAFE`) change how long the run goes, what it logs and where it
 runs, never the train state or the data stream: `total_steps` (train longer), `schedule_steps`,
-the logging / checkpoint / evaluation intervals, the mesh and sharding (orbax reshards on
-restore), the compute `dtype`, `grad_accum_steps`, host data workers, the validation set,
-`init_from` (only read by a fresh run) and `model.remat` (recomputation, not shapes). Any
-other difference (the model, method, batch size, data, charset, optimizer, ...) is refused:
-the restore would fail on shapes, or resume a different run without saying so. Fields only on
-one side (a config.json written by an older version of the code) are not compared.
+the logging / checkpoint / evaluation intervals, early stopping (`early_stop_*`), the mesh and
+sharding (orbax reshards on restore), the compute `dtype`, `grad_accum_steps`, host data
+workers, the validation set, `init_from` (only read by a fresh run) and `model.remat`
+(recomputation, not shapes). Any other difference (the model, method, batch size, data,
+charset, optimizer, ...) is refused: the restore would fail on shapes, or resume a different
+run without saying so. Fields only on one side (a config.json written by an older version of
+the code) are not compared.
 """
 
 import fnmatch
@@ -38,6 +39,7 @@ RESUME_SAFE = (
   "eval_every",
   "eval_batch_size",
   "best_metric",
+  "early_stop_*",
   "distributed",
   "init_from",
   "dtype",
@@ -65,6 +67,8 @@ _RANGES = (
   ("checkpoint_every", 0, True, math.inf, False, True),
   ("keep_checkpoints", 1, True, math.inf, False, True),
   ("eval_every", 0, True, math.inf, False, True),
+  ("early_stop_patience", 0, True, math.inf, False, True),
+  ("early_stop_min_steps", 0, True, math.inf, False, True),
   ("viz_every", 0, True, math.inf, False, True),
   ("grad_accum_steps", 1, True, math.inf, False, True),
   ("num_windows", 1, True, math.inf, False, True),

@@ -254,8 +254,9 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
   pending, last, bad = [], {}, None
   t0, seen0 = time.time(), start
   step = start
+  early = start > 0 and _resume_stopped_early(config, workdir, start, best)
   with _Preemption(config.get("stop_check_seconds", 5.0)) as preempt:
-    while step < total:
+    while step < total and not early:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding_lib.global_batch(next(data_iter), mesh)
         state, metrics = s.train_step(state, batch)
@@ -283,8 +284,17 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
         writer.write_scalars(step, results)
         _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
         best.update(step, state, results)
-      if must_save:
+        early = step % config.eval_every == 0 and early_stop_due(config, step, best)
+      if early and pending:  # the steps since the last log line, before the last checkpoint
+        last, bad = _flush(pending, writer, step - len(pending) + 1)
+        pending = []
+        if bad is not None:
+          break
+      if must_save or early:
         checkpointer.save(step, state, data_iter)
+      if early:
+        _write_early_stop(config, workdir, step, best.step)
+        break
       if stop:
         break
   _report_skipped(f"end of run (step {step})")
@@ -309,6 +319,55 @@ def _epoch_steps(config) -> int:
   return max(1, n // int(config.batch_size)) if n else 0
 
 
+def early_stop_due(config, step: int, best) -> bool:
+  """Early stopping (`config.early_stop_patience` P > 0; 0 or absent = off), checked after the
+  evaluation at `step`, a multiple of `eval_every` (E): stop when `step >= early_stop_min_steps`
+  and `step - best.step >= P * E`, best/ holding the best `best_metric` so far (a tie counts as
+  an improvement: the later step wins), i.e. P evaluations in a row below the best value. A
+  run whose best value is still 0 never stops: a recognizer on CTC's blank plateau (0% for
+  hundreds of steps, then rising) has learned nothing yet, and ties on 0 would be broken by
+  1-NED noise. Stateless (a step and best/best.json), so a resumed run stops where an
+  uninterrupted one would. The run saves a checkpoint at `step` and writes
+  WORKDIR/early_stop.json."""
+  patience = int(config.get("early_stop_patience", 0) or 0)
+  if patience <= 0 or best is None or best.step is None or not config.get("eval_every", 0):
+    return False
+  if step < int(config.get("early_stop_min_steps", 0) or 0) or best.key[0] <= 0:
+    return False
+  return step - best.step >= patience * int(config.eval_every)
+
+
+def _write_early_stop(config, workdir, step: int, best_step: int) -> None:
+  """early_stop.json: {"step", "best_step", "patience", "eval_every", "min_steps"}."""
+  _log(f"early stop at step {step}: best {config.best_metric} at step {best_step}")
+  if jax.process_index() == 0:
+    info = dict(
+      step=step,
+      best_step=best_step,
+      patience=int(config.early_stop_patience),
+      eval_every=int(config.eval_every),
+      min_steps=int(config.get("early_stop_min_steps", 0) or 0),
+    )
+    paths.write_text(paths.workdir_path(workdir) / "early_stop.json", json.dumps(info))
+
+
+def _resume_stopped_early(config, workdir, start: int, best) -> bool:
+  """A restored run that had stopped early (by the rule at its last evaluation step, which may
+  differ from the one it stopped with if early_stop_* changed) stays stopped; else a stale
+  early_stop.json is removed so that the run is not taken for finished."""
+  path = paths.workdir_path(workdir) / "early_stop.json"
+  every = int(config.get("eval_every", 0) or 0)
+  last_eval = start - start % every if every else start
+  if early_stop_due(config, last_eval, best):
+    _log(f"stopped early at step {start}; nothing to do")
+    if not path.exists():  # early_stop_* lowered since: the rule now says it is over
+      _write_early_stop(config, workdir, start, best.step)
+    return True
+  if jax.process_index() == 0 and path.exists():
+    path.unlink()
+  return False
+
+
 def _report_skipped(when: str) -> None:
   """Prints the records skipped so far, per folder and reason (training and validation data;
   counted in this process: with data.num_workers > 0 the worker processes count theirs)."""
@@ -329,10 +388,11 @@ class _BestCheckpoint:
     self.metric = metric
     self.path = paths.workdir_path(workdir) / "best" / "best.json"
     self.checkpointer = ckpt_lib.Checkpointer(self.path.parent, max_to_keep=1, async_save=False)
-    self.key = None
+    self.key, self.step = None, None  # the best value (with its tie-breakers) and its step
     if self.path.exists():
       saved = json.loads(self.path.read_text())
       self.key = (saved["value"], *[v for _, v in sorted(saved.get("others", {}).items())])
+      self.step = int(saved["step"])
 
   def update(self, step: int, state, results: dict) -> None:
     if not self.metric or self.metric not in results:
@@ -341,7 +401,7 @@ class _BestCheckpoint:
     key = (float(results[self.metric]), *others.values())
     if self.key is not None and key < self.key:  # equal: the later step wins
       return
-    self.key = key
+    self.key, self.step = key, step
     if step in self.checkpointer.manager.all_steps():  # a resumed run evaluating a step again
       self.checkpointer.manager.delete(step)
     self.checkpointer.save(step, state)
