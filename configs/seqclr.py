@@ -75,6 +75,7 @@ def get_config(arg=None):
   )
 
   cu.add_run_fields(c, checkpoint_every=1000)
+  cu.add_probe_fields(c)  # the representation probe (docs/probe.md); off
 
   if a.cpu:
     c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1, tps_channels=64)
