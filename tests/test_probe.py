@@ -1,19 +1,25 @@
 """The representation probe (train/probe.py): what it measures, when the loop runs it, and that
 it never touches the pretraining (state, rng, data order), straight or resumed."""
 
+import functools
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sslocr_jax.data import charset as charset_lib
 from sslocr_jax.data import metrics
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import loop
 from sslocr_jax.train import probe as probe_lib
+from sslocr_jax.train import registry
 from sslocr_jax.train import writers
+from tests.helpers import fill_like
+from tests.helpers import load_config
 
 
 def _bits(tree):
@@ -57,6 +63,28 @@ def test_the_head_reads_features_that_spell_the_label_and_not_random_ones():
   assert spelled["accuracy"] >= 95.0, spelled
   noise = read(*(rng.normal(size=x.shape).astype(np.float32) for x in (x_train, x_eval)))
   assert noise["accuracy"] <= 2.0 and noise["one_minus_ned"] < 30.0, noise
+
+
+@pytest.mark.parametrize("name, frames", [("dig", 32), ("seqclr", 33), ("siman", 33)])
+def test_probe_features_are_frames_in_inference_mode(name, frames):
+  """[B, T, D] float32 frames of the probe's lines (SimAN's ResNet reads 32 x 128 lines, not its
+  32 x 64 patches); a line alone gives its row of a batch (no batch statistics, mask or
+  dropout), different lines give different frames."""
+  config = load_config(name, "smoke")
+  method = registry.get_method(config)
+  abstract = jax.eval_shape(
+    lambda r: method.init_variables(config, r, method.example_batch(config)),
+    jax.random.PRNGKey(0),
+  )
+  v = fill_like(nn.unbox(abstract))
+  width = int(config.probe.image_width or config.image_width)
+  images = np.random.default_rng(0).integers(0, 256, (4, config.image_height, width, 3), np.uint8)
+  features = jax.jit(functools.partial(method.probe_features, config=config))
+  batch = np.asarray(features(v["params"], v["model_state"], images))
+  assert batch.shape[:2] == (4, frames) and batch.dtype == np.float32
+  alone = np.asarray(features(v["params"], v["model_state"], images[1:2]))
+  np.testing.assert_allclose(alone[0], batch[1], rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(batch)) and np.abs(batch[0] - batch[1]).max() > 1e-3
 
 
 def _probe_config(smoke_run):
