@@ -82,9 +82,11 @@ def test_probe_features_are_frames_in_inference_mode(name, frames):
   features = jax.jit(functools.partial(method.probe_features, config=config))
   batch = np.asarray(features(v["params"], v["model_state"], images))
   assert batch.shape[:2] == (4, frames) and batch.dtype == np.float32
+  scale = np.abs(batch).max()  # small with fill_like's weights (SeqCLR: ~1e-3)
+  assert np.isfinite(scale) and scale > 0
   alone = np.asarray(features(v["params"], v["model_state"], images[1:2]))
-  np.testing.assert_allclose(alone[0], batch[1], rtol=1e-4, atol=1e-5)
-  assert np.all(np.isfinite(batch)) and np.abs(batch[0] - batch[1]).max() > 1e-3
+  np.testing.assert_allclose(alone[0], batch[1], rtol=1e-4, atol=1e-5 * scale)
+  assert np.abs(batch[0] - batch[1]).max() > 1e-2 * scale
 
 
 def _probe_config(smoke_run):
