@@ -7,7 +7,8 @@ Variants (`--config=configs/dig.py:VARIANT`, comma-separated, big_vision style):
               1e-5, 10 epochs;
   size=S      encoder size: tiny | small | base (with any variant);
   cpu         README quick-start: a 4-block ViT of width 128 on the synthetic lines,
-              a few minutes on a 2-core CPU, with reconstruction grids;
+              a few minutes on a 2-core CPU, with reconstruction grids and the
+              representation probe every 50 steps (docs/probe.md);
   smoke       a tiny ViT, a few steps, under a minute on a CPU (tests and checks).
 
 Every field can be overridden: `--config.total_steps=2000 --config.optim.base_lr=1e-3`.
@@ -75,6 +76,7 @@ def get_config(arg=None):
   )
 
   cu.add_run_fields(c, checkpoint_every=1000)
+  cu.add_probe_fields(c)  # the representation probe (docs/probe.md): off, on in `cpu`
 
   if a.cpu:
     c.model.update(cu.vit_size(vit.SIZES, "cpu"))
@@ -88,6 +90,8 @@ def get_config(arg=None):
     c.log_every = 10
     c.checkpoint_every = 50
     c.viz_every = 50
+    c.probe_every = 50  # half-size probes, ~3 steps of CPU each (docs/probe.md)
+    c.probe.update(train_samples=512, eval_samples=256)
   if a.smoke:
     c.model.update(cu.vit_size(vit.SIZES, "smoke"))
     c.mim_hidden_dim = c.pix_hidden_dim = 32

@@ -4,7 +4,8 @@ Variants (`--config=configs/seqclr.py:VARIANT`, comma-separated, big_vision styl
   (none)      the paper-like recipe for accelerators: TPS + ResNet (512) + 2-layer BiLSTM (256),
               global batch 256, window-to-instance with 5 windows, temperature 0.1;
   cpu         README quick-start: a narrow ResNet (128) + 1 BiLSTM layer (64), no TPS, on the
-              synthetic lines; a few minutes on a 2-core CPU;
+              synthetic lines; a few minutes on a 2-core CPU; the representation probe
+              every 50 steps (docs/probe.md);
   smoke       a tiny encoder, a few steps, under a minute on a CPU (tests and checks);
   tps=BOOL    TPS rectification on/off with any variant (default: on, off for cpu/smoke).
 
@@ -75,6 +76,7 @@ def get_config(arg=None):
   )
 
   cu.add_run_fields(c, checkpoint_every=1000)
+  cu.add_probe_fields(c)  # the representation probe (docs/probe.md): off, on in `cpu`
 
   if a.cpu:
     c.model.update(channels=64, blocks=(1, 2, 5, 3), lstm_hidden=64, lstm_layers=1, tps_channels=64)
@@ -86,6 +88,8 @@ def get_config(arg=None):
     c.log_every = 10
     c.checkpoint_every = 100
     c.viz_every = 100
+    c.probe_every = 50  # half-size probes, ~3 steps of CPU each (docs/probe.md)
+    c.probe.update(train_samples=512, eval_samples=256)
   if a.smoke:
     c.model.update(channels=32, blocks=(1, 1, 1, 1), lstm_hidden=16, lstm_layers=1, tps_channels=32)
     c.proj_hidden_dim, c.proj_dim = 32, 16

@@ -8,7 +8,8 @@ Variants (`--config=configs/siman.py:VARIANT`, comma-separated, big_vision style
   size=S       ViT size: tiny | small | base (with encoder=vit);
   tps=BOOL     TPS rectification on/off (resnet; default: on, off for cpu/smoke);
   cpu          README quick-start: the encoder of `finetune.py:cpu` (so the workdir is a valid
-               `init_from`), a few minutes on a 2-core CPU, reconstruction grids every 100 steps;
+               `init_from`), a few minutes on a 2-core CPU, reconstruction grids every 100 steps,
+               the representation probe every 50 steps (docs/probe.md);
   smoke        a tiny encoder (= `finetune.py:smoke`), a few steps, under a minute on a CPU.
 
 The method's fields (methods/siman.py; every one the paper leaves open is ours):
@@ -107,6 +108,9 @@ def get_config(arg=None):
   )
 
   cu.add_run_fields(c, checkpoint_every=1000)
+  # The representation probe (docs/probe.md; off, on in `cpu`): the ResNet reads whole
+  # 32 x 128 lines, as fine-tuning does (finetune.py), the ViT only its own 32 x W.
+  cu.add_probe_fields(c, image_width=128 if a.encoder == "resnet" else 0)
 
   if a.cpu:
     if a.encoder == "vit":  # = finetune.py:cpu (and dig.py:cpu)
@@ -123,6 +127,8 @@ def get_config(arg=None):
     c.log_every = 10
     c.checkpoint_every = 50
     c.viz_every = 50
+    c.probe_every = 50  # half-size probes, ~3 steps of CPU each (docs/probe.md)
+    c.probe.update(train_samples=512, eval_samples=256)
   if a.smoke:
     if a.encoder == "vit":  # = finetune.py:smoke (and dig.py:smoke)
       c.model.update(cu.vit_size(vit.SIZES, "smoke"))

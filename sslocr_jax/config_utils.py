@@ -110,6 +110,49 @@ def synthetic_data(
   )
 
 
+def add_probe_fields(c: ml_collections.ConfigDict, probe_every: int = 0, **sizes) -> None:
+  """The representation probe of a pretraining config (train/probe.py; docs/probe.md): at step 0
+  of a fresh run, every `probe_every` steps and at the last step, a linear CTC head trained on
+  the frozen encoder's frames of labeled lines in held-out fonts, logged as `probe_accuracy` /
+  `probe_one_minus_ned` (`probe_every` 0 = off). `config.probe` (`sizes` override its numbers):
+
+  train_samples / eval_samples   lines it trains on / is scored on: the first usable lines of
+                                 `data` (labels in `charset`, at most `max_len` characters),
+                                 rendered once per run; disjoint, held-out fonts
+  steps, batch_size, lr          the head's Adam training (from the same seed at every probe)
+  charset                        a named charset (data/charset.py; lower36: caseless)
+  max_len                        longest label; 0 = half the encoder's frames (CTC needs
+                                 room for repeats), at most 25
+  image_width                    width of the probe's lines; 0 = config.image_width (another
+                                 width only for a convolutional encoder)
+  encode_batch_size              lines per encoder call when the features are computed
+  seed                           the head's init and batch order (its own rng)
+  data                           the source: synthetic lines in held-out font families (or
+                                 any data block, e.g. an LMDB of labeled lines)
+  """
+  c.probe_every = probe_every
+  c.probe = ml_collections.ConfigDict(
+    {
+      "train_samples": 1024,
+      "eval_samples": 512,
+      "steps": 300,
+      "batch_size": 64,
+      "lr": 3e-2,
+      "charset": "lower36",
+      "max_len": 0,
+      "image_width": 0,
+      "encode_batch_size": 128,
+      "seed": 0,
+      # A seed of its own: not finetune.py's validation lines (1_000_003) nor the study's
+      # test lines (configs/study.py, 2_000_003).
+      "data": synthetic_data(
+        num_samples=100_000, seed=3_000_017, font_split="heldout", word_prob=0.9
+      ),
+    }
+  )
+  c.probe.update(sizes)
+
+
 def header(
   task: str, method: str, *, batch_size: int, epochs: int = 10, num_samples: int = 2_000_000
 ) -> ml_collections.ConfigDict:

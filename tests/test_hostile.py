@@ -298,6 +298,8 @@ def test_fallback_past_a_damaged_newest_checkpoint(workdir, tmp_path, caplog, ca
     ("data.fraction", 0.0, "a number in (0.0, 1.0]"),
     ("data.fraction", 1.5, "a number in (0.0, 1.0]"),
     ("log_every", 0, "an integer >= 1"),
+    ("probe_every", -1, "an integer >= 0"),
+    ("probe.steps", 0, "an integer >= 1"),
   ],
 )
 def test_out_of_range_values_are_refused(field, value, allowed):

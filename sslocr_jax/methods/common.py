@@ -1,7 +1,11 @@
 """Helpers shared by the method modules: input normalisation, applying a network with optional
-BatchNorm statistics, and the image grids of `visualize`."""
+BatchNorm statistics, the frozen features of the representation probe (`probe_features`) and
+the image grids of `visualize`."""
 
+import jax
 import jax.numpy as jnp
+
+from sslocr_jax.models import encoders
 
 
 def normalize(images):
@@ -24,6 +28,18 @@ def apply(net, params, stats, x, *, train: bool, rngs=None, **kwargs):
     return net.apply(variables, x, train=train, rngs=rngs, **kwargs), stats
   out, updates = net.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs)
   return out, updates.get("batch_stats", {})
+
+
+def probe_frames(encoder, grid_h: int, params, stats, images):
+  """A pretraining method's `probe_features`: images uint8 [B, H, W, 3] -> float32 [B, T, D].
+
+  The encoder runs in inference mode (no mask, no dropout, BatchNorm running statistics
+  `stats`, None without BatchNorm) and its grid is averaged over the height (`to_frames`: the
+  sequence a CTC head reads). Gradients are stopped: the probe trains its head only.
+  """
+  features, _ = apply(encoder, params, stats, normalize(images), train=False)
+  frames = encoders.to_frames(features.astype(jnp.float32), grid_h)
+  return jax.lax.stop_gradient(frames)
 
 
 def image_grid(panels, gap: int = 2):

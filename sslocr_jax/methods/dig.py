@@ -337,6 +337,15 @@ def after_update(params, model_state, step, config):
   return {**model_state, "ema": ema}
 
 
+def probe_features(params, model_state, images, config):
+  """Frozen features of the online encoder (the one fine-tuning loads) for the representation
+  probe (train/probe.py): images uint8 [B, 32, 128, 3] -> [B, 32, D], the 8 x 32 token grid
+  averaged over its height."""
+  del model_state  # the ViT has no BatchNorm; the momentum copy is not probed
+  encoder, grid_h = encoders.build(config)
+  return common.probe_frames(encoder, grid_h, params["encoder"], None, images)
+
+
 # ----------------------------------------------------------------------------- export
 def example_batch(config, size: int = 2) -> dict:
   """Zeros shaped like a training batch (for the shapes of `init_variables`)."""

@@ -202,6 +202,15 @@ def after_update(params, model_state, step, config):
   return model_state
 
 
+def probe_features(params, model_state, images, config):
+  """Frozen encoder frames (before the projection head: what fine-tuning loads) for the
+  representation probe (train/probe.py): images uint8 [B, H, W, 3] -> [B, T, D] (T = 33 for
+  32 x 128 with the ResNet), BatchNorm with its running statistics."""
+  stats = model_state["batch_stats"]["encoder"] or None
+  grid_h = encoders.build(config)[1]
+  return common.probe_frames(encoder_from_config(config), grid_h, params["encoder"], stats, images)
+
+
 # ----------------------------------------------------------------------------- visuals
 def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> dict:
   """Rows of (view 1 | view 2 [| view 1 after TPS rectification]), uint8 grid."""

@@ -215,6 +215,15 @@ def after_update(params, model_state, step, config):
   return model_state
 
 
+def probe_features(params, model_state, images, config):
+  """Frozen encoder frames for the representation probe (train/probe.py): images uint8
+  [B, H, W, 3] -> [B, T, D] (BatchNorm with its running statistics). The ResNet takes lines
+  of any width (`probe.image_width`); the ViT only its own `image_width`."""
+  stats = model_state.get("batch_stats", {}).get("encoder")
+  encoder, grid_h = encoders.build(config)
+  return common.probe_frames(encoder, grid_h, params["encoder"], stats, images)
+
+
 # ----------------------------------------------------------------------------- visuals
 def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> dict:
   """Grid of rows (source | augmented target | restored | original target), uint8."""

@@ -11,7 +11,8 @@ what is allowed (the CLI prints it and exits with status 2).
 
 Resume-safe fields (`RESUME_SAFE`) change how long the run goes, what it logs and where it
 runs, never the train state or the data stream: `total_steps` (train longer), `schedule_steps`,
-the logging / checkpoint / evaluation intervals, early stopping (`early_stop_*`), the mesh and
+the logging / checkpoint / evaluation intervals, early stopping (`early_stop_*`), the
+representation probe (`probe_every`, `probe.*`: it only reads the state), the mesh and
 sharding (orbax reshards on restore), the compute `dtype`, `grad_accum_steps`, host data
 workers, the validation set, `init_from` (only read by a fresh run) and `model.remat`
 (recomputation, not shapes). Any other difference (the model, method, batch size, data,
@@ -53,6 +54,8 @@ RESUME_SAFE = (
   "model.remat*",
   "profile*",
   "stop_check_seconds",
+  "probe_every",
+  "probe.*",
 )
 
 
@@ -79,8 +82,18 @@ _RANGES = (
   ("val_data.fraction", 0.0, False, 1.0, True, False),
   ("data.num_samples", 1, True, math.inf, False, True),
   ("val_data.num_samples", 1, True, math.inf, False, True),
+  ("probe.data.num_samples", 1, True, math.inf, False, True),
   ("optim.warmup_steps", 0, True, math.inf, False, True),
   ("optim.warmup_fraction", 0.0, True, 1.0, False, False),
+  ("probe_every", 0, True, math.inf, False, True),  # 0 = no probe
+  ("probe.train_samples", 1, True, math.inf, False, True),
+  ("probe.eval_samples", 1, True, math.inf, False, True),
+  ("probe.steps", 1, True, math.inf, False, True),
+  ("probe.batch_size", 1, True, math.inf, False, True),
+  ("probe.lr", 0.0, False, math.inf, False, False),
+  ("probe.max_len", 0, True, math.inf, False, True),  # 0 = half the encoder's frames
+  ("probe.image_width", 0, True, math.inf, False, True),  # 0 = image_width
+  ("probe.encode_batch_size", 1, True, math.inf, False, True),
 )
 
 

@@ -25,31 +25,50 @@ def make_batch_predictor(method, config, mesh, batch_size: int):
   each process passes its own `b = batch_size / process_count` images (possibly none) and gets
   its own rows back. With several processes every process must make every call (a collective).
   """
+  return make_batch_runner(
+    functools.partial(method.predict, config=config), config, mesh, batch_size
+  )
+
+
+def make_batch_runner(fn, config, mesh, batch_size: int, *, gather: bool = False, width=None):
+  """`fn(params, model_state, images) -> arrays [B, ...]` jitted over fixed-size global batches
+  of images uint8 [B, image_height, image_width, 3] (the last one zero-padded: one compile).
+
+  gather=False (predictions): as `make_batch_predictor`, each process passes its own rows and
+  gets them back. gather=True (the probe's features): every process passes the same images
+  (n <= batch_size) and gets all n rows back (the output is replicated over the mesh).
+  `width`: the images' width when it is not `config.image_width`.
+  """
   n_dev = mesh.size
   batch_size = -(-int(batch_size) // n_dev) * n_dev
   local_size = batch_size // jax.process_count()
-  fn = jax.jit(
-    functools.partial(method.predict, config=config),
-    out_shardings=sharding_lib.batch_sharding(mesh),
-  )
+  out_sharding = sharding_lib.replicated(mesh) if gather else sharding_lib.batch_sharding(mesh)
+  jitted = jax.jit(fn, out_shardings=out_sharding)
 
-  def predict_batch(params, model_state, images):
+  def run_batch(params, model_state, images):
     images = np.asarray(images, np.uint8)
     if images.size == 0:  # a process with no images left (several processes)
-      images = images.reshape((0,) + predict_batch.image_shape)
+      images = images.reshape((0,) + run_batch.image_shape)
     n = images.shape[0]
-    if n > local_size:
-      raise ValueError(f"batch of {n} images > batch size {local_size} per process")
-    padded = np.zeros((local_size,) + images.shape[1:], np.uint8)
+    size = batch_size if gather else local_size
+    if n > size:
+      raise ValueError(
+        f"batch of {n} images > batch size {size}" + ("" if gather else " per process")
+      )
+    padded = np.zeros((size,) + images.shape[1:], np.uint8)
     padded[:n] = images
+    if gather:  # this process's share of the global batch
+      padded = padded[jax.process_index() * local_size :][:local_size]
     x = sharding_lib.global_batch({"image": padded}, mesh)["image"]
-    ids, conf = (sharding_lib.local_rows(a, mesh) for a in fn(params, model_state, x))
-    return ids[:n], conf[:n]
+    out = jitted(params, model_state, x)
+    if gather:  # replicated: every process holds all rows
+      return jax.tree.map(lambda a: np.asarray(a.addressable_data(0))[:n], out)
+    return jax.tree.map(lambda a: sharding_lib.local_rows(a, mesh)[:n], out)
 
-  predict_batch.batch_size = batch_size
-  predict_batch.image_shape = (config.image_height, config.image_width, 3)
-  predict_batch.jitted = fn
-  return predict_batch
+  run_batch.batch_size = batch_size
+  run_batch.image_shape = (config.image_height, int(width or config.image_width), 3)
+  run_batch.jitted = jitted
+  return run_batch
 
 
 def eval_dataset(method, config, data_config, batch_size: int):

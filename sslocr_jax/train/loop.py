@@ -25,6 +25,7 @@ from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import config_checks
 from sslocr_jax.train import evaluation
 from sslocr_jax.train import optim
+from sslocr_jax.train import probe as probe_lib
 from sslocr_jax.train import registry
 from sslocr_jax.train import resolve
 from sslocr_jax.train import sharding as sharding_lib
@@ -248,6 +249,11 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
     evaluator = evaluation.make_evaluator(method, config, mesh)
     best = _BestCheckpoint(workdir, config.get("best_metric", ""))
     closers.append(best)
+  probe = None
+  if probe_lib.enabled(method, config):  # a pretraining method: probe the frozen encoder
+    probe = probe_lib.Probe(method, config, mesh)
+    if start == 0:  # the untrained encoder: the floor of the curve
+      _probe(probe, state, 0, writer)
   log_every = max(int(config.get("log_every", 50)), 1)
   ckpt_every = int(config.get("checkpoint_every", 1000))
   epoch_steps = _epoch_steps(config)
@@ -285,6 +291,8 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
         _log(f"eval step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in results.items()))
         best.update(step, state, results)
         early = step % config.eval_every == 0 and early_stop_due(config, step, best)
+      if probe is not None and (step % probe.every == 0 or step == total):
+        _probe(probe, state, step, writer)
       if early and pending:  # the steps since the last log line, before the last checkpoint
         last, bad = _flush(pending, writer, step - len(pending) + 1)
         pending = []
@@ -308,6 +316,17 @@ def _train(config, workdir, s, checkpointer, closers) -> dict:
       f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints"
     )
   return last
+
+
+def _probe(probe, state, step: int, writer) -> None:
+  """Runs the representation probe on `state` (read only) and logs its figures at `step`."""
+  results = probe(state)
+  writer.write_scalars(step, results)
+  _log(
+    f"probe step {step}: "
+    + " ".join(f"{k} {v:.4g}" for k, v in results.items())
+    + f" ({probe.seconds:.1f} s)"
+  )
 
 
 def _epoch_steps(config) -> int:
