@@ -33,12 +33,6 @@ from sslocr_jax.data import pipeline  # noqa: E402
 from sslocr_jax.train import loop  # noqa: E402
 from sslocr_jax.train import sharding  # noqa: E402
 
-_CONFIG = flags.DEFINE_string("config", "configs/dig.py:size=tiny", "config[:variant]")
-_BATCH = flags.DEFINE_integer("batch", 32, "global batch size")
-_AGAINST = flags.DEFINE_string("against", "HEAD~1", "git revision of A's models/vit.py")
-_REPS = flags.DEFINE_integer("reps", 7, "alternating repetitions")
-_WHAT = flags.DEFINE_list("what", ["step", "forward"], "step and/or forward")
-
 MODULE = "sslocr_jax.models.vit"
 
 
@@ -104,18 +98,28 @@ def timed(fn) -> tuple[float, float]:
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def define_flags():
+  """The command line's flags (defined here, not at import, so tests can import the module)."""
+  flags.DEFINE_string("config", "configs/dig.py:size=tiny", "config[:variant]")
+  flags.DEFINE_integer("batch", 32, "global batch size")
+  flags.DEFINE_string("against", "HEAD~1", "git revision of A's models/vit.py")
+  flags.DEFINE_integer("reps", 7, "alternating repetitions")
+  flags.DEFINE_list("what", ["step", "forward"], "step and/or forward")
+
+
 def main(argv):
   del argv
-  config = config_utils.load_config(_CONFIG.value)
-  config.batch_size, config.data.num_workers = _BATCH.value, 0
+  f = flags.FLAGS
+  config = config_utils.load_config(f.config)
+  config.batch_size, config.data.num_workers = f.batch, 0
   load0 = os.getloadavg()
-  fns = {"A": build(config, module_at(_AGAINST.value)), "B": build(config, sys.modules[MODULE])}
-  rows, figures = [], {"config": _CONFIG.value, "batch": _BATCH.value, "against": _AGAINST.value}
-  for what in _WHAT.value:
+  fns = {"A": build(config, module_at(f.against)), "B": build(config, sys.modules[MODULE])}
+  rows, figures = [], {"config": f.config, "batch": f.batch, "against": f.against}
+  for what in f.what:
     times = {k: [] for k in fns}
     for k in fns:  # warm-up
       fns[k][what]()
-    for _ in range(_REPS.value):
+    for _ in range(f.reps):
       for k in fns:
         times[k].append(timed(fns[k][what]))
     med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
@@ -137,4 +141,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
