@@ -1,6 +1,6 @@
 r"""Our DiG train step against the official PyTorch model, side by side in one sitting.
 
-    python benchmarks/vs_official.py [--sizes=tiny,small] [--batch=32] [--threads=2] [--reps=5]
+    python benchmarks/vs_official.py [--sizes=tiny,small] [--batch=32] [--threads=2] [--reps=3]
 
 For each size: whole train steps (fp32, AdamW, batch `--batch`) of ours (`configs/dig.py`,
 jitted) and of the official model restated in benchmarks/dig_torch.py, then the encoder
@@ -14,6 +14,10 @@ by each count, and the load average. Needs torch (`pip install torch==2.13.0`, C
 
 Threads: torch.set_num_threads(--threads) and OMP_NUM_THREADS; XLA:CPU runs one thread per
 core, so give `--threads` = the core count (2 on the development machine) for equal terms.
+Run time: each side runs 1 warm-up + `--reps` x `--steps` steps and 1 + `--reps` x
+`--forward_calls` forwards per size; with the defaults (3, 1, 1) tiny and small together
+should take about 7 minutes on an idle 2-core machine (an estimate from the issue's idle rates:
+ViT-Small is ~3.2 TFLOP per step of batch 32, ~25 s a step on each side, plus compilation).
 The official step decodes both views with its MIM head (ours: view 1 only), 0.25 GFLOP per
 sample more at Tiny; its GFLOP/s column uses its own count.
 """
@@ -45,9 +49,9 @@ from sslocr_jax.train import sharding  # noqa: E402
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small"], "ViT sizes")
 _BATCH = flags.DEFINE_integer("batch", 32, "batch size")
 flags.DEFINE_integer("threads", 2, "threads for both frameworks (read before JAX starts)")
-_REPS = flags.DEFINE_integer("reps", 5, "alternating repetitions")
+_REPS = flags.DEFINE_integer("reps", 3, "alternating repetitions")
 _STEPS = flags.DEFINE_integer("steps", 1, "train steps per timed repetition")
-_FWD = flags.DEFINE_integer("forward_calls", 3, "encoder forward calls per repetition")
+_FWD = flags.DEFINE_integer("forward_calls", 1, "encoder forward calls per repetition")
 _CONFIG = flags.DEFINE_string("config", "configs/dig.py", "our DiG config (size= is appended)")
 
 

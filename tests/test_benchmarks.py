@@ -114,3 +114,19 @@ def _check_torch_baseline(torch, dig_torch, torch_state, dig, state_lib):
     after["momentum_encoder.blocks.0.mlp.fc1.weight"],
     before["momentum_encoder.blocks.0.mlp.fc1.weight"],
   )
+
+
+def test_ab_step_swaps_in_a_revisions_vit_module():
+  # benchmarks/ab_step.py builds A with models/vit.py as it is at a git revision: the loaded
+  # module replaces the registered one only inside `vit_module` (encoders.build imports it by
+  # name), and has the same sizes (the param trees of A and B must match).
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import ab_step  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.models import vit  # pylint: disable=g-import-not-at-top
+
+  old = ab_step.module_at("HEAD")
+  assert old is not vit and old.SIZES == vit.SIZES
+  with ab_step.vit_module(old):
+    assert importlib.import_module(ab_step.MODULE) is old
+  assert importlib.import_module(ab_step.MODULE) is vit

@@ -279,16 +279,39 @@ def test_bfloat16_compute_float32_params():
   np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.1, rtol=0.05)
 
 
-def test_attention_dropout_path_matches_fused_path():
-  # train=True with attention dropout takes the explicit einsum/softmax path; at a rate that
-  # drops nothing (for this rng) it must equal jax.nn.dot_product_attention's path.
-  x = _images(1)
-  variables = _init(vit.Encoder(embed_dim=16, depth=1, num_heads=2), x)
-  fused = vit.Encoder(embed_dim=16, depth=1, num_heads=2).apply(variables, x, train=True)
-  explicit = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=1e-9).apply(
-    variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}
+def test_attention_forms_agree(monkeypatch):
+  # The CPU form (head-major, normalised after p.v), jax.nn.dot_product_attention (the
+  # accelerators' form) and the attention-dropout form at a rate that drops nothing must give
+  # the same tokens and the same parameter gradients.
+  x = _images(2)
+  variables = nn.unbox(_init(vit.Encoder(embed_dim=16, depth=1, num_heads=2), x))
+
+  def run(fused, attn_dropout_rate=0.0):
+    monkeypatch.setattr(vit, "_fused_attention_by_default", lambda: fused)
+    model = vit.Encoder(embed_dim=16, depth=1, num_heads=2, attn_dropout_rate=attn_dropout_rate)
+    rngs = {"dropout": jax.random.PRNGKey(0)}
+    f = lambda p: model.apply({"params": p}, x, train=True, rngs=rngs)
+    grads = jax.grad(lambda p: jnp.sum(jnp.sin(f(p))))(variables["params"])
+    return f(variables["params"]), grads
+
+  assert not vit._fused_attention_by_default()  # the tests' CPU devices: the explicit form
+  explicit, g_explicit = run(False)
+  for other, g_other in (run(True), run(False, attn_dropout_rate=1e-9)):
+    np.testing.assert_allclose(np.asarray(other), np.asarray(explicit), atol=2e-6, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_other), jax.tree.leaves(g_explicit)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5)
+
+
+def test_exact_gelu_is_torch_formula_and_jax_gelu():
+  x = jnp.linspace(-9.0, 9.0, 2001, dtype=jnp.float32)
+  want = np.asarray([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in np.asarray(x, float)])
+  np.testing.assert_allclose(np.asarray(vit.exact_gelu(x)), want, atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(vit.exact_gelu(x)), np.asarray(nn.gelu(x, approximate=False)), atol=1e-6
   )
-  np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=2e-6, rtol=1e-6)
+  grad = jax.vmap(jax.grad(vit.exact_gelu))(x)
+  want_grad = jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(x)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), atol=1e-6)
 
 
 def test_dtype_auto_is_bfloat16_on_accelerators_float32_on_cpu(monkeypatch):

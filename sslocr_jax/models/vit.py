@@ -98,16 +98,40 @@ class PatchEmbed(nn.Module):
     return x.reshape(b, h * w, d)  # token = row * W/p + col
 
 
+def exact_gelu(x):
+  """GELU with the exact erf, written as torch's `nn.GELU()`: x / 2 * (1 + erf(x / sqrt 2)).
+
+  `nn.gelu(approximate=False)` (jax.nn.gelu) is the same function written with erfc, which
+  XLA:CPU expands into exp-based branches; erf is one rational polynomial, and a ViT block's
+  forward + backward is ~4% faster on CPU (docs/benchmarks.md, issue 17). Values and
+  gradients equal to float rounding.
+  """
+  return x * (0.5 + 0.5 * jax.lax.erf(x * np.asarray(2**-0.5, x.dtype)))
+
+
+def _fused_attention_by_default() -> bool:
+  """jax.nn.dot_product_attention on GPU/TPU (XLA may pick a fused kernel, cuDNN flash
+  attention for bf16); the explicit head-major form below on CPUs, where it is faster."""
+  return jax.devices()[0].platform in encoders.ACCELERATOR_PLATFORMS
+
+
 class Attention(nn.Module):
   """BEiT attention: one bias-free qkv Linear + learned q_bias, v_bias (k unbiased).
 
-  `x [B, N, D]` -> `[B, N, D]`.
+  `x [B, N, D]` -> `[B, N, D]`. `fused`: None = by platform (`_fused_attention_by_default`),
+  True = `jax.nn.dot_product_attention` on `[B, N, h, hd]`, False = the explicit form: one
+  transpose of the qkv output to head-major `[3, B, h, N, hd]`, q scaled as the release does,
+  logits `[B, h, N, N]`, float32 softmax with the normalisation applied after the p.v product
+  (`[B, h, N, hd]`, hd << N: one pass fewer over the N x N probabilities), transposed back.
+  Attention dropout (fine-tuning) needs the normalised probabilities and always takes the
+  explicit form with them.
   """
 
   num_heads: int
   attn_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  fused: bool | None = None
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -125,18 +149,28 @@ class Attention(nn.Module):
     v_bias = self.param("v_bias", _p(_zeros, "heads"), (d,), jnp.float32)
     bias = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(self.dtype)
     qkv = (qkv + bias).reshape(b, n, 3, h, hd)  # PyTorch layout: (3, heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, h, hd]
-    if deterministic or self.attn_dropout_rate == 0.0:
-      # One op XLA can lower to a fused kernel (cuDNN flash attention on GPU for bf16); on
-      # CPU the same einsums and float32 softmax as below. The scale goes on the logits
-      # rather than on q: equal up to float rounding.
+    dropout = not deterministic and self.attn_dropout_rate > 0.0
+    fused = _fused_attention_by_default() if self.fused is None else self.fused
+    if fused and not dropout:
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, h, hd]
       out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5).reshape(b, n, d)
-    else:  # attention dropout (fine-tuning) needs the probabilities
+    else:
+      # Heads before tokens: the two batched dots then run as [N, hd] x [hd, N] per (b, h),
+      # about 10% faster for the block's forward + backward on XLA:CPU than with the heads
+      # between the token and channel axes (docs/benchmarks.md, issue 17).
+      q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, h, N, hd]
       q = q * jnp.asarray(hd**-0.5, self.dtype)
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-      attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-      attn = nn.Dropout(self.attn_dropout_rate)(attn, deterministic=deterministic)
-      out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
+      logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
+      e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+      total = jnp.sum(e, axis=-1, keepdims=True)  # [B, h, N, 1]
+      if dropout:
+        attn = (e / total).astype(self.dtype)
+        attn = nn.Dropout(self.attn_dropout_rate)(attn, deterministic=False)
+        out = jnp.einsum("bhqk,bhkd->bhqd", attn, v)
+      else:
+        out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(self.dtype), v)
+        out = (out.astype(jnp.float32) / total).astype(self.dtype)
+      out = out.transpose(0, 2, 1, 3).reshape(b, n, d)
     out = nn.Dense(
       d,
       dtype=self.dtype,
@@ -166,7 +200,7 @@ class Mlp(nn.Module):
       bias_init=_p(_zeros, "mlp"),
       name="fc1",
     )(x)
-    x = nn.gelu(x, approximate=False)
+    x = exact_gelu(x)
     x = nn.Dense(
       d,
       dtype=self.dtype,
