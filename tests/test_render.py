@@ -1,4 +1,4 @@
-"""Synthetic renderer: determinism, label bounds, font split, unreadable fonts."""
+"""Synthetic renderer: determinism, label bounds, font split, font packages, unreadable fonts."""
 
 import os
 import pickle
@@ -108,3 +108,48 @@ def test_computer_modern_faces_are_held_out_and_skip_their_tex_glyphs():
   supported = {f.name: r._face_data(i)[1] for i, f in enumerate(r.faces)}  # pylint: disable=protected-access
   assert not set('<>{}|_\\"') & supported["cmr10"] and "$" not in supported["cmti10"]
   assert set("<>{}|_") <= supported["cmtt10"] and set("azAZ09.,!?") <= supported["cmr10"]
+
+
+def test_font_package_faces_are_train_only_and_draw_every_character():
+  """Source Serif Pro, Source Sans Pro and Roboto (pip font packages) are train families."""
+  train = render.faces_for_split("train")
+  pkg = [f for f in train if f.kind == "pypkg"]
+  assert {f.family for f in pkg} == {"SourceSerifPro", "SourceSansPro", "Roboto"}
+  assert len(train) == 46 and len(pkg) == 20
+  assert not {f.family for f in render.faces_for_split("heldout")} & {f.family for f in pkg}
+  r = render.Renderer(seed=0, fonts=None, font_split="train")
+  for i, f in enumerate(r.faces):
+    if f.kind == "pypkg":
+      assert r._face_data(i)[1] == set(render.CHARS), f.name  # pylint: disable=protected-access
+  used = {r.faces[r.sample_text(i)[0]].family for i in range(200)}
+  assert {"SourceSerifPro", "SourceSansPro", "Roboto"} <= used
+
+
+def test_heldout_stream_does_not_depend_on_the_font_packages(monkeypatch):
+  """The held-out set (and benchmarks/vs_tesseract.py's lines) stays what it was before the font
+  packages joined: same faces in the same order, same labels, same pixels."""
+  names = [f.name for f in render.faces_for_split("heldout")]
+  assert names == (
+    ["STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta"]
+    + ["cmr10", "cmb10", "cmti10", "cmss10", "cmtt10"]
+    + ["spacemo", "spacembo", "spacemit", "spacembi", "ubuntu", "ubuntubo", "ubuntuit"]
+    + ["ubuntubi", "ubuntm", "ubuntmbo", "ubuntmit", "ubuntmbi"]
+  )
+  r = render.Renderer(seed=3000017, font_split="heldout")  # vs_tesseract's seed
+  labels = [r.render(i)[1] for i in range(8)]
+  assert labels == ["Net", "2446pm", "2B@Q.", "jdu", "Gb", "maher", "Lap", "browsing"]
+  monkeypatch.setattr(render, "_PYPKG_FACES", {})
+  without = render.Renderer(seed=3000017, font_split="heldout")
+  for i in range(8):
+    img, label = without.render(i)
+    assert label == labels[i]
+    np.testing.assert_array_equal(img, r.render(i)[0])
+
+
+def test_missing_font_package_fails_naming_it_but_heldout_still_renders(monkeypatch):
+  faces = render._PYPKG_FACES  # pylint: disable=protected-access
+  absent = {"Absent": ("font_absent_xyz", ("Absent-Regular.ttf",))}  # a package not installed
+  monkeypatch.setattr(render, "_PYPKG_FACES", {**faces, **absent})
+  with pytest.raises(ModuleNotFoundError, match="pip install font-absent-xyz"):
+    render.Renderer(font_split="train")
+  assert render.Renderer(font_split="heldout").render(0)[1]

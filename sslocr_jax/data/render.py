@@ -23,19 +23,27 @@ How a sample is made (all choices drawn from `random.Random` seeded by
    compositing in uint8 OpenCV ops (numpy broadcasting over 3 channels is ~5x
    slower at these sizes).
 
-Fonts: matplotlib's DejaVu, STIX and Computer Modern faces and the `pymupdf_fonts` faces
-(Cascadia Mono, FiraGO, Fira Mono, Noto Sans, Space Mono, Ubuntu, Ubuntu Mono),
-plus fonts from `font_dirs`. Families in `HELDOUT_FAMILIES` are never used by the
-"train" split, so a held-out set can be rendered with unseen fonts.
+Fonts (46 "train" faces, 21 "heldout" faces), plus fonts from `font_dirs`:
+  train    matplotlib's DejaVu Sans / Sans Mono / Serif; `pymupdf_fonts`' Cascadia Mono, FiraGO,
+           Fira Mono, Noto Sans; the `font-source-serif-pro`, `font-source-sans-pro` and
+           `font-roboto` packages' Source Serif Pro, Source Sans Pro and Roboto (light to
+           black weights, with italics).
+  heldout  `HELDOUT_FAMILIES`: matplotlib's STIX and Computer Modern; `pymupdf_fonts`' Space
+           Mono, Ubuntu, Ubuntu Mono. Never used by the "train" split, so a held-out set is
+           rendered with unseen fonts.
 
 Speed: 7,700-8,300 renders/s on one core (`taskset -c 0 python -m
 sslocr_jax.data.render --n 5000`, glyph caches warm, 2-core shared x86 dev VM,
-height 32); ~2,700 samples/s with DiG's `make_views` added.
+height 32); ~2,700 samples/s with DiG's `make_views` added. The 20 font-package faces
+(2026-12-04) cost ~4% of that (renders per CPU-second with warm caches, 46 vs 26 train faces,
+3 interleaved rounds of 5,000 under `nice -n 19` on the loaded VM: median 9,160 vs 9,460) and
+~0.3 CPU-s more glyph rasterising per process, once (`warm()`: 0.95 vs 0.68 s).
 """
 
 import dataclasses
 import functools
 import glob
+import importlib.util
 import io
 import math
 import os
@@ -56,8 +64,8 @@ _PUNCT_END = ".,!?:;'\")"
 # Families never drawn by the "train" split (everything else is "train"). Besides a Times-like
 # serif (STIX), a humanist sans (Ubuntu) and two monospaced faces, the Computer Modern faces
 # (high-contrast Didone serif, its italic and bold, a sans and a typewriter) are styles the
-# training faces (DejaVu, Cascadia, Fira, Noto) do not cover, so the held-out figure is read on
-# fonts far from the training ones, not on near-twins of them.
+# training faces (DejaVu, Cascadia, Fira, Noto, Source Serif / Sans, Roboto) do not cover, so the
+# held-out figure is read on fonts far from the training ones, not on near-twins of them.
 HELDOUT_FAMILIES = (
   "STIXGeneral",
   "SpaceMono",
@@ -111,12 +119,57 @@ _PYMUPDF_FACES = {  # family -> keys of `pymupdf_fonts.myfont`.
   "Ubuntu": ("ubuntu", "ubuntubo", "ubuntuit", "ubuntubi"),
   "UbuntuMono": ("ubuntm", "ubuntmbo", "ubuntmit", "ubuntmbi"),
 }
+# family -> (module of a font package on PyPI, files in its `files/` folder). All train
+# families: they widen the training styles (Source Serif Pro is the only serif with several
+# weights and italics among them, as the held-out set has STIX and Computer Modern). Weights
+# lighter than Light (ExtraLight, Thin) are left out: their hairline strokes fade into the
+# background once blurred at 32 px. The .ttf files, where a package also ships .otf.
+# Amatic SC (`font-amatic-sc`) is in neither split: a small-caps face draws "a" like "A", so its
+# lines would carry lowercase labels over capitals.
+_PYPKG_FACES = {
+  "SourceSerifPro": (
+    "font_source_serif_pro",
+    (
+      "SourceSerifPro-Regular.ttf",
+      "SourceSerifPro-It.ttf",
+      "SourceSerifPro-Light.ttf",
+      "SourceSerifPro-LightIt.ttf",
+      "SourceSerifPro-Semibold.ttf",
+      "SourceSerifPro-SemiboldIt.ttf",
+      "SourceSerifPro-Bold.ttf",
+      "SourceSerifPro-BoldIt.ttf",
+    ),
+  ),
+  "SourceSansPro": (
+    "font_source_sans_pro",
+    (
+      "SourceSansPro-Regular.ttf",
+      "SourceSansPro-It.ttf",
+      "SourceSansPro-Light.ttf",
+      "SourceSansPro-Semibold.ttf",
+      "SourceSansPro-Bold.ttf",
+      "SourceSansPro-BoldIt.ttf",
+    ),
+  ),
+  "Roboto": (
+    "font_roboto",
+    (
+      "Roboto-Regular.ttf",
+      "Roboto-Italic.ttf",
+      "Roboto-Light.ttf",
+      "Roboto-Bold.ttf",
+      "Roboto-BoldItalic.ttf",
+      "Roboto-Black.ttf",
+    ),
+  ),
+}
 _FONT_EXTS = (".ttf", ".otf", ".ttc", ".TTF", ".OTF", ".TTC")
 
 
 @dataclasses.dataclass(frozen=True)
 class Face:
-  """One font face: `kind` in {"mpl", "pymupdf", "file"}, `ref` file or key."""
+  """One font face: `kind` in {"mpl", "pymupdf", "pypkg", "file"}; `ref` the mpl file, the
+  pymupdf key, "module/file" of a font package, or the file's path."""
 
   name: str
   family: str
@@ -132,7 +185,26 @@ def builtin_faces():
     faces += [Face(f[:-4], fam, "mpl", f, fam in HELDOUT_FAMILIES) for f in files]
   for fam, keys in _PYMUPDF_FACES.items():
     faces += [Face(k, fam, "pymupdf", k, fam in HELDOUT_FAMILIES) for k in keys]
+  # Appended last: the faces above keep their order, and the held-out split is unchanged.
+  for fam, (module, files) in _PYPKG_FACES.items():
+    faces += [Face(f[:-4], fam, "pypkg", f"{module}/{f}", fam in HELDOUT_FAMILIES) for f in files]
   return faces
+
+
+def _font_package_dir(module):
+  """Folder of the font package `module`; ModuleNotFoundError naming its pip package if absent.
+
+  Skipping its faces instead would silently change which face every train sample draws.
+  """
+  spec = importlib.util.find_spec(module)
+  if spec is None:
+    dist = module.replace("_", "-")
+    raise ModuleNotFoundError(
+      f"the built-in 'train' fonts need {dist!r} (pip install {dist}); without it every "
+      "sample's face would differ",
+      name=module,
+    )
+  return spec.submodule_search_locations[0]
 
 
 def _file_face(path):
@@ -172,6 +244,8 @@ def faces_for_split(split, fonts=None, font_dirs=()):
     faces = [f for f in faces if f.heldout]
   if not faces:
     raise ValueError(f"no fonts for split {split!r}")
+  for module in sorted({f.ref.split("/")[0] for f in faces if f.kind == "pypkg"}):
+    _font_package_dir(module)  # a missing package fails here, not at some later sample.
   return faces
 
 
@@ -186,6 +260,9 @@ def _face_bytes(face):
     import matplotlib  # pylint: disable=g-import-not-at-top
 
     path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", face.ref)
+  elif face.kind == "pypkg":
+    module, file = face.ref.split("/")
+    path = os.path.join(_font_package_dir(module), "files", file)
   try:
     with open(path, "rb") as f:
       return f.read()
