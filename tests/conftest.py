@@ -1,9 +1,13 @@
-"""Test setup: 8 fake CPU devices, a session-wide compilation cache, parsed absl flags.
+"""Test setup: 8 fake CPU devices, cheap XLA backend optimisation, a session-wide compilation
+cache, parsed absl flags.
 
 Everything here is set through the environment before jax is imported, so CLI subprocesses
 started by tests inherit it. The persistent compilation cache matters on a small CPU: every
 `loop.train` builds new jitted functions, and a resumed or repeated run compiles exactly the
 programs of an earlier one (cached executables are the same programs: bitwise checks hold).
+Compilation dominates the suite on a 2-core CPU (docs/testing.md), so
+`jax_disable_most_optimizations` is on: it only lowers the LLVM backend's effort (the HLO passes,
+collectives and shardings are unchanged); the tests' tiny models compile ~20% faster.
 """
 
 import atexit
@@ -15,6 +19,7 @@ import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="sslocr_jax_test_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

@@ -15,7 +15,7 @@ from sslocr_jax.data import sources
 from sslocr_jax.evaluate import benchmarks
 from sslocr_jax.evaluate import failures
 from sslocr_jax.train import checkpoint as ckpt_lib
-from sslocr_jax.train import loop
+from tests.helpers import fill_like
 from tests.helpers import load_config
 
 
@@ -57,12 +57,24 @@ def test_reports_are_percentages_with_two_decimals():
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
   """A fine-tuning smoke workdir as `loop.train` writes it (config.json, checkpoints/<step>),
-  saved at initialisation (compiling a train step only to change the weights costs time)."""
+  its weights filled without compiling an init or a train step (helpers.fill_like): evaluation
+  and predict read params, model_state and step."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.methods import recognition  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path_factory.mktemp("finetune")
   config = load_config("finetune", "smoke")
   (workdir / "config.json").write_text(config.to_json_best_effort())
+  batch = {
+    "image": np.zeros((2, 32, 128, 3), np.uint8),
+    "label": np.zeros((2, config.max_len + 1), np.int32),
+  }
+  abstract = jax.eval_shape(
+    lambda r: nn.unbox(recognition.init_variables(config, r, batch)), jax.random.key(0)
+  )
   checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  checkpointer.save(0, loop.setup(config).state)
+  checkpointer.save(0, {**fill_like(abstract), "step": np.int64(0)})
   checkpointer.close()
   return str(workdir)
 

@@ -189,7 +189,7 @@ def test_one_vs_eight_devices_same_loss_grads_and_stats(smoke_run):
   """The first smoke step on 8 devices (the loop's sharded train step) and the same loss on
   one device (a plain jit of loss_fn, no shardings) agree: BatchNorm statistics and the
   NT-Xent negatives are over the global batch on any mesh. (Multi-step optimizer equality
-  on 1 vs 8 devices is the spine's, tests/test_mesh.py.)"""
+  on 1 vs 8 devices is tests/test_scale.py's.)"""
   smoke_run("seqclr")  # compiled the sharded train step (the compilation cache)
   config = load_config("seqclr", "smoke")
   s = loop.setup(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:8]))
