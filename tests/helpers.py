@@ -1,10 +1,25 @@
 """Shared test helpers: load a config file by path with a variant."""
 
+import contextlib
 import os
+
+import jax
 
 from sslocr_jax import config_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def xla_optimizations(enabled: bool):
+  """XLA's backend optimisation on or off while the block compiles (tests/conftest.py turns
+  most of it off for the suite: compile time dominates short tests, long runs want it on)."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", not enabled)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def load_config(name: str, arg: str | None = None):

@@ -1,7 +1,6 @@
 """Shared by tests/test_scale.py and tests/test_multihost.py: one compiled 1-device DiG smoke
 setup (the reference every mesh / process layout is compared with), built once per session."""
 
-import contextlib
 import functools
 
 import jax
@@ -12,22 +11,17 @@ from sslocr_jax.data import pipeline
 from sslocr_jax.train import loop
 from sslocr_jax.train import sharding
 from tests.helpers import load_config
+from tests.helpers import xla_optimizations
 
 # Losses of the same DiG smoke steps on different meshes / process layouts agree to this
 # (float32, different reduction orders over 5-6 steps of AdamW).
 RTOL, ATOL = 2e-4, 1e-5
 
 
-@contextlib.contextmanager
 def fast_compiles():
   """Cheap XLA optimisation while the scale tests compile (compile time dominates them; the
   SPMD partitioning and the numerics checked are the same)."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", old)
+  return xla_optimizations(False)
 
 
 @functools.lru_cache(maxsize=None)

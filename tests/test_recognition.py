@@ -18,6 +18,7 @@ from sslocr_jax.train import sharding as sharding_lib
 from sslocr_jax.train import state as state_lib
 from tests.helpers import fill_like
 from tests.helpers import load_config
+from tests.helpers import xla_optimizations
 
 
 def _bits_equal(a, b) -> bool:
@@ -76,12 +77,8 @@ def optimized_compiles():
   """XLA's full backend optimisation (tests/conftest.py turns most of it off): this test runs
   hundreds of steps, and its steps run ~40% faster optimised for ~3 s more compile (CTC, 175
   steps: 40 vs 55 CPU seconds)."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", False)
-  try:
+  with xla_optimizations(True):
     yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.mark.parametrize(
