@@ -19,6 +19,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # re-run once with a host allocator that keeps memory (allocator.py)
+  from sslocr_jax import allocator  # noqa: E402  # pylint: disable=g-import-not-at-top
+
+  allocator.ensure()
 
 import jax  # noqa: E402
 
@@ -27,6 +31,7 @@ from sslocr_jax import config_utils  # noqa: E402
 
 # (group, regex on "<op_name> <opcode>"); the first match wins.
 GROUPS = [
+  ("attn: fused kernel (cuDNN), fwd+bwd", r" fmha$"),
   ("copy/transpose", r" (copy|transpose)$"),
   (
     "attn: q.k, p.v matmuls",
@@ -50,8 +55,14 @@ GROUPS = [
 ]
 
 
-def _kind(name: str, opcode: str) -> str:
-  """dot | copy | transpose | fusion | ... from the HLO instruction (fusion name hints)."""
+def _kind(name: str, opcode: str, target: str = "") -> str:
+  """dot | fmha | copy | transpose | fusion | ... from the HLO instruction (fusion name hints,
+  a custom call's target: cuBLAS GEMMs and cuDNN convolutions are dots, cuDNN fmha the fused
+  attention)."""
+  if "fmha" in target:
+    return "fmha"
+  if "cublas" in target or "cudnn$conv" in target:
+    return "dot"
   if opcode in ("dot", "convolution") or name.startswith(
     ("ynn_fusion", "xnn_fusion", "onednn", "cublas", "gemm")
   ):
@@ -62,19 +73,21 @@ def _kind(name: str, opcode: str) -> str:
 
 
 def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
-  """{instruction name: (op_name metadata, kind)} from an optimized HLO module's text."""
+  """{instruction name: (op_name metadata, kind)} from an optimized HLO module's text.
+
+  The shape is one token (`bf16[8,64]{1,0}`) or a tuple (`(bf16[...]{...}, u8[...]{0})`: GPU
+  custom calls and multi-output fusions)."""
   ops = {}
-  pattern = re.compile(
-    r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*?"
-    r"(?:metadata=\{op_name=\"([^\"]*)\")?"
-  )
+  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(")
   for line in hlo_text.splitlines():
     m = pattern.match(line)
     if not m:
       continue
     name, opcode = m.group(1), m.group(2)
     meta = re.search(r'metadata=\{op_name="([^"]*)"', line)
-    ops[name] = (meta.group(1) if meta else "", _kind(name, opcode))
+    target = re.search(r'custom_call_target="([^"]*)"', line)
+    kind = _kind(name, opcode, target.group(1) if target else "")
+    ops[name] = (meta.group(1) if meta else "", kind)
   return ops
 
 

@@ -33,6 +33,10 @@ os.environ["XLA_FLAGS"] = (
   + f" --xla_cpu_multi_thread_eigen={'true' if _THREADS > 1 else 'false'}"
 )
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # re-run once with a host allocator that keeps memory (allocator.py)
+  from sslocr_jax import allocator  # noqa: E402  # pylint: disable=g-import-not-at-top
+
+  allocator.ensure()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

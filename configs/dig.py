@@ -36,6 +36,7 @@ def get_config(arg=None):
       patch_size=4,
       drop_path_rate=0.0,
       remat="none",
+      attention="auto",  # auto | xla | cudnn | explicit (models/vit.py Attention)
     )
   )
 

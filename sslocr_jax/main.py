@@ -22,10 +22,17 @@ training on a fraction of the machine (e.g. JAX's SLURM detection restricting a
 one-task-per-node process to GPU `SLURM_LOCALID` only).
 """
 
-import datetime
-import os
-import re
-import sys
+if __name__ == "__main__":
+  # First, before the heavy imports: re-run once with a host allocator that keeps memory
+  # between steps (XLA:CPU's per-step temporaries otherwise page-fault anew each step).
+  from sslocr_jax import allocator  # pylint: disable=g-import-not-at-top
+
+  allocator.ensure()
+
+import datetime  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
 
 from absl import app
 from absl import flags

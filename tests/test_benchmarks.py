@@ -130,3 +130,34 @@ def test_ab_step_swaps_in_a_revisions_vit_module():
   with ab_step.vit_module(old):
     assert importlib.import_module(ab_step.MODULE) is old
   assert importlib.import_module(ab_step.MODULE) is vit
+
+
+def test_profile_reads_gpu_custom_calls_and_tuple_shapes():
+  # Lines of an XLA:GPU DiG step (H200 dump, shortened): cuBLAS GEMMs and cuDNN attention are
+  # custom calls with tuple shapes; each must be found and put in its group.
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+
+  hlo = "\n".join(
+    [
+      "  %custom-call.126 = (bf16[131072,1152]{1,0}, s8[33554432]{0}) custom-call(%b.1, %w.4), "
+      'custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(train_step)/'
+      'jvp(Encoder)/blocks_0/attn/qkv/dot_general" scheduling_name="custom-call.126"}',
+      "  %dot_product_attention_bwd.168 = (bf16[512,6,256,64]{3,1,2,0}, u8[204]{0}) "
+      'custom-call(%b.42), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={op_name='
+      '"jit(train_step)/transpose(jvp(Encoder))/blocks_2/attn/dot_product_attention_bwd"}',
+      "  %input_add_reduce_fusion.20 = (bf16[256,1536]{1,0}, bf16[512,256,1536]{2,1,0}) "
+      "fusion(%g.2512), kind=kInput, calls=%fused_add_reduce.20, metadata={op_name="
+      '"jit(train_step)/transpose(jvp(Encoder))/blocks_1/mlp/fc1/reduce_sum"}',
+      "  %loop_multiply_fusion.7 = bf16[512,256,1536]{2,1,0} fusion(%g.2528), kind=kLoop, "
+      'calls=%fused_multiply.7, metadata={op_name="jit(train_step)/jvp(Encoder)/blocks_5/mlp/mul"}',
+    ]
+  )
+  ops = profile_step.hlo_ops(hlo)
+  assert ops["custom-call.126"][1] == "dot"
+  assert ops["dot_product_attention_bwd.168"][1] == "fmha"
+  times = {name: 1e-3 for name in ops}
+  rows = {r["group"]: r for r in profile_step.breakdown(times, ops)}
+  assert rows["attn: qkv matmul"]["fwd_ms"] == pytest.approx(1.0)
+  assert rows["attn: fused kernel (cuDNN), fwd+bwd"]["bwd_ms"] == pytest.approx(1.0)
+  assert rows["mlp: GELU, biases"]["ms"] == pytest.approx(2.0)  # fc1 bias grad + GELU mul
+  assert "other" not in rows

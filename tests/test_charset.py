@@ -69,3 +69,13 @@ def test_lower36_and_file(tmp_path):
 )
 def test_filter_label_for_metric(raw, filtered):
   assert cs.filter_label_for_metric(raw) == filtered
+
+
+def test_strip_policy_removes_out_of_charset_characters_as_clovaai_does():
+  lower = cs.Charset.named("lower36", oov="strip")
+  assert lower.check("Don't!", 25) is None
+  np.testing.assert_array_equal(
+    lower.encode("Don't!", 25)[:5], [lower.chars.index(c) for c in "dont"] + [lower.eos]
+  )
+  assert lower.check("?!", 25) == "empty"  # nothing left: dropped, counted as empty
+  assert cs.Charset.named("lower36", oov="drop").check("Don't!", 25) == "out_of_charset"

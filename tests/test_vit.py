@@ -300,6 +300,16 @@ def test_attention_forms_agree(monkeypatch):
     np.testing.assert_allclose(np.asarray(other), np.asarray(explicit), atol=2e-6, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_other), jax.tree.leaves(g_explicit)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5)
+  # The config field picks a form regardless of the platform: "xla" is the accelerators' form.
+  by_field = {
+    impl: vit.Encoder(embed_dim=16, depth=1, num_heads=2, attention=impl).apply(variables, x)
+    for impl in ("explicit", "xla")
+  }
+  np.testing.assert_allclose(
+    np.asarray(by_field["xla"]), np.asarray(by_field["explicit"]), atol=2e-6, rtol=1e-6
+  )
+  with pytest.raises(ValueError, match="model.attention='flash'"):
+    vit.Encoder(embed_dim=16, depth=1, num_heads=2, attention="flash").apply(variables, x)
 
 
 def test_exact_gelu_is_torch_formula_and_jax_gelu():

@@ -28,7 +28,7 @@ NAMED = {
   "printable94": (PRINTABLE94, False),
   "lower36": (string.digits + string.ascii_lowercase, True),
 }
-OOV_POLICIES = ("drop", "unk")
+OOV_POLICIES = ("drop", "unk", "strip")
 REASONS = ("empty", "too_long", "out_of_charset")
 UNK_STR = "\ufffd"  # what decode() writes for UNK
 
@@ -62,7 +62,10 @@ class Charset:
 
   Attributes:
     chars: the N characters; ids 0..N-1.
-    oov: "drop" (reject labels with unknown characters) or "unk" (map them to UNK).
+    oov: "drop" (reject labels with unknown characters), "unk" (map them to UNK) or "strip"
+      (remove them, as clovaai's deep-text-recognition-benchmark `dataset.py` LmdbDataset does
+      with `re.sub(f"[^{character}]", "", label)`: with a caseless [0-9a-z] charset a line
+      "Don't!" trains as "dont", the label the benchmarks score, instead of being dropped).
     lowercase: lowercase labels before lookup (for caseless charsets like lower36).
   """
 
@@ -134,7 +137,10 @@ class Charset:
     return self.num_classes
 
   def normalize(self, label):
-    return label.lower() if self.lowercase else label
+    label = label.lower() if self.lowercase else label
+    if self.oov == "strip":
+      label = "".join(c for c in label if c in self._index)
+    return label
 
   def check(self, label, max_len):
     """None if `label` can be encoded, else the reason (one of REASONS)."""

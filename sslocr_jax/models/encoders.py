@@ -85,6 +85,7 @@ def build(config):
       pos_dropout=m.get("pos_dropout", False),
       dtype=dtype,
       remat=remat_name(m.get("remat", "none")),
+      attention=m.get("attention", "auto"),
     )
     return encoder, config.image_height // m.get("patch_size", 4)
   if m.name == "resnet":
