@@ -167,13 +167,15 @@ def main(argv):
     holder["state"], m = s.train_step(holder["state"], batch)
     jax.block_until_ready(m)
 
+  def traced_rows():
+    return profile_step.breakdown(
+      profile_step.trace_op_times(one_step, 1), profile_step.hlo_ops(compiled.as_text())
+    )
+
   one_step()
   one_step()
   if _PROFILE_ONLY.value:
-    rows = profile_step.breakdown(
-      profile_step.trace_op_times(one_step, 1), profile_step.hlo_ops(compiled.as_text())
-    )
-    print("PROFILE_ROWS " + json.dumps(rows))
+    print("PROFILE_ROWS " + json.dumps(traced_rows()))
     return
   sec = common.time_calls(one_step, steps)
   samples_per_sec = config.batch_size / sec
@@ -182,9 +184,7 @@ def main(argv):
 
   host = pipeline_rate(config, s.method.make_views, seconds)
   if rows is None:
-    rows = profile_step.breakdown(
-      profile_step.trace_op_times(one_step, 1), profile_step.hlo_ops(compiled.as_text())
-    )
+    rows = traced_rows()
 
   model = common.model_flops_per_sample(config, config.batch_size)
   numerics = numerics_vs_host(config) if _NUMERICS.value else None
