@@ -1,7 +1,8 @@
 r"""Our recognizer vs Tesseract on the same held-out-font synthetic lines.
 
     python benchmarks/vs_tesseract.py [--checkpoints=runs/ft-cpu60[,runs/other]] [--n=1000] \
-        [--seed=3000017] [--word_prob=0.6] [--render_height=32] [--psm=7]
+        [--seed=3000017] [--word_prob=0.6] [--render_height=32] [--psm=7] \
+        [--lexicon_words=wordfreq:en:50000 [--lexicon_bonuses=4[,2,6]]]
 
 Renders `--n` lines with `data/render.py` in the held-out font families (`font_split=heldout`:
 STIX, Computer Modern, Space Mono, Ubuntu, Ubuntu Mono; never drawn in training), a mix of
@@ -11,7 +12,11 @@ natural width. Every system reads the same images: Tesseract 5 as a new user run
 through a list file), each checkpoint through `predict.Recognizer` (resized to its 32x128).
 Scoring is the standard filtered one (lowercase, [0-9a-z] only, evaluate/metrics.py): word
 accuracy and 1 - NED in percent; lines with no alphanumeric character are left out (counted).
-Prints a table (system, lines, word acc., 1-NED, seconds), then one JSON line.
+With `--lexicon_words` each CTC checkpoint gets a second row read with that word list
+(`predict --lexicon`, models/ctc_lexicon.py), as Tesseract reads with its English dictionaries;
+`--lexicon_bonuses` takes several log-priors (one row each: choose it on validation lines, i.e.
+another `--seed`, not on the test lines). Prints a table (system, lines, word acc., 1-NED,
+seconds), then one JSON line.
 
 Tesseract is optional: without it the script scores the checkpoints alone and says how to
 install it (`apt-get install tesseract-ocr`; macOS: `brew install tesseract`). Nothing in the
@@ -43,6 +48,17 @@ _WORD_PROB = flags.DEFINE_float("word_prob", 0.6, "share of dictionary words amo
 _HEIGHT = flags.DEFINE_integer("render_height", 32, "height the lines are rendered at")
 _PSM = flags.DEFINE_integer("psm", 7, "Tesseract page segmentation mode (7: one text line)")
 _TESSERACT = flags.DEFINE_string("tesseract", "tesseract", "Tesseract executable")
+_LEXICON = flags.DEFINE_string(
+  "lexicon_words",
+  "",
+  "also score each CTC checkpoint with this word list (models/ctc_lexicon.py), e.g. "
+  "wordfreq:en:50000, as Tesseract reads with its dictionaries",
+)
+_BONUS = flags.DEFINE_list(
+  "lexicon_bonuses",
+  [],
+  "log-priors to score with --lexicon_words (default ctc_lexicon.DEFAULT_BONUS)",
+)
 
 INSTALL = (
   "Tesseract is not installed: `apt-get install tesseract-ocr` (Debian/Ubuntu), "
@@ -91,10 +107,12 @@ def tesseract_read(images, exe: str, psm: int) -> list[str]:
     ]
 
 
-def ours_read(checkpoint: str, images) -> list[str]:
+def ours_read(checkpoint: str, images, lexicon: str = "", bonus=None) -> list[str]:
   from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.models import ctc_lexicon  # pylint: disable=g-import-not-at-top
 
   rec = predict.Recognizer.from_checkpoint(checkpoint)
+  rec.use_lexicon(lexicon, ctc_lexicon.DEFAULT_BONUS if bonus is None else bonus)
   return [text for text, _ in rec(images)]
 
 
@@ -129,15 +147,20 @@ def main(argv):
     print(INSTALL)
   for ckpt in _CHECKPOINTS.value:
     add(ckpt, lambda ckpt=ckpt: ours_read(ckpt, images))
+    bonuses = ([float(b) for b in _BONUS.value] or [None]) if _LEXICON.value else []
+    for bonus in bonuses:
+      name = f"{ckpt} + {_LEXICON.value}" + ("" if bonus is None else f" (bonus {bonus:g})")
+      add(name, lambda ckpt=ckpt, bonus=bonus: ours_read(ckpt, images, _LEXICON.value, bonus))
   print(
     f"{len(labels)} held-out-font lines (seed {_SEED.value}, word_prob {_WORD_PROB.value}, "
     f"height {_HEIGHT.value}; {left_out} without [0-9a-z] left out), lowercase [0-9a-z] "
     "scoring"
   )
-  print(f"{'system':<44} {'lines':>6} {'word acc. %':>12} {'1-NED %':>8} {'seconds':>8}")
+  width = max([44] + [len(r["system"]) for r in rows])
+  print(f"{'system':<{width}} {'lines':>6} {'word acc. %':>12} {'1-NED %':>8} {'seconds':>8}")
   for r in rows:
     print(
-      f"{r['system']:<44} {r['lines']:>6} {r['word_accuracy']:>12.2f} "
+      f"{r['system']:<{width}} {r['lines']:>6} {r['word_accuracy']:>12.2f} "
       f"{r['one_minus_ned']:>8.2f} {r['seconds']:>8.1f}"
     )
   print(

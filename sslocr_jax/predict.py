@@ -31,6 +31,7 @@ In Python:
 """
 
 import concurrent.futures
+import functools
 import glob
 import json
 import os
@@ -46,6 +47,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from sslocr_jax import errors
+from sslocr_jax.models import ctc_lexicon
 from sslocr_jax import paths
 from sslocr_jax.data import augment
 from sslocr_jax.data import images as images_lib
@@ -103,6 +105,31 @@ class Recognizer:
     self.model_state = jax.device_put(model_state, replicated)
     self.predict_batch = evaluation.make_batch_predictor(recognition, config, self.mesh, batch_size)
     self.batch_size = self.predict_batch.batch_size
+    self.lexicon = None  # a ctc_lexicon.LexiconDecoder (use_lexicon)
+    self._logits_batch = None
+
+  def use_lexicon(self, spec: str, bonus: float = ctc_lexicon.DEFAULT_BONUS):
+    """Decode with a word list (models/ctc_lexicon.py; CTC models only): `spec` is
+    `wordfreq:LANG:N` or a text file of words, "" turns it off. Confidences then are
+    P_ctc(text | image), summed over the alignments."""
+    if not spec:
+      self.lexicon = None
+      return self
+    if self.config.decoder != "ctc":
+      raise errors.UserError(
+        f"--lexicon needs a CTC model; this one has decoder={self.config.decoder!r}"
+      )
+    self.lexicon = ctc_lexicon.LexiconDecoder(
+      ctc_lexicon.load(spec), recognition.charset_from_config(self.config), bonus=bonus
+    )
+    if self._logits_batch is None:
+      self._logits_batch = evaluation.make_batch_runner(
+        functools.partial(recognition.ctc_logits, config=self.config),
+        self.config,
+        self.mesh,
+        self.batch_size,
+      )
+    return self
 
   @classmethod
   def from_checkpoint(cls, workdir: str, use_best: bool = True, batch_size: int = 256, config=None):
@@ -123,6 +150,13 @@ class Recognizer:
     """uint8 [n, H, W, 3] already at the model's size -> (texts [n], confidences float [n])."""
     texts, confs = [], []
     for i in range(0, len(images), self.batch_size):
+      if self.lexicon is not None:
+        logits = self._logits_batch(self.params, self.model_state, images[i : i + self.batch_size])
+        for row in ctc_lexicon.log_softmax(logits):
+          text, logp = self.lexicon.decode(row)
+          texts.append(text)
+          confs.append(float(np.exp(logp)))
+        continue
       ids, conf = self.predict_batch(self.params, self.model_state, images[i : i + self.batch_size])
       texts += [self.charset.decode(row) for row in ids]
       confs += [float(c) for c in conf]
@@ -195,6 +229,8 @@ def run(
   fmt: str = "tsv",
   config=None,
   stdin=None,
+  lexicon: str = "",
+  lexicon_bonus: float = ctc_lexicon.DEFAULT_BONUS,
 ) -> int:
   """Prints one line per image (`fmt` tsv or jsonl); returns the number of skipped inputs."""
   files, missing = expand_inputs(paths, stdin)
@@ -205,6 +241,7 @@ def run(
   rec = Recognizer.from_checkpoint(
     checkpoint, use_best=use_best, batch_size=batch_size, config=config
   )
+  rec.use_lexicon(lexicon, lexicon_bonus)
   print(f"loaded {rec.origin}", file=sys.stderr, flush=True)
   bad = len(missing) + recognize_files(rec, files, out, fmt)
   if bad:
@@ -274,6 +311,15 @@ _BATCH = flags.DEFINE_integer(
   "batch_size", 64, "Images per device batch, all devices together (fixed; the last one padded)."
 )
 _BEST = flags.DEFINE_bool("use_best", True, "Use WORKDIR/best/ (best validation) if present.")
+_LEXICON = flags.DEFINE_string(
+  "lexicon",
+  "",
+  "CTC models: prefer a word of this list when the image backs it (models/ctc_lexicon.py): "
+  "wordfreq:LANG:N (e.g. wordfreq:en:50000) or a text file, one word per line.",
+)
+_LEXICON_BONUS = flags.DEFINE_float(
+  "lexicon_bonus", None, "Log-prior (nats) of a lexicon word; default ctc_lexicon.DEFAULT_BONUS."
+)
 
 
 def main(argv):
@@ -289,6 +335,10 @@ def main(argv):
       batch_size=_BATCH.value,
       fmt=_FORMAT.value,
       config=_MODEL_CONFIG.value,
+      lexicon=_LEXICON.value,
+      lexicon_bonus=(
+        ctc_lexicon.DEFAULT_BONUS if _LEXICON_BONUS.value is None else _LEXICON_BONUS.value
+      ),
     )
   return 1 if bad else 0
 

@@ -15,9 +15,11 @@ import jax
 import numpy as np
 import pytest
 
+from sslocr_jax import errors
 from sslocr_jax import predict
 from sslocr_jax.export import cli as export_cli
 from sslocr_jax.methods import recognition
+from sslocr_jax.models import ctc_lexicon
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import resolve
 from tests.helpers import fill_like, load_config
@@ -160,3 +162,27 @@ def test_cli_exit_codes_tsv_and_stdin(kinds, tmp_path, monkeypatch, capsys):
   err = capsys.readouterr().err
   assert e.value.code == 2
   assert "no file matches the pattern" in err and "error: no images found" in err
+
+
+def test_lexicon_decoding_through_the_recognizer(kinds, tmp_path):
+  """`use_lexicon`: with no word near any reading the texts are the greedy predictor's, and
+  the confidence is P_ctc(text) of the model's frames; a non-CTC model is refused."""
+  rec = predict.Recognizer.from_checkpoint(kinds["workdir"][0], batch_size=8)
+  images = np.random.default_rng(0).integers(0, 256, (5, 32, 128, 3), np.uint8)
+  greedy = rec.recognize(images)[0]
+  words = tmp_path / "words.txt"
+  words.write_text("qqqqqqqqqqqqqqqqqqqqqqqqq\n", encoding="utf-8")
+  texts, confs = rec.use_lexicon(str(words)).recognize(images)
+  assert texts == greedy
+  logits = np.asarray(
+    recognition.ctc_logits(rec.params, rec.model_state, images, rec.config), np.float64
+  )
+  lp = ctc_lexicon.log_softmax(logits)
+  cs = recognition.charset_from_config(rec.config)
+  for row, conf in zip(lp, confs):
+    ids = ctc_lexicon.greedy(row, cs.pad, ignore=(cs.eos,))
+    assert conf == pytest.approx(np.exp(ctc_lexicon.ctc_log_likelihood(row, ids, cs.pad)))
+  assert rec.use_lexicon("").recognize(images)[0] == greedy
+  rec.config = load_config("finetune", "smoke,decoder=attention")
+  with pytest.raises(errors.UserError, match="needs a CTC model"):
+    rec.use_lexicon(str(words))

@@ -225,3 +225,14 @@ def test_one_vs_eight_devices_same_loss_grads_and_stats(smoke_run):
     jax.device_get(state8.model_state),
     jax.device_get(stats1),
   )
+
+
+def test_cpu_and_smoke_encoders_match_finetune_for_init_from():
+  """A `seqclr.py:cpu` / `:smoke` workdir is a valid `init_from` of `finetune.py:cpu` /
+  `:cpu60` / `:smoke` with the ResNet: the encoder fields agree."""
+  fields = ("channels", "blocks", "lstm_hidden", "lstm_layers", "tps", "tps_channels")
+  for pre, fine in (("cpu", "cpu"), ("cpu", "cpu60"), ("smoke", "smoke")):
+    ours = load_config("seqclr", pre).model
+    theirs = load_config("finetune", f"{fine},encoder=resnet").model
+    assert ours.name == theirs.name == "resnet"
+    assert {k: ours[k] for k in fields} == {k: theirs[k] for k in fields}, (pre, fine)

@@ -322,6 +322,16 @@ def predict(params, model_state, images, config):
   )
 
 
+def ctc_logits(params, model_state, images, config):
+  """The CTC decoder's frame logits: images uint8 [B, H, W, 3] -> float32 [B, T, C] (for
+  decoding on the host, e.g. models/ctc_lexicon.py)."""
+  if config.decoder != "ctc":
+    raise ValueError(f"decoder={config.decoder!r} has no CTC frames (a lexicon needs decoder=ctc)")
+  _, _, decoder = networks(config)
+  features, _ = encode(params, model_state, images, config, train=False)
+  return decoder.apply({"params": params["decoder"]}, features)
+
+
 # ----------------------------------------------------------------------------- init_from
 def _flat(tree) -> dict:
   """{"a/b/c": leaf} of a nested dict."""
