@@ -47,11 +47,11 @@ from ml_collections import config_flags
 import numpy as np
 
 from sslocr_jax import errors
-from sslocr_jax.models import ctc_lexicon
 from sslocr_jax import paths
 from sslocr_jax.data import augment
 from sslocr_jax.data import images as images_lib
 from sslocr_jax.methods import recognition
+from sslocr_jax.models import ctc_lexicon
 from sslocr_jax.train import checkpoint as ckpt_lib
 from sslocr_jax.train import evaluation
 from sslocr_jax.train import resolve
