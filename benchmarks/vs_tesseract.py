@@ -23,6 +23,7 @@ install it (`apt-get install tesseract-ocr`; macOS: `brew install tesseract`). N
 tests needs it. The seed differs from every training / validation seed of the configs.
 """
 
+import collections
 import json
 import os
 import shutil
@@ -116,6 +117,28 @@ def ours_read(checkpoint: str, images, lexicon: str = "", bonus=None) -> list[st
   return [text for text, _ in rec(images)]
 
 
+LENGTHS = ((1, 3), (4, 7), (8, 11), (12, 99))  # scored [0-9a-z] characters of the label
+
+
+def length_bucket(label: str) -> str:
+  n = len(charset_lib.filter_label_for_metric(label))
+  lo, hi = next(b for b in LENGTHS if b[0] <= n <= b[1])
+  return f"{lo}-{hi}" if hi < 99 else f"{lo}+"
+
+
+def by_length(preds, labels) -> dict[str, float]:
+  """Word accuracy % per label length: where a reader loses lines (long lines squeezed into a
+  fixed-width input, short ones without context)."""
+  groups = {}
+  for p, t in zip(preds, labels):
+    groups.setdefault(length_bucket(t), []).append((p, t))
+  return {k: metrics.score(*zip(*groups[k])).report()["accuracy"] for k in sorted(groups, key=_lo)}
+
+
+def _lo(key: str) -> int:
+  return int(key.split("-")[0].rstrip("+"))
+
+
 def main(argv):
   del argv
   images, labels, left_out = test_lines(_N.value, _SEED.value, _WORD_PROB.value, _HEIGHT.value)
@@ -133,6 +156,7 @@ def main(argv):
         "word_accuracy": r["accuracy"],
         "one_minus_ned": r["one_minus_ned"],
         "seconds": round(seconds, 1),
+        "by_length": by_length(preds, labels),
       }
     )
 
@@ -163,6 +187,15 @@ def main(argv):
       f"{r['system']:<{width}} {r['lines']:>6} {r['word_accuracy']:>12.2f} "
       f"{r['one_minus_ned']:>8.2f} {r['seconds']:>8.1f}"
     )
+  if rows:
+    counts = collections.Counter(length_bucket(t) for t in labels)
+    keys = sorted(counts, key=_lo)
+    print(
+      "\nword acc. % by label length (lines: " + ", ".join(f"{k}: {counts[k]}" for k in keys) + ")"
+    )
+    print(f"{'system':<{width}} " + " ".join(f"{k:>7}" for k in keys))
+    for r in rows:
+      print(f"{r['system']:<{width}} " + " ".join(f"{r['by_length'][k]:>7.2f}" for k in keys))
   print(
     json.dumps(
       {

@@ -161,3 +161,19 @@ def test_profile_reads_gpu_custom_calls_and_tuple_shapes():
   assert rows["attn: fused kernel (cuDNN), fwd+bwd"]["bwd_ms"] == pytest.approx(1.0)
   assert rows["mlp: GELU, biases"]["ms"] == pytest.approx(2.0)  # fc1 bias grad + GELU mul
   assert "other" not in rows
+
+
+def test_vs_tesseract_scores_by_scored_label_length():
+  """Lines are grouped by their [0-9a-z] length (punctuation and case do not count), and each
+  group's word accuracy is the filtered one."""
+  from benchmarks import vs_tesseract  # pylint: disable=g-import-not-at-top
+
+  labels = ["Net", "it's", "2446pm", "recognition", "JPKGHGMKKIUDX"]
+  preds = ["net", "its", "2446pn", "recognition", "jpkghgmkkiudx"]
+  assert [vs_tesseract.length_bucket(t) for t in labels] == ["1-3", "1-3", "4-7", "8-11", "12+"]
+  assert vs_tesseract.by_length(preds, labels) == {
+    "1-3": 100.0,
+    "4-7": 0.0,
+    "8-11": 100.0,
+    "12+": 100.0,
+  }

@@ -64,6 +64,19 @@ def test_decoder_corrects_a_near_word_and_leaves_strong_readings():
   assert dec.decode(_frames(cs, "1_2_3_______"))[0] == "123"
 
 
+def test_short_readings_are_kept_as_read():
+  """A reading under `min_length` characters is never replaced, however weak its frames;
+  with min_length lowered the same frames are corrected to the word."""
+  cs = charset_lib.Charset.named("lower36")
+  lp = _frames(cs, "t_h_c_______")
+  e, c = cs.chars.index("e"), cs.chars.index("c")
+  lp[4, e] = lp[4, c] - 0.5  # e nearly as likely as c
+  lp = ctc_lexicon.log_softmax(lp)
+  assert ctc_lexicon.MIN_LENGTH == 4
+  assert ctc_lexicon.LexiconDecoder(["the"], cs, bonus=6.0).decode(lp)[0] == "thc"
+  assert ctc_lexicon.LexiconDecoder(["the"], cs, bonus=6.0, min_length=3).decode(lp)[0] == "the"
+
+
 def test_words_are_normalised_to_the_charset():
   dec = ctc_lexicon.LexiconDecoder(["Don't", "OK", "ÿ"], charset_lib.Charset.named("lower36"))
   assert dec.words == ["dont", "ok"]
