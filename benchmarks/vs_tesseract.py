@@ -118,12 +118,12 @@ def ours_read(checkpoint: str, images, lexicon: str = "", bonus=None) -> list[st
 
 
 LENGTHS = ((1, 3), (4, 7), (8, 11), (12, 99))  # scored [0-9a-z] characters of the label
+BUCKETS = [f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in LENGTHS]
 
 
 def length_bucket(label: str) -> str:
   n = len(charset_lib.filter_label_for_metric(label))
-  lo, hi = next(b for b in LENGTHS if b[0] <= n <= b[1])
-  return f"{lo}-{hi}" if hi < 99 else f"{lo}+"
+  return next(k for k, (lo, hi) in zip(BUCKETS, LENGTHS) if lo <= n <= hi)
 
 
 def by_length(preds, labels) -> dict[str, float]:
@@ -132,11 +132,7 @@ def by_length(preds, labels) -> dict[str, float]:
   groups = {}
   for p, t in zip(preds, labels):
     groups.setdefault(length_bucket(t), []).append((p, t))
-  return {k: metrics.score(*zip(*groups[k])).report()["accuracy"] for k in sorted(groups, key=_lo)}
-
-
-def _lo(key: str) -> int:
-  return int(key.split("-")[0].rstrip("+"))
+  return {k: metrics.score(*zip(*groups[k])).report()["accuracy"] for k in BUCKETS if k in groups}
 
 
 def main(argv):
@@ -189,7 +185,7 @@ def main(argv):
     )
   if rows:
     counts = collections.Counter(length_bucket(t) for t in labels)
-    keys = sorted(counts, key=_lo)
+    keys = [k for k in BUCKETS if k in counts]
     print(
       "\nword acc. % by label length (lines: " + ", ".join(f"{k}: {counts[k]}" for k in keys) + ")"
     )
