@@ -243,3 +243,24 @@ def test_release_augmentation_probabilities():
     [np.array_equal(A.dig_recognition_augment(img, _rng(s)), plain) for s in range(400)]
   )
   assert 0.22 < same < 0.40, same
+
+
+def test_affine_expand_keeps_every_ink_pixel():
+  """A 4:1 line rotated in its own frame loses its end characters (while the label keeps
+  them); `expand=True` (the mild recognition chain's geometry) grows the canvas instead."""
+  img = np.full((32, 128, 3), 255, np.uint8)
+  img[12:20, 2:10] = 0  # ink at both ends of the line
+  img[12:20, 118:126] = 0
+  ink = int((img < 128).any(-1).sum())
+  for deg in (-15.0, -8.0, 8.0, 15.0):
+    kw = dict(degrees=(deg, deg), shear=(0.0, 0.0), scale=(1.0, 1.0))
+    same = A.affine(img, _rng(0), **kw)
+    grown = A.affine(img, _rng(0), expand=True, **kw)
+    assert same.shape == img.shape
+    assert grown.shape[1] >= 128 and grown.shape[0] > 32 + 128 * np.sin(np.deg2rad(abs(deg))) - 2
+    if abs(deg) == 15.0:  # the ends (62 px from the centre) move 16 px: out of the frame
+      assert (same < 128).any(-1).sum() < 0.8 * ink
+    assert abs(int((grown < 128).any(-1).sum()) - ink) < 0.25 * ink  # all of it is still there
+  # no rotation, shear or scale: identity either way
+  kw = dict(degrees=(0.0, 0.0), shear=(0.0, 0.0), scale=(1.0, 1.0))
+  np.testing.assert_array_equal(A.affine(img, _rng(0), expand=True, **kw), img)

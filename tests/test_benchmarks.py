@@ -177,3 +177,27 @@ def test_vs_tesseract_scores_by_scored_label_length():
     "8-11": 100.0,
     "12+": 100.0,
   }
+
+
+def test_probe_checkpoints_reads_the_encoder_a_fine_tuning_froze(smoke_run):
+  """The probe of a frozen-encoder fine-tuning equals the probe of the pretraining it loaded
+  (same encoder, bit for bit), and the generic frames equal the method's `probe_features`."""
+  from benchmarks import probe_checkpoints as pc  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.train import resolve  # pylint: disable=g-import-not-at-top
+
+  dig_dir, rec_dir = smoke_run("dig"), smoke_run("recognition")
+  probe_config = load_config("dig", "smoke")
+  probe_config.probe.update(train_samples=24, eval_samples=16, steps=20)
+  pre, rec = resolve.resolve(dig_dir), resolve.resolve(rec_dir)
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)
+  config = pc.probe_config_for(pre.config, probe_config)
+  ours = pc.probe_features({"encoder": rec.params["encoder"]}, rec.model_state, images, config)
+  theirs = dig.probe_features(pre.params, pre.model_state, images, pre.config)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+  table = pc.rows([dig_dir, rec_dir], probe_config, with_random=True)
+  assert [r["encoder"].split(" (")[0] for r in table[::2]] == [dig_dir, rec_dir]
+  strip = lambda r: {k: v for k, v in r.items() if k != "encoder"}
+  assert strip(table[0]) == strip(table[2])  # pretraining == the fine-tuning that froze it
+  assert strip(table[1]) == strip(table[3])  # the same random encoder (seed 0) both times
+  assert all(0 <= r["probe_one_minus_ned"] <= 100 for r in table)

@@ -351,10 +351,13 @@ def affine(
   degrees: Range = 0.0,
   shear: Range = 0.0,
   scale: Range = 1.0,
+  expand: bool = False,
 ) -> np.ndarray:
   """Rotation (degrees, positive = counter-clockwise on screen, as ``cv2.getRotationMatrix2D``),
-  horizontal shear (degrees) and isotropic scale about the image centre; same output size,
-  border replicated, bilinear."""
+  horizontal shear (degrees) and isotropic scale about the image centre; border replicated,
+  bilinear. Same output size, or with ``expand`` the canvas grown (never shrunk) to hold the
+  whole warped image, as ABINet's CVRandomRotation: a 4:1 line rotated 12 degrees in its own
+  frame loses the ends of its first and last characters while its label keeps them."""
   h, w = image.shape[:2]
   angle = np.deg2rad(_sample(rng, degrees))
   sh, sc = np.tan(np.deg2rad(_sample(rng, shear))), _sample(rng, scale)
@@ -365,7 +368,14 @@ def affine(
   m = np.empty((2, 3), np.float64)
   m[:, :2] = a
   m[:, 2] = np.array([cx, cy]) - a @ np.array([cx, cy])
-  return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+  out_w, out_h = w, h
+  if expand:
+    half = np.abs(a) @ np.array([w / 2.0, h / 2.0])  # half extents of the warped box
+    out_w, out_h = max(w, int(np.ceil(2 * half[0]))), max(h, int(np.ceil(2 * half[1])))
+    m[:, 2] += np.array([(out_w - w) / 2.0, (out_h - h) / 2.0])
+  return cv2.warpAffine(
+    image, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+  )
 
 
 def rotate(
@@ -597,7 +607,8 @@ def recognition_augment(
   """ABINet-kind recognition augmentation -> uint8 ``[height, width, 3]``, milder geometry.
 
   - geometry (p=0.5): either affine (rotation +-15 deg, horizontal shear +-15 deg, scale
-    0.85..1.1) or perspective (scale 0.03..0.08), 50/50;
+    0.85..1.1; the canvas grown to keep every character, ``expand``) or perspective (scale
+    0.03..0.08), 50/50;
   - deterioration (p=0.5): Gaussian noise (std 2..10), motion blur (kernel 3..5) and
     downscale-upscale (0.4..0.9), in a random order;
   - colour jitter (p=0.5): brightness/contrast/saturation 0.5, hue 0.1;
@@ -606,7 +617,9 @@ def recognition_augment(
   image = _prepare(image, height, width, work_scale)
   if rng.random() < 0.5:
     if rng.random() < 0.5:
-      image = affine(image, rng, degrees=(-15.0, 15.0), shear=(-15.0, 15.0), scale=(0.85, 1.1))
+      image = affine(
+        image, rng, degrees=(-15.0, 15.0), shear=(-15.0, 15.0), scale=(0.85, 1.1), expand=True
+      )
     else:
       image = perspective(image, rng, scale=(0.03, 0.08))
   if rng.random() < 0.5:
