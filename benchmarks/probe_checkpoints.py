@@ -34,11 +34,17 @@ from sslocr_jax.train import probe as probe_lib  # noqa: E402
 from sslocr_jax.train import resolve  # noqa: E402
 from sslocr_jax.train import sharding as sharding_lib  # noqa: E402
 
-_CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "workdirs (pretraining or fine-tuning)")
-_RANDOM = flags.DEFINE_bool("random", True, "also probe each encoder freshly initialised")
-_PROBE_CONFIG = config_flags.DEFINE_config_file(
-  "probe_config", "configs/seqclr.py:cpu", "config whose `probe` block is used"
-)
+
+def define_flags() -> dict:
+  """The command's flags (defined at run time only: the tests import this module beside other
+  benchmarks that define `--checkpoints` too)."""
+  return {
+    "checkpoints": flags.DEFINE_list("checkpoints", [], "workdirs (pretraining or fine-tuning)"),
+    "random": flags.DEFINE_bool("random", True, "also probe each encoder freshly initialised"),
+    "probe_config": config_flags.DEFINE_config_file(
+      "probe_config", "configs/seqclr.py:cpu", "config whose `probe` block is used"
+    ),
+  }
 
 
 def probe_features(params, model_state, images, config):
@@ -89,10 +95,10 @@ def rows(checkpoints, probe_config, with_random: bool) -> list[dict]:
   return out
 
 
-def main(argv):
+def main(argv, f):
   del argv
-  table = rows(_CHECKPOINTS.value, _PROBE_CONFIG.value, _RANDOM.value)
-  pc = _PROBE_CONFIG.value.probe
+  table = rows(f["checkpoints"].value, f["probe_config"].value, f["random"].value)
+  pc = f["probe_config"].value.probe
   print(
     f"probe: {pc.train_samples} + {pc.eval_samples} held-out lines, {pc.steps} head steps "
     f"(lr {pc.lr}, batch {pc.batch_size})"
@@ -105,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _FLAGS = define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))
