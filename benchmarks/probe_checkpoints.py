@@ -47,14 +47,6 @@ def define_flags() -> dict:
   }
 
 
-def probe_features(params, model_state, images, config):
-  """Any encoder's frozen frames: images uint8 [B, H, W, 3] -> [B, T, D] (the methods'
-  `probe_features`: inference mode, BatchNorm running statistics, grid averaged over height)."""
-  encoder, grid_h = encoders.build(config)
-  stats = (model_state or {}).get("batch_stats", {}).get("encoder") or None
-  return common.probe_frames(encoder, grid_h, params["encoder"], stats, images)
-
-
 def probe_config_for(model_config, probe_config):
   """The probe's config: `probe_config` (its probe block, image size) with `model_config`'s
   model block and image width."""
@@ -76,7 +68,7 @@ def random_encoder(config, seed: int = 0):
 def probe(config, params, model_state) -> dict:
   """The probe figures of one encoder (train/probe.Probe on a state holding only it)."""
   mesh = sharding_lib.make_mesh({"data": -1, "fsdp": 1})
-  method = types.SimpleNamespace(probe_features=probe_features)
+  method = types.SimpleNamespace(probe_features=common.encoder_probe_features)
   state = types.SimpleNamespace(params=params, model_state=model_state)
   return probe_lib.Probe(method, config, mesh)(state)
 
@@ -86,10 +78,8 @@ def rows(checkpoints, probe_config, with_random: bool) -> list[dict]:
   for path in checkpoints:
     ckpt = resolve.resolve(path)
     config = probe_config_for(ckpt.config, probe_config)
-    stats = (ckpt.model_state.get("batch_stats") or {}).get("encoder")
-    state = {"batch_stats": {"encoder": stats}} if stats else {}
     name = f"{path} ({ckpt.config.get('method')}, step {ckpt.step})"
-    out.append({"encoder": name, **probe(config, {"encoder": ckpt.params["encoder"]}, state)})
+    out.append({"encoder": name, **probe(config, ckpt.params, ckpt.model_state)})
     if with_random:
       out.append({"encoder": f"{path}: random init", **probe(config, *random_encoder(config))})
   return out

@@ -183,6 +183,7 @@ def test_probe_checkpoints_reads_the_encoder_a_fine_tuning_froze(smoke_run):
   """The probe of a frozen-encoder fine-tuning equals the probe of the pretraining it loaded
   (same encoder, bit for bit), and the generic frames equal the method's `probe_features`."""
   from benchmarks import probe_checkpoints as pc  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.methods import common as method_common  # pylint: disable=g-import-not-at-top
   from sslocr_jax.methods import dig  # pylint: disable=g-import-not-at-top
   from sslocr_jax.train import resolve  # pylint: disable=g-import-not-at-top
 
@@ -192,7 +193,7 @@ def test_probe_checkpoints_reads_the_encoder_a_fine_tuning_froze(smoke_run):
   pre, rec = resolve.resolve(dig_dir), resolve.resolve(rec_dir)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 128, 3), dtype=np.uint8)
   config = pc.probe_config_for(pre.config, probe_config)
-  ours = pc.probe_features({"encoder": rec.params["encoder"]}, rec.model_state, images, config)
+  ours = method_common.encoder_probe_features(rec.params, rec.model_state, images, config)
   theirs = dig.probe_features(pre.params, pre.model_state, images, pre.config)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
   table = pc.rows([dig_dir, rec_dir], probe_config, with_random=True)

@@ -42,6 +42,15 @@ def probe_frames(encoder, grid_h: int, params, stats, images):
   return jax.lax.stop_gradient(frames)
 
 
+def encoder_probe_features(params, model_state, images, config):
+  """`probe_features` of any `config.model` encoder stored as `params["encoder"]` (its
+  BatchNorm statistics, if any, as `model_state["batch_stats"]["encoder"]`): images uint8
+  [B, H, W, 3] -> [B, T, D]. SimAN's, and benchmarks/probe_checkpoints.py's for any workdir."""
+  stats = (model_state or {}).get("batch_stats", {}).get("encoder") or None
+  encoder, grid_h = encoders.build(config)
+  return probe_frames(encoder, grid_h, params["encoder"], stats, images)
+
+
 def image_grid(panels, gap: int = 2):
   """List of [N, H, W, 3] float images in [0, 1] -> one uint8 grid: N rows x len(panels) columns."""
   pad = lambda x: jnp.pad(x, ((0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)

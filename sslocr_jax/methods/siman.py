@@ -219,9 +219,7 @@ def probe_features(params, model_state, images, config):
   """Frozen encoder frames for the representation probe (train/probe.py): images uint8
   [B, H, W, 3] -> [B, T, D] (BatchNorm with its running statistics). The ResNet takes lines
   of any width (`probe.image_width`); the ViT only its own `image_width`."""
-  stats = model_state.get("batch_stats", {}).get("encoder")
-  encoder, grid_h = encoders.build(config)
-  return common.probe_frames(encoder, grid_h, params["encoder"], stats, images)
+  return common.encoder_probe_features(params, model_state, images, config)
 
 
 # ----------------------------------------------------------------------------- visuals
