@@ -111,18 +111,29 @@ def test_computer_modern_faces_are_held_out_and_skip_their_tex_glyphs():
 
 
 def test_font_package_faces_are_train_only_and_draw_every_character():
-  """Source Serif Pro, Source Sans Pro and Roboto (pip font packages) are train families."""
+  """The pip font packages' families (render._PYPKG_FACES) are train families."""
   train = render.faces_for_split("train")
   pkg = [f for f in train if f.kind == "pypkg"]
-  assert {f.family for f in pkg} == {"SourceSerifPro", "SourceSansPro", "Roboto"}
-  assert len(train) == 46 and len(pkg) == 20
+  assert {f.family for f in pkg} == {
+    "SourceSerifPro",
+    "SourceSansPro",
+    "Roboto",
+    "Caladea",
+    "Lato",
+    "HankenGrotesk",
+    "RedHatDisplay",
+    "Manrope",
+    "FjallaOne",
+    "FredokaOne",
+  }
+  assert len(train) == 64 and len(pkg) == 38
   assert not {f.family for f in render.faces_for_split("heldout")} & {f.family for f in pkg}
   r = render.Renderer(seed=0, fonts=None, font_split="train")
   for i, f in enumerate(r.faces):
     if f.kind == "pypkg":
       assert r._face_data(i)[1] == set(render.CHARS), f.name  # pylint: disable=protected-access
-  used = {r.faces[r.sample_text(i)[0]].family for i in range(200)}
-  assert {"SourceSerifPro", "SourceSansPro", "Roboto"} <= used
+  used = {r.faces[r.sample_text(i)[0]].family for i in range(400)}
+  assert {f.family for f in pkg} <= used
 
 
 def test_heldout_stream_does_not_depend_on_the_font_packages(monkeypatch):
