@@ -16,7 +16,8 @@ With `--lexicon_words` each CTC checkpoint gets a second row read with that word
 (`predict --lexicon`, models/ctc_lexicon.py), as Tesseract reads with its English dictionaries;
 `--lexicon_bonuses` takes several log-priors (one row each: choose it on validation lines, i.e.
 another `--seed`, not on the test lines). Prints a table (system, lines, word acc., 1-NED,
-seconds), then one JSON line.
+seconds), word accuracy by label length and by held-out font family (where each system loses
+its lines), then one JSON line.
 
 Tesseract is optional: without it the script scores the checkpoints alone and says how to
 install it (`apt-get install tesseract-ocr`; macOS: `brew install tesseract`). Nothing in the
@@ -68,11 +69,13 @@ INSTALL = (
 
 
 def test_lines(n: int, seed: int, word_prob: float, height: int):
-  """(images uint8 [H, W, 3], labels, left out): held-out-font lines with >= 1 alphanumeric."""
+  """(images uint8 [H, W, 3], labels, font families, left out): held-out-font lines with >= 1
+  alphanumeric."""
   src = sources.SyntheticSource(
     n, seed=seed, font_split="heldout", word_prob=word_prob, height=height
   )
-  images, labels, left_out = [], [], 0
+  faces = src.renderer.faces
+  images, labels, families, left_out = [], [], [], 0
   for i in range(n):
     r = src[i]
     if not charset_lib.filter_label_for_metric(r["label"]):
@@ -80,7 +83,8 @@ def test_lines(n: int, seed: int, word_prob: float, height: int):
       continue
     images.append(r["image"])
     labels.append(r["label"])
-  return images, labels, left_out
+    families.append(faces[src.renderer.sample_text(i)[0]].family)
+  return images, labels, families, left_out
 
 
 def tesseract_read(images, exe: str, psm: int) -> list[str]:
@@ -126,18 +130,35 @@ def length_bucket(label: str) -> str:
   return next(k for k, (lo, hi) in zip(BUCKETS, LENGTHS) if lo <= n <= hi)
 
 
+def by_group(preds, labels, groups) -> dict[str, float]:
+  """Word accuracy % per group (`groups[i]`: line i's group), groups in first-seen order."""
+  members = {}
+  for p, t, g in zip(preds, labels, groups):
+    members.setdefault(g, []).append((p, t))
+  return {g: metrics.score(*zip(*pt)).report()["accuracy"] for g, pt in members.items()}
+
+
 def by_length(preds, labels) -> dict[str, float]:
   """Word accuracy % per label length: where a reader loses lines (long lines squeezed into a
   fixed-width input, short ones without context)."""
-  groups = {}
-  for p, t in zip(preds, labels):
-    groups.setdefault(length_bucket(t), []).append((p, t))
-  return {k: metrics.score(*zip(*groups[k])).report()["accuracy"] for k in BUCKETS if k in groups}
+  acc = by_group(preds, labels, [length_bucket(t) for t in labels])
+  return {k: acc[k] for k in BUCKETS if k in acc}
+
+
+def print_groups(title, rows, key, counts, width):
+  """One table: word accuracy % of each system (row) per group (column) of `key`."""
+  keys = list(counts)
+  print(f"\nword acc. % by {title} (lines: " + ", ".join(f"{k}: {counts[k]}" for k in keys) + ")")
+  print(f"{'system':<{width}} " + " ".join(f"{k:>{max(7, len(k))}}" for k in keys))
+  for r in rows:
+    print(f"{r['system']:<{width}} " + " ".join(f"{r[key][k]:>{max(7, len(k))}.2f}" for k in keys))
 
 
 def main(argv):
   del argv
-  images, labels, left_out = test_lines(_N.value, _SEED.value, _WORD_PROB.value, _HEIGHT.value)
+  images, labels, families, left_out = test_lines(
+    _N.value, _SEED.value, _WORD_PROB.value, _HEIGHT.value
+  )
   rows = []
 
   def add(name, read):
@@ -153,6 +174,7 @@ def main(argv):
         "one_minus_ned": r["one_minus_ned"],
         "seconds": round(seconds, 1),
         "by_length": by_length(preds, labels),
+        "by_family": dict(sorted(by_group(preds, labels, families).items())),
       }
     )
 
@@ -184,14 +206,13 @@ def main(argv):
       f"{r['one_minus_ned']:>8.2f} {r['seconds']:>8.1f}"
     )
   if rows:
-    counts = collections.Counter(length_bucket(t) for t in labels)
-    keys = [k for k in BUCKETS if k in counts]
-    print(
-      "\nword acc. % by label length (lines: " + ", ".join(f"{k}: {counts[k]}" for k in keys) + ")"
+    lengths = collections.Counter(length_bucket(t) for t in labels)
+    print_groups(
+      "label length", rows, "by_length", {k: lengths[k] for k in BUCKETS if k in lengths}, width
     )
-    print(f"{'system':<{width}} " + " ".join(f"{k:>7}" for k in keys))
-    for r in rows:
-      print(f"{r['system']:<{width}} " + " ".join(f"{r['by_length'][k]:>7.2f}" for k in keys))
+    print_groups(
+      "font family", rows, "by_family", dict(sorted(collections.Counter(families).items())), width
+    )
   print(
     json.dumps(
       {

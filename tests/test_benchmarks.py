@@ -177,6 +177,22 @@ def test_vs_tesseract_scores_by_scored_label_length():
     "8-11": 100.0,
     "12+": 100.0,
   }
+  families = ["STIXGeneral", "Ubuntu", "STIXGeneral", "Ubuntu", "Ubuntu"]
+  assert vs_tesseract.by_group(preds, labels, families) == {"STIXGeneral": 50.0, "Ubuntu": 100.0}
+
+
+def test_vs_tesseract_lines_carry_their_held_out_family():
+  """Each test line comes with the family of the face that drew it, a held-out one."""
+  from benchmarks import vs_tesseract  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.data import charset as charset_lib  # pylint: disable=g-import-not-at-top
+  from sslocr_jax.data import render  # pylint: disable=g-import-not-at-top
+
+  images, labels, families, left_out = vs_tesseract.test_lines(12, 3000017, 0.6, 32)
+  assert len(images) == len(labels) == len(families) == 12 - left_out
+  assert set(families) <= set(render.HELDOUT_FAMILIES) and len(set(families)) > 1
+  r = render.Renderer(seed=3000017, font_split="heldout")
+  kept = [i for i in range(12) if charset_lib.filter_label_for_metric(r.render(i)[1])]
+  assert families == [r.faces[r.sample_text(i)[0]].family for i in kept]
 
 
 def test_probe_checkpoints_reads_the_encoder_a_fine_tuning_froze(smoke_run):
