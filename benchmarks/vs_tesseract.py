@@ -9,7 +9,9 @@ STIX, Computer Modern, Space Mono, Ubuntu, Ubuntu Mono; never drawn in training)
 dictionary words (`--word_prob`) and numbers / prices / times / codes / random strings, at their
 natural width. Every system reads the same images: Tesseract 5 as a new user runs it
 (`tesseract IMAGE stdout --psm 7`, one text line, no preprocessing, all images in one process
-through a list file), each checkpoint through `predict.Recognizer` (resized to its 32x128).
+through a list file), each checkpoint through `predict.Recognizer` (resized to its 32x128; a
+ResNet + CTC model reads a line wider than 4:1 at its own aspect up to `--reading_max_width`, default
+twice its width).
 Scoring is the standard filtered one (lowercase, [0-9a-z] only, evaluate/metrics.py): word
 accuracy and 1 - NED in percent; lines with no alphanumeric character are left out (counted).
 With `--lexicon_words` each CTC checkpoint gets a second row read with that word list
@@ -55,6 +57,12 @@ _LEXICON = flags.DEFINE_string(
   "",
   "also score each CTC checkpoint with this word list (models/ctc_lexicon.py), e.g. "
   "wordfreq:en:50000, as Tesseract reads with its dictionaries",
+)
+_MAX_WIDTH = flags.DEFINE_integer(
+  "reading_max_width",
+  None,
+  "predict.Recognizer's max_width (default: the model's, twice its width for ResNet + CTC; "
+  "its trained width reads every line squeezed into it)",
 )
 _BONUS = flags.DEFINE_list(
   "lexicon_bonuses",
@@ -112,11 +120,11 @@ def tesseract_read(images, exe: str, psm: int) -> list[str]:
     ]
 
 
-def ours_read(checkpoint: str, images, lexicon: str = "", bonus=None) -> list[str]:
+def ours_read(checkpoint: str, images, lexicon: str = "", bonus=None, max_width=None) -> list[str]:
   from sslocr_jax import predict  # pylint: disable=g-import-not-at-top
   from sslocr_jax.models import ctc_lexicon  # pylint: disable=g-import-not-at-top
 
-  rec = predict.Recognizer.from_checkpoint(checkpoint)
+  rec = predict.Recognizer.from_checkpoint(checkpoint, max_width=max_width)
   rec.use_lexicon(lexicon, ctc_lexicon.DEFAULT_BONUS if bonus is None else bonus)
   return [text for text, _ in rec(images)]
 
@@ -188,11 +196,14 @@ def main(argv):
   else:
     print(INSTALL)
   for ckpt in _CHECKPOINTS.value:
-    add(ckpt, lambda ckpt=ckpt: ours_read(ckpt, images))
+    add(ckpt, lambda ckpt=ckpt: ours_read(ckpt, images, max_width=_MAX_WIDTH.value))
     bonuses = ([float(b) for b in _BONUS.value] or [None]) if _LEXICON.value else []
     for bonus in bonuses:
       name = f"{ckpt} + {_LEXICON.value}" + ("" if bonus is None else f" (bonus {bonus:g})")
-      add(name, lambda ckpt=ckpt, bonus=bonus: ours_read(ckpt, images, _LEXICON.value, bonus))
+      read = lambda ckpt=ckpt, bonus=bonus: ours_read(
+        ckpt, images, _LEXICON.value, bonus, _MAX_WIDTH.value
+      )
+      add(name, read)
   print(
     f"{len(labels)} held-out-font lines (seed {_SEED.value}, word_prob {_WORD_PROB.value}, "
     f"height {_HEIGHT.value}; {left_out} without [0-9a-z] left out), lowercase [0-9a-z] "

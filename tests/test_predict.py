@@ -17,6 +17,7 @@ import pytest
 
 from sslocr_jax import errors
 from sslocr_jax import predict
+from sslocr_jax.data import augment
 from sslocr_jax.export import cli as export_cli
 from sslocr_jax.methods import recognition
 from sslocr_jax.models import ctc_lexicon
@@ -186,3 +187,48 @@ def test_lexicon_decoding_through_the_recognizer(kinds, tmp_path):
   rec.config = load_config("finetune", "smoke,decoder=attention")
   with pytest.raises(errors.UserError, match="needs a CTC model"):
     rec.use_lexicon(str(words))
+
+
+def test_reading_width_keeps_a_long_line_s_aspect_up_to_max_width():
+  """The width rule: the line's width at the model's height, in steps of 32, never narrower
+  than trained; only a ResNet (no TPS) + CTC model reads wider than trained."""
+  resnet = load_config("finetune", "smoke,decoder=ctc,encoder=resnet")
+  assert predict.reading_max_width(resnet) == 256
+  for arg in ("smoke,decoder=ctc", "smoke,decoder=attention,encoder=resnet"):
+    assert predict.reading_max_width(load_config("finetune", arg)) == 128
+  resnet_tps = load_config("finetune", "smoke,decoder=ctc,encoder=resnet")
+  resnet_tps.model.tps = True
+  assert predict.reading_max_width(resnet_tps) == 128
+  width = lambda h, w, top=256: predict.reading_width((h, w, 3), resnet, top)
+  assert [width(32, 60), width(32, 150), width(32, 200), width(64, 400), width(32, 900)] == [
+    128,  # a short word is stretched to the trained width, as in training
+    160,
+    192,  # 200 -> the nearest multiple of 32
+    192,  # 400 at height 64 is 200 at 32
+    256,  # capped
+  ]
+  assert width(32, 900, top=128) == 128  # max_width = trained width: the old squeeze
+
+
+def test_recognizer_reads_each_width_as_recognize_does():
+  """Mixed widths in one call: each image's text is `recognize` of that image resized to its
+  reading width (one compile per width, input order kept); max_width=128 squeezes as before."""
+  config = load_config("finetune", "smoke,decoder=ctc,encoder=resnet")
+  batch = {"image": np.zeros((2, 32, 128, 3), np.uint8)}
+  abstract = jax.eval_shape(
+    lambda r: nn.unbox(recognition.init_variables(config, r, batch)), jax.random.key(0)
+  )
+  state = fill_like(abstract, seed=3)
+  rec = predict.Recognizer(config, state["params"], state["model_state"], batch_size=4)
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (32, w, 3), np.uint8) for w in (300, 90, 170, 310, 128)]
+  got = rec(images)
+  assert [rec.resize(im).shape[1] for im in images] == [256, 128, 160, 256, 128]
+  for im, (text, conf) in zip(images, got):
+    texts, confs = rec.recognize(rec.resize(im)[None])
+    assert (text, conf) == pytest.approx((texts[0], confs[0]))
+  squeeze = predict.Recognizer(
+    config, state["params"], state["model_state"], batch_size=4, max_width=128
+  )
+  fixed = np.stack([augment.resize(im, 32, 128) for im in images])
+  assert squeeze(images) == list(zip(*squeeze.recognize(fixed)))
