@@ -220,9 +220,10 @@ def reading_max_width(config) -> int:
   """Widest input a model reads. A ResNet (no TPS) + CTC recognizer has no parameter tied to the
   width (convolutions, a BiLSTM, a per-frame head), so a line wider than 4:1 is read at its own
   aspect up to twice the trained width instead of being squeezed into it: its characters then
-  have the shapes training saw. On the cpu60 model (docs/recognition.md, "Eighth run") this took
-  the validation lines' 12+ character words from 47.5% to 67.2% (2x; 1.5x: 55.7%). Every other
-  model (a ViT's position table, attention decoders) reads its trained width only."""
+  have the shapes training saw. On the cpu60 model (docs/recognition.md, "Long lines") this took
+  the validation lines' 12+ character words from 26.8% to 58.9% (greedy; 50.0 -> 67.9 with the
+  word list). Every other model (a ViT's position table, attention decoders) reads its trained
+  width only."""
   model = config.model
   if model.get("name") == "resnet" and not model.get("tps") and config.get("decoder") == "ctc":
     return 2 * config.image_width
