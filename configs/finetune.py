@@ -54,6 +54,9 @@ Recipe fields (the release's value first; the older value of this project still 
                       True (dropout_rate there too, the older behaviour);
   optim.warmup_fraction / optim.warmup_steps   warm-up as a share of the run / in steps (a
                       step count wins when > 0; train/optim.py);
+  ctc.center_frames   False (the release's) | True (ours, an option under test): the CTC head
+                      reads each frame minus the image's mean frame (docs/recognition.md
+                      "Centred frames");
   decoder_bilstm_layers  BiLSTM layers trained with the decoder, on the encoder's frames: for a
                       CNN-only SeqCLR encoder (`seqclr_encoder_stage=cnn`, `model.lstm_layers=0`),
                       as in SeqCLR where the BiLSTM then belongs to the decoder (0 = none).
@@ -136,7 +139,8 @@ def get_config(arg=None):
       n_position=200,
     )
   )
-  c.ctc = ml_collections.ConfigDict(dict(head="dig", hidden_dim=512))  # CTCRecModel's head
+  # center_frames: ours (docs/recognition.md "Centred frames"); the release has no such step.
+  c.ctc = ml_collections.ConfigDict(dict(head="dig", hidden_dim=512, center_frames=False))
 
   # run_class_finetuning.py: args.lr * total_batch / 256 with --lr 1e-4, --warmup_epochs 1 of
   # --epochs 10, min_lr 1e-6, --layer_decay 0.75 (default), --weight_decay 0.05.

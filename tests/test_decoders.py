@@ -178,3 +178,21 @@ def test_greedy_decode_pads_after_eos_and_exits_early():
   ids, _ = run(2)
   np.testing.assert_array_equal(ids, [[A, A, EOS] + [PAD] * 5, [A] * 4 + [EOS] + [PAD] * 3])
   assert _STEPS == list(range(5))  # every row has its EOS after 5 steps: the loop stops
+
+
+def test_centred_ctc_frames_ignore_what_a_line_shares():
+  """`center_frames`: the classifier reads each frame minus the image's mean frame, so a vector
+  added to every token of an image (its background, say) leaves the logits unchanged while the
+  uncentred head's move, and the logits equal the classifier on the centred frames."""
+  feats = jax.random.normal(jax.random.PRNGKey(0), (3, 2 * 6, 8))
+  shift = 5.0 * jax.random.normal(jax.random.PRNGKey(2), (3, 1, 8))
+  centred = decoders.CtcDecoder(5, grid_h=2, head="linear", center_frames=True)
+  plain = decoders.CtcDecoder(5, grid_h=2, head="linear")
+  params = centred.init(jax.random.PRNGKey(1), feats)
+  out = centred.apply(params, feats)
+  np.testing.assert_allclose(centred.apply(params, feats + shift), out, rtol=1e-5, atol=1e-5)
+  assert np.abs(plain.apply(params, feats + shift) - plain.apply(params, feats)).max() > 0.1
+  frames = np.asarray(feats).reshape(3, 2, 6, 8).mean(1)
+  frames -= frames.mean(1, keepdims=True)
+  k = nn.unbox(params)["params"]["classifier"]
+  np.testing.assert_allclose(out, frames @ k["kernel"] + k["bias"], rtol=1e-5, atol=1e-5)

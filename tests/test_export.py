@@ -257,11 +257,13 @@ def test_recognition_ctc_and_attention_decoders():
   assert "decoder.cell.gru.weight_ih" in _recognition_case("smoke,decoder=attention")
 
 
-def test_recognition_official_ctc_head():
+@pytest.mark.parametrize("center", [False, True])
+def test_recognition_official_ctc_head(center):
   """`ctc.head=dig` (DiG's CTCRecModel head) exports as decoder.encoder_norm.* and
-  decoder.ctc_classifier.{0,1,3}.*, and the PyTorch logits match."""
+  decoder.ctc_classifier.{0,1,3}.*, and the PyTorch logits match, with and without
+  `ctc.center_frames`."""
   config = load_config("finetune", "smoke,decoder=ctc")
-  config.ctc.head = "dig"
+  config.ctc.head, config.ctc.center_frames = "dig", center
   state = _random_state(config, recognition)
   flat = torch_state.export_state(state, config)
   assert {k for k in flat if k.startswith("decoder.")} == {

@@ -390,11 +390,12 @@ def to_frames(features, grid_h):
 
 class CtcDecoder(nn.Module):
   """head "linear": one Linear; "dig": LayerNorm on the tokens, mean over the height, then
-  Linear -> LayerNorm -> GELU -> Linear (models/decoders.py CtcDecoder)."""
+  Linear -> LayerNorm -> GELU -> Linear (models/decoders.py CtcDecoder). `center_frames`: the
+  image's mean frame subtracted from each frame before the classifier."""
 
-  def __init__(self, in_dim, num_classes, grid_h=1, head="linear", hidden_dim=512):
+  def __init__(self, in_dim, num_classes, grid_h=1, head="linear", hidden_dim=512, center=False):
     super().__init__()
-    self.grid_h, self.head = grid_h, head
+    self.grid_h, self.head, self.center = grid_h, head, center
     if head == "dig":
       self.encoder_norm = nn.LayerNorm(in_dim, eps=1e-6)
       self.ctc_classifier = nn.Sequential(
@@ -406,10 +407,14 @@ class CtcDecoder(nn.Module):
     else:
       self.classifier = nn.Linear(in_dim, num_classes)
 
+  def frames(self, features):
+    frames = to_frames(features, self.grid_h)
+    return frames - frames.mean(dim=1, keepdim=True) if self.center else frames
+
   def forward(self, features):
     if self.head == "dig":
-      return self.ctc_classifier(to_frames(self.encoder_norm(features), self.grid_h))
-    return self.classifier(to_frames(features, self.grid_h))
+      return self.ctc_classifier(self.frames(self.encoder_norm(features)))
+    return self.classifier(self.frames(features))
 
 
 class AttentionCell(nn.Module):
@@ -799,7 +804,8 @@ def build(cfg):
     dc = cfg.get("decoder_config", {})
     linear_norm = None
     if name == "ctc":
-      decoder = CtcDecoder(d, c, grid_h, dc.get("head", "linear"), int(dc.get("hidden_dim", 512)))
+      head, hidden = dc.get("head", "linear"), int(dc.get("hidden_dim", 512))
+      decoder = CtcDecoder(d, c, grid_h, head, hidden, bool(dc.get("center_frames", False)))
     elif name == "attention":
       decoder = AttentionDecoder(d, c, int(dc["hidden_dim"]), int(dc["attention_dim"]), grid_h)
     elif name == "transformer" and _dig_style(cfg):

@@ -88,13 +88,24 @@ class CtcDecoder(nn.Module):
             mean over the height, then `ctc_classifier` = Linear(D, hidden_dim=512) ->
             LayerNorm(eps 1e-6) -> GELU (exact) -> Linear(hidden_dim, C);
     linear  one Linear(D, C) on the raw tokens averaged over the height (`classifier`).
+  `center_frames` (`config.ctc.center_frames`, ours): the image's mean frame is subtracted from
+  each of its frames before the classifier (after the LayerNorm for `dig`), so the head sees
+  only what differs along the line (docs/recognition.md "Centred frames").
   """
 
   num_classes: int
   grid_h: int = 1
   head: str = "linear"
   hidden_dim: int = 512
+  center_frames: bool = False
   dtype: Any = jnp.float32
+
+  def _frames(self, features):
+    """[B, N, D] -> [B, T, D], centred over T when `center_frames`."""
+    frames = encoders.to_frames(features, self.grid_h)
+    if self.center_frames:
+      frames = frames - jnp.mean(frames, axis=1, keepdims=True)
+    return frames
 
   def setup(self):
     if self.head == "linear":
@@ -122,9 +133,9 @@ class CtcDecoder(nn.Module):
   def __call__(self, features, *, train: bool = False):
     del train
     if self.head == "linear":
-      return self.classifier(encoders.to_frames(features, self.grid_h)).astype(jnp.float32)
+      return self.classifier(self._frames(features)).astype(jnp.float32)
     x = self.encoder_norm(features.astype(self.dtype))
-    return self.ctc_classifier(encoders.to_frames(x, self.grid_h)).astype(jnp.float32)
+    return self.ctc_classifier(self._frames(x)).astype(jnp.float32)
 
 
 def ctc_loss(logits, labels, *, blank: int, eos: int, pad: int):
@@ -638,6 +649,7 @@ def from_config(config, num_classes: int, grid_h: int):
       grid_h=grid_h,
       head=ctc.get("head", "linear"),
       hidden_dim=ctc.get("hidden_dim", 512),
+      center_frames=bool(ctc.get("center_frames", False)),
       dtype=dtype,
     )
   if name == "attention":
