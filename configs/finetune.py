@@ -139,7 +139,8 @@ def get_config(arg=None):
       n_position=200,
     )
   )
-  # center_frames: ours (docs/recognition.md "Centred frames"); the release has no such step.
+  # head "dig": CTCRecModel's head (models/model_builder.py); center_frames: ours
+  # (docs/recognition.md "Centred frames"), the release has no such step.
   c.ctc = ml_collections.ConfigDict(dict(head="dig", hidden_dim=512, center_frames=False))
 
   # run_class_finetuning.py: args.lr * total_batch / 256 with --lr 1e-4, --warmup_epochs 1 of
