@@ -53,6 +53,9 @@ def get_config(arg=None):
   # (mim_weight=0 / contrastive_weight=0 with branches=both are the older, handicapped arms.)
   c.branches = "both"
   c.mim_weight = 1.0
+  # MIM target (methods/dig.py mim_target): pixels (the release's: the patch in [0, 1]),
+  # centred (ours: minus the patch's mean) or normalized (MAE's norm_pix_loss).
+  c.mim_target = "pixels"
   c.contrastive_weight = 0.1
   c.momentum = 0.99  # key-encoder momentum at step 0, cosine schedule to 1.0
   c.mim_hidden_dim = 192

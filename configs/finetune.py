@@ -54,9 +54,9 @@ Recipe fields (the release's value first; the older value of this project still 
                       True (dropout_rate there too, the older behaviour);
   optim.warmup_fraction / optim.warmup_steps   warm-up as a share of the run / in steps (a
                       step count wins when > 0; train/optim.py);
-  ctc.center_frames   False (the release's) | True (ours, an option under test): the CTC head
-                      reads each frame minus the image's mean frame (docs/recognition.md
-                      "Centred frames");
+  ctc.center_frames   False (the release's) | True (ours): the CTC head reads each frame
+                      minus the image's mean frame; measured worse than off on the `cpu`
+                      path at 2000 steps (docs/recognition.md "Centred frames");
   decoder_bilstm_layers  BiLSTM layers trained with the decoder, on the encoder's frames: for a
                       CNN-only SeqCLR encoder (`seqclr_encoder_stage=cnn`, `model.lstm_layers=0`),
                       as in SeqCLR where the BiLSTM then belongs to the decoder (0 = none).

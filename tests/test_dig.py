@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from sslocr_jax.methods import dig
 from tests.helpers import fill_like
@@ -18,6 +19,28 @@ def test_mim_loss_counts_only_masked_patches():
   mask = jnp.array([[True, False, True, False]])
   # masked patches 0 and 2: squared errors 1 and 9 -> mean 5; the unmasked 100s never count
   np.testing.assert_allclose(dig.mim_loss(pred, target, mask), 5.0)
+
+
+def test_mim_target_pixels_centred_and_normalized():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(2, 32, 128, 3), dtype=np.uint8)
+  images[0, :4, :4] = 77  # patch 0 of image 0 is flat
+  pixels = np.asarray(dig.mim_target(jnp.asarray(images), "pixels"))
+  np.testing.assert_allclose(pixels[1, 33].reshape(4, 4, 3), images[1, 4:8, 4:8] / 255.0)
+  centred = np.asarray(dig.mim_target(jnp.asarray(images), "centred"))
+  np.testing.assert_allclose(centred, pixels - pixels.mean(-1, keepdims=True), atol=1e-6)
+  np.testing.assert_allclose(centred[0, 0], 0.0, atol=1e-7)  # a flat patch asks for nothing
+  norm = np.asarray(dig.mim_target(jnp.asarray(images), "normalized"))
+  want = (pixels - pixels.mean(-1, keepdims=True)) / np.sqrt(pixels.var(-1, ddof=1) + 1e-6)[
+    ..., None
+  ]
+  np.testing.assert_allclose(norm, want, rtol=1e-4, atol=1e-5)
+  # the same image brighter by a constant: centred and normalized targets do not change
+  brighter = np.asarray(dig.mim_target(jnp.asarray(images[1:] // 2 + 100), "centred"))
+  half = np.asarray(dig.mim_target(jnp.asarray(images[1:] // 2), "centred"))
+  np.testing.assert_allclose(brighter, half, atol=1e-6)
+  with pytest.raises(ValueError, match="mim_target"):
+    dig.mim_target(jnp.asarray(images), "edges")
 
 
 def _info_nce_numpy(q, k, t):

@@ -203,6 +203,25 @@ def phases(config):
 
 
 # ----------------------------------------------------------------------------- losses
+def mim_target(images, kind: str = "pixels"):
+  """What the MIM head predicts for each patch: uint8 [B, 32, 128, 3] -> [B, 256, 48].
+
+  pixels: the patch in [0, 1] (the release's target). centred: the patch minus its own mean
+  (ours): a flat patch's target is 0, so the background level of a line earns nothing.
+  normalized: minus the mean, over the standard deviation (MAE's `norm_pix_loss`,
+  facebookresearch/mae models_mae.py: unbiased variance + 1e-6).
+  """
+  x = patchify(images)
+  if kind == "pixels":
+    return x
+  x = x - jnp.mean(x, axis=-1, keepdims=True)
+  if kind == "centred":
+    return x
+  if kind == "normalized":
+    return x / jnp.sqrt(jnp.var(x, axis=-1, keepdims=True, ddof=1) + 1e-6)
+  raise ValueError(f"config.mim_target: {kind!r} is not one of pixels, centred, normalized")
+
+
 def mim_loss(pred, target, mask):
   """Mean squared error over the masked patches only. pred/target [B, N, P], mask [B, N]."""
   per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
@@ -312,7 +331,9 @@ def loss_fn(params, model_state, batch, rng, *, step, phase, config):
   loss = 0.0
   if mim and config.mim_weight:
     pred = nets["mim_head"].apply({"params": params["mim_head"]}, tokens1)
-    metrics["mim_loss"] = mim_loss(pred, patchify(batch["image1"]), mask)
+    metrics["mim_loss"] = mim_loss(
+      pred, mim_target(batch["image1"], config.get("mim_target", "pixels")), mask
+    )
     loss += config.mim_weight * metrics["mim_loss"]
   if contrast and config.contrastive_weight:
     q1, q2, stats = _query_branch(nets, params, stats, tokens1, tokens2, config)
@@ -408,7 +429,12 @@ def visualize(params, model_state, batch, rng, config, num_images: int = 8) -> d
   pred = networks(config)["mim_head"].apply({"params": params["mim_head"]}, tokens)
   target, m = patchify(image1), mask[..., None].astype(jnp.float32)
   masked = target * (1 - m) + 0.5 * m
-  recon = target * (1 - m) + jnp.clip(pred.astype(jnp.float32), 0, 1) * m
+  pred = pred.astype(jnp.float32)
+  if config.get("mim_target", "pixels") != "pixels":
+    # A centred / normalized prediction has no level of its own: shown on mid-grey, scaled
+    # so that the patch's largest deviation reaches black or white.
+    pred = 0.5 + 0.5 * pred / jnp.max(jnp.abs(pred), axis=-1, keepdims=True).clip(1e-6)
+  recon = target * (1 - m) + jnp.clip(pred, 0, 1) * m
   panels = [
     image1.astype(jnp.float32) / 255,
     unpatchify(masked, h, w),
