@@ -35,7 +35,7 @@ def test_mim_target_pixels_centred_and_normalized():
     ..., None
   ]
   np.testing.assert_allclose(norm, want, rtol=1e-4, atol=1e-5)
-  # the same image brighter by a constant: centred and normalized targets do not change
+  # the same image brighter by a constant: the centred target does not change
   brighter = np.asarray(dig.mim_target(jnp.asarray(images[1:] // 2 + 100), "centred"))
   half = np.asarray(dig.mim_target(jnp.asarray(images[1:] // 2), "centred"))
   np.testing.assert_allclose(brighter, half, atol=1e-6)
