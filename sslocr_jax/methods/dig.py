@@ -219,7 +219,7 @@ def mim_target(images, kind: str = "pixels"):
     return x
   if kind == "normalized":
     return x / jnp.sqrt(jnp.var(x, axis=-1, keepdims=True, ddof=1) + 1e-6)
-  raise ValueError(f"config.mim_target: {kind!r} is not one of pixels, centred, normalized")
+  raise ValueError(f"config.mim_target={kind!r} is unknown; valid: pixels, centred, normalized")
 
 
 def mim_loss(pred, target, mask):
